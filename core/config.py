@@ -1,0 +1,143 @@
+"""``plugins.toml``: which supplier plugins run, and which serve each Supplier name.
+
+The file is decoded into typed structs, so a typo or a wrong type is refused with
+the path of the offending key rather than discovered at the first order.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from core.money import yuan_to_fen
+
+
+class ConfigError(Exception):
+    """plugins.toml cannot be used; the message says where and why."""
+
+
+class ProductConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    product_id: str
+    face_value: Decimal
+    price: Decimal
+    name: str = ""
+
+
+class SupplierConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    route: list[str]
+    products: list[ProductConfig] = []
+
+
+class DispatchConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # Seconds to wait before each status query of an order whose outcome is open;
+    # the last delay repeats.
+    query_delays: list[float] = msgspec.field(
+        default_factory=lambda: [2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]
+    )
+    # Hard limit on any single call into a supplier plugin, on top of the plugin's own.
+    call_timeout: float = 20.0
+    # How long a worker owns an order it is working on; another worker (or this one
+    # after a crash) takes an order over only once its lease has run out.
+    lease_seconds: float = 60.0
+    # Upstream calls in flight at once, per service process.
+    concurrency: int = 200
+    # How often the dispatcher looks for due work when nothing woke it.
+    scan_interval: float = 0.5
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    enabled: list[str] = []
+    plugin: dict[str, dict[str, Any]] = {}
+    suppliers: dict[str, SupplierConfig] = {}
+    dispatch: DispatchConfig = DispatchConfig()
+
+
+class Product(msgspec.Struct, frozen=True):
+    """A product a partner can order, with amounts in fen."""
+
+    supplier: str
+    product_id: str
+    name: str
+    face_value: int
+    price: int
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: bytes | str, source: str = "plugins.toml") -> Config:
+    try:
+        config = msgspec.toml.decode(raw, type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    _check(config, source)
+    return config
+
+
+def _check(config: Config, source: str) -> None:
+    dispatch = config.dispatch
+    if not dispatch.query_delays or min(dispatch.query_delays) <= 0:
+        raise ConfigError(f"{source}: dispatch.query_delays needs positive delays")
+    if dispatch.call_timeout >= dispatch.lease_seconds:
+        raise ConfigError(
+            f"{source}: dispatch.call_timeout ({dispatch.call_timeout}) must be shorter than "
+            f"dispatch.lease_seconds ({dispatch.lease_seconds}), or a slow call could outlive "
+            "its lease"
+        )
+    for name, supplier in config.suppliers.items():
+        where = f"{source}: suppliers.{name!r}"
+        if not supplier.route:
+            raise ConfigError(f"{where}.route is empty: name at least one plugin")
+        for plugin in supplier.route:
+            if plugin not in config.enabled:
+                raise ConfigError(f"{where}.route names {plugin!r}, which is not in `enabled`")
+        seen: set[str] = set()
+        for product in supplier.products:
+            if product.product_id in seen:
+                raise ConfigError(f"{where}: product_id {product.product_id!r} appears twice")
+            seen.add(product.product_id)
+            _product(name, product, where)
+
+
+def _product(supplier: str, product: ProductConfig, where: str) -> Product:
+    try:
+        face_value, price = yuan_to_fen(product.face_value), yuan_to_fen(product.price)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: product {product.product_id!r}: {exc}") from exc
+    if face_value <= 0 or price <= 0:
+        raise ConfigError(f"{where}: product {product.product_id!r}: amounts must be positive")
+    return Product(supplier, product.product_id, product.name, face_value, price)
+
+
+class Catalog:
+    """The products of every routed Supplier, looked up on every order."""
+
+    def __init__(self, config: Config) -> None:
+        self._products: dict[str, dict[str, Product]] = {
+            name: {p.product_id: _product(name, p, name) for p in supplier.products}
+            for name, supplier in config.suppliers.items()
+        }
+
+    def has_supplier(self, supplier: str) -> bool:
+        return supplier in self._products
+
+    def product(self, supplier: str, product_id: str) -> Product | None:
+        return self._products.get(supplier, {}).get(product_id)
+
+    def products(self, supplier: str) -> list[Product]:
+        return list(self._products.get(supplier, {}).values())
+
+    @property
+    def suppliers(self) -> list[str]:
+        return list(self._products)

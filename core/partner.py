@@ -1,0 +1,225 @@
+"""The partner API's rules, independent of HTTP: who may call, and what each call does.
+
+The service decodes a request into a flat ``{name: value}`` mapping of strings and
+hands it here; every refusal is a ``TopupError`` carrying its ``ErrorCode``.
+Checks run in a fixed order: presence, shape, app, timestamp, signature, token,
+company, then the business checks; nothing is written until all have passed.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping
+
+import msgspec
+
+from core.apps import App, AppStore
+from core.config import Product
+from core.errors import ErrorCode, TopupError
+from core.ids import OrderNumbers, new_order_id
+from core.orders import NewOrder, OrderRecord, OrderStore
+from core.runtime import Runtime
+from core.signing import verify_sign
+from core.tokens import TokenIssuer
+
+TIMESTAMP_TOLERANCE_SECONDS = 300
+
+_SIGNED = ("appID", "ts", "sign")
+REQUIRED = {
+    "token": _SIGNED,
+    "order": (
+        "access_token",
+        "company",
+        "Supplier",
+        "phoneNo",
+        "productId",
+        "cstmOrderName",
+        "cstmOrderNo",
+        *_SIGNED,
+    ),
+    "status": ("access_token", "company", "Supplier", "cstmOrderNo", *_SIGNED),
+    "products": ("access_token", "company", "Supplier", *_SIGNED),
+}
+
+MAX_LENGTH = {
+    "appID": 64,
+    "access_token": 128,
+    "company": 128,
+    "Supplier": 32,
+    "phoneNo": 32,
+    "productId": 64,
+    "cstmOrderName": 128,
+    "cstmOrderNo": 64,
+    "orderNo": 32,
+    "sign": 128,
+    "ts": 20,
+}
+_PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
+_MAINLAND_MOBILE = re.compile(r"1[3-9][0-9]{9}")
+_DIGITS = re.compile(r"[0-9]{1,16}")
+
+
+class TokenGrant(msgspec.Struct, frozen=True):
+    access_token: str
+    expires_in: int
+
+
+class PartnerDesk:
+    def __init__(
+        self,
+        apps: AppStore,
+        tokens: TokenIssuer,
+        store: OrderStore,
+        runtime: Callable[[], Runtime],
+        on_accepted: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.time,
+        order_numbers: OrderNumbers | None = None,
+    ) -> None:
+        self._apps = apps
+        self._tokens = tokens
+        self._store = store
+        self._runtime = runtime
+        self._on_accepted = on_accepted
+        self._clock = clock
+        self._order_numbers = order_numbers or OrderNumbers()
+
+    async def issue_token(self, params: Mapping[str, str]) -> TokenGrant:
+        app = await self._authenticate(params, "token")
+        token = self._tokens.issue(app.app_id, app.secret, self._clock())
+        return TokenGrant(token, self._tokens.lifetime_seconds)
+
+    async def place_order(self, params: Mapping[str, str]) -> tuple[OrderRecord, bool]:
+        """Accept an order durably; a repeat returns the original and creates nothing."""
+        app = await self._authenticate(params, "order")
+        product = self._product(params)
+        phone_no = params["phoneNo"]
+        if not _MAINLAND_MOBILE.fullmatch(phone_no):
+            raise TopupError(
+                ErrorCode.INVALID_PHONE,
+                f"手机号码格式错误: {phone_no!r} 不是 11 位中国大陆手机号",
+            )
+        new = NewOrder(
+            order_no=self._order_numbers.next(),
+            order_id=new_order_id(),
+            app_id=app.app_id,
+            cstm_order_no=params["cstmOrderNo"],
+            cstm_order_name=params["cstmOrderName"],
+            company=app.company,
+            supplier=product.supplier,
+            phone_no=phone_no,
+            product_id=product.product_id,
+            face_value=product.face_value,
+            price=product.price,
+        )
+        order, created = await self._store.insert_or_get(new)
+        if not created and not order.same_request(new):
+            raise TopupError(
+                ErrorCode.ORDER_CONFLICT,
+                f"cstmOrderNo {new.cstm_order_no} 已用于另一笔订单 (手机号 {order.phone_no}, "
+                f"产品 {order.product_id}, 供应商 {order.supplier}); 原订单未改变",
+            )
+        if created:
+            self._on_accepted()
+        return order, created
+
+    async def order_status(self, params: Mapping[str, str]) -> OrderRecord:
+        app = await self._authenticate(params, "status")
+        cstm_order_no = params["cstmOrderNo"]
+        order = await self._store.find(app.app_id, cstm_order_no)
+        if order is None:
+            raise TopupError(ErrorCode.ORDER_NOT_FOUND, f"订单不存在: cstmOrderNo {cstm_order_no}")
+        order_no = params.get("orderNo", "")
+        if order_no and order_no != order.order_no:
+            raise TopupError(
+                ErrorCode.ORDER_NO_MISMATCH,
+                f"orderNo {order_no} 与 cstmOrderNo {cstm_order_no} 的订单不符",
+            )
+        if params["Supplier"] != order.supplier:
+            raise TopupError(
+                ErrorCode.SUPPLIER_MISMATCH,
+                f"该订单的供应商是 {order.supplier}, 不是 {params['Supplier']}",
+            )
+        return order
+
+    async def products(self, params: Mapping[str, str]) -> list[Product]:
+        await self._authenticate(params, "products")
+        supplier = params["Supplier"]
+        catalog = self._runtime().catalog
+        if not catalog.has_supplier(supplier):
+            raise _unknown_supplier(supplier, catalog.suppliers)
+        return catalog.products(supplier)
+
+    def _product(self, params: Mapping[str, str]) -> Product:
+        supplier, product_id = params["Supplier"], params["productId"]
+        catalog = self._runtime().catalog
+        if not catalog.has_supplier(supplier):
+            raise _unknown_supplier(supplier, catalog.suppliers)
+        product = catalog.product(supplier, product_id)
+        if product is None:
+            raise TopupError(
+                ErrorCode.UNKNOWN_PRODUCT, f"供应商 {supplier} 没有产品 productId {product_id}"
+            )
+        return product
+
+    async def _authenticate(self, params: Mapping[str, str], call: str) -> App:
+        _check_present(params, REQUIRED[call])
+        _check_shapes(params)
+        app = await self._apps.get(params["appID"])
+        if app is None:
+            raise TopupError(ErrorCode.UNKNOWN_APP, f"appID {params['appID']} 未注册")
+        self._check_timestamp(params["ts"])
+        if not verify_sign(params, app.secret, app.sign_type):
+            raise TopupError(
+                ErrorCode.BAD_SIGNATURE,
+                f"签名错误: 请按 {app.sign_type} 规则对除 sign 外的非空参数排序后签名",
+            )
+        if "access_token" in REQUIRED[call]:
+            self._tokens.check(params["access_token"], app.app_id, app.secret, self._clock())
+        if "company" in REQUIRED[call] and params["company"] != app.company:
+            raise TopupError(
+                ErrorCode.COMPANY_MISMATCH,
+                f"company {params['company']} 与 appID {app.app_id} 登记的公司不符",
+            )
+        return app
+
+    def _check_timestamp(self, raw: str) -> None:
+        if not _DIGITS.fullmatch(raw):
+            raise TopupError(
+                ErrorCode.MALFORMED_TIMESTAMP,
+                f"ts 格式错误: {raw!r} 应为 Unix 时间戳 (秒或毫秒)",
+            )
+        value = int(raw)
+        seconds = value / 1000 if value >= 100_000_000_000 else value
+        drift = abs(self._clock() - seconds)
+        if drift > TIMESTAMP_TOLERANCE_SECONDS:
+            raise TopupError(
+                ErrorCode.STALE_TIMESTAMP,
+                f"ts 与服务器时间相差 {int(drift)} 秒, 超过 {TIMESTAMP_TOLERANCE_SECONDS} 秒",
+            )
+
+
+def _check_present(params: Mapping[str, str], required: tuple[str, ...]) -> None:
+    missing = [name for name in required if not params.get(name)]
+    if missing:
+        raise TopupError(ErrorCode.MISSING_PARAMETER, f"缺少必填参数: {', '.join(missing)}")
+
+
+def _check_shapes(params: Mapping[str, str]) -> None:
+    for name, limit in MAX_LENGTH.items():
+        value = params.get(name)
+        if value is not None and len(value) > limit:
+            raise TopupError(ErrorCode.INVALID_PARAMETER, f"参数 {name} 过长: 最多 {limit} 个字符")
+    cstm_order_no = params.get("cstmOrderNo")
+    if cstm_order_no and not _PRINTABLE_ASCII.fullmatch(cstm_order_no):
+        raise TopupError(
+            ErrorCode.INVALID_PARAMETER,
+            "参数 cstmOrderNo 只能包含可见 ASCII 字符 (不含空格)",
+        )
+
+
+def _unknown_supplier(supplier: str, known: list[str]) -> TopupError:
+    return TopupError(
+        ErrorCode.UNKNOWN_SUPPLIER,
+        f"不支持的供应商 Supplier {supplier}; 可用: {', '.join(known) or '无'}",
+    )

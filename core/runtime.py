@@ -1,0 +1,31 @@
+"""One consistent snapshot of the configuration: products, routes and live suppliers.
+
+The service holds the current snapshot and swaps it whole on reload, so a request
+or a dispatch step always sees one configuration, never half of two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.config import Catalog, Config
+from core.registry import Registry
+from core.routing import Router
+from core.suppliers import Supplier
+
+
+@dataclass(frozen=True)
+class Runtime:
+    config: Config
+    catalog: Catalog
+    router: Router
+    suppliers: dict[str, Supplier]
+
+    @classmethod
+    def build(cls, config: Config, registry: Registry) -> Runtime:
+        suppliers = registry.build_suppliers(config)
+        return cls(config, Catalog(config), Router(config), suppliers)
+
+    async def aclose(self) -> None:
+        for supplier in self.suppliers.values():
+            await supplier.aclose()

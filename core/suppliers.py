@@ -1,0 +1,122 @@
+"""What a supplier plugin implements, and what the core hands it.
+
+A supplier plugin registers a ``Supplier`` subclass through the
+``register_suppliers`` hook. The core builds one instance per enabled supplier with
+the settings from ``plugins.toml``, calls ``submit`` once per attempt and ``query``
+as often as it needs, and calls ``aclose`` at shutdown.
+
+The one rule a plugin must keep: report what the supplier actually said. If the
+plugin cannot tell whether the top-up was made (a timeout, a 5xx, a response it
+does not understand), the answer is ``Outcome.UNKNOWN``; the core then asks
+``query`` with the same reference and never submits the attempt again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any, ClassVar
+
+import msgspec
+
+
+class Outcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    """The phone was credited."""
+    FAILED = "failed"
+    """The supplier says, definitively, that it did not and will not credit the phone."""
+    PENDING = "pending"
+    """The supplier has the order and is working on it."""
+    UNKNOWN = "unknown"
+    """Nobody knows yet whether the phone was or will be credited."""
+
+
+class UpstreamOrder(msgspec.Struct, frozen=True):
+    """One attempt to fulfil an order through one supplier."""
+
+    reference: str
+    """Our reference for this attempt: send it as the supplier's caller reference
+    (orderid, customIdentifier, external_id...) and query by it. Never reuse it."""
+    order_no: str
+    attempt: int
+    phone_no: str
+    supplier: str
+    """The partner's Supplier name, i.e. the carrier: 中国移动, 中国联通..."""
+    product_id: str
+    face_value: int
+    """Face value in fen."""
+    created_at: int
+    """When this attempt was recorded, in Unix milliseconds."""
+    supplier_ref: str | None = None
+    """The supplier's own transaction id, once a submit or callback reported one."""
+
+
+class SupplierResult(msgspec.Struct, frozen=True):
+    outcome: Outcome
+    code: str = ""
+    """The supplier's own result or error code, verbatim."""
+    message: str = ""
+    supplier_ref: str | None = None
+    failover: bool = False
+    """With FAILED only: the failure proves nothing was delivered, so the core may
+    try the next supplier in the route (balance exhausted, rejected before
+    acceptance...). Set it from the supplier's error code, never from HTTP status."""
+
+    @classmethod
+    def succeeded(cls, supplier_ref: str | None = None, code: str = "", message: str = ""):
+        return cls(Outcome.SUCCEEDED, code, message, supplier_ref)
+
+    @classmethod
+    def pending(cls, supplier_ref: str | None = None, code: str = "", message: str = ""):
+        return cls(Outcome.PENDING, code, message, supplier_ref)
+
+    @classmethod
+    def unknown(cls, code: str = "", message: str = "", supplier_ref: str | None = None):
+        return cls(Outcome.UNKNOWN, code, message, supplier_ref)
+
+    @classmethod
+    def failed(
+        cls,
+        code: str = "",
+        message: str = "",
+        *,
+        failover: bool = False,
+        supplier_ref: str | None = None,
+    ):
+        return cls(Outcome.FAILED, code, message, supplier_ref, failover)
+
+
+class NoSettings(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class Supplier:
+    """Base class of supplier implementations.
+
+    Subclasses set ``name`` (what ``plugins.toml`` calls them) and, if they take
+    settings, ``Settings``: a msgspec Struct that the ``[plugin.NAME]`` table of
+    ``plugins.toml`` is decoded into. Credentials belong in the environment; read
+    them in ``__init__`` from variables whose names the settings give.
+    """
+
+    name: ClassVar[str]
+    Settings: ClassVar[type[msgspec.Struct]] = NoSettings
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+
+    @classmethod
+    def from_config(cls, raw: Mapping[str, Any]) -> Supplier:
+        settings = msgspec.convert(dict(raw), type=cls.Settings)
+        return cls(settings)
+
+    async def submit(self, order: UpstreamOrder) -> SupplierResult:
+        """Send the order upstream, once. Report what the supplier said."""
+        raise NotImplementedError
+
+    async def query(self, order: UpstreamOrder) -> SupplierResult:
+        """Ask the supplier for the state of ``order.reference``; never resubmit."""
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Release clients and connections at shutdown."""

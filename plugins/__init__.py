@@ -1,0 +1,3 @@
+"""Built-in supplier plugins, registered by module name like any other plugin."""
+
+BUILTIN_PLUGINS = ("plugins.sandbox",)

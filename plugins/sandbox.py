@@ -1,0 +1,45 @@
+"""The sandbox supplier: no network, outcome chosen by the phone number's last digit.
+
+- ends in 4: 充值失败 (the supplier accepts, then reports failure);
+- ends in 7: the submit times out, so the outcome is unknown; a later query says success;
+- anything else: 充值成功.
+
+Every order reaches a terminal state within a few seconds, so anyone can watch every
+path of the lifecycle with ``make run`` and curl.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+
+from core import Supplier, SupplierResult, UpstreamOrder, hookimpl
+
+
+class SandboxSettings(msgspec.Struct, forbid_unknown_fields=True):
+    # How long a "7" submit hangs before it times out.
+    timeout_after: float = 0.5
+
+
+class Sandbox(Supplier):
+    name = "sandbox"
+    Settings = SandboxSettings
+    settings: SandboxSettings
+
+    async def submit(self, order: UpstreamOrder) -> SupplierResult:
+        if order.phone_no.endswith("7"):
+            # What a real plugin does when its HTTP call times out: admit it does not know.
+            await asyncio.sleep(self.settings.timeout_after)
+            return SupplierResult.unknown("TIMEOUT", "沙箱: 尾号 7 提交超时")
+        return SupplierResult.pending(supplier_ref=f"SBX{order.reference}", code="0")
+
+    async def query(self, order: UpstreamOrder) -> SupplierResult:
+        if order.phone_no.endswith("4"):
+            return SupplierResult.failed("SANDBOX_DECLINED", "沙箱: 尾号 4 充值失败")
+        return SupplierResult.succeeded(supplier_ref=f"SBX{order.reference}", code="1")
+
+
+@hookimpl
+def register_suppliers(register):
+    register(Sandbox)
