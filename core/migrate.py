@@ -51,10 +51,12 @@ async def ensure_schema(db: Database) -> None:
     A shared PostgreSQL is migrated once, deliberately, by an operator; an embedded
     SQLite file belongs to this one service, so ``make run`` stays one command.
     """
+    current, head = await current_revision(db), head_revision()
+    if current == head:
+        return
     if db.is_sqlite:
         await upgrade(db)
         return
-    current, head = await current_revision(db), head_revision()
     if current != head:
         raise SchemaOutOfDate(
             f"the database schema is at revision {current or 'none'}, this release needs "

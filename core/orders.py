@@ -204,8 +204,13 @@ class OrderStore:
     # -- the dispatcher's side ------------------------------------------------------
 
     async def claim_due(self, owner: str, lease_ms: int, limit: int) -> list[OrderRecord]:
-        """Lease up to ``limit`` orders whose next step is due and nobody else holds."""
+        """Lease up to ``limit`` orders whose next step is due and nobody else holds.
+
+        A claimed order falls due again when its lease runs out: if its worker dies
+        mid-step, that is when another worker (or this one, restarted) resumes it.
+        """
         now = now_ms()
+        until = now + lease_ms
         due = (
             select(orders.c.order_no)
             .where(
@@ -221,7 +226,7 @@ class OrderStore:
                 await conn.execute(
                     update(orders)
                     .where(orders.c.order_no.in_(due.scalar_subquery()))
-                    .values(lease_owner=owner, lease_until=now + lease_ms)
+                    .values(lease_owner=owner, lease_until=until, next_run_at=until)
                     .returning(*orders.c)
                 )
             ).all()
@@ -243,7 +248,6 @@ class OrderStore:
                         state=State.SUBMITTING,
                         attempts=orders.c.attempts + 1,
                         updated_at=now,
-                        next_run_at=None,
                     )
                     .returning(
                         orders.c.attempts,

@@ -6,6 +6,7 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import click
 
@@ -157,18 +158,25 @@ def app_list() -> None:
     help="Default: the app's, or hmac-sha256.",
 )
 @click.option("--verbose", "-v", is_flag=True, help="Also print the string that is signed.")
+@click.option(
+    "--urlencoded",
+    is_flag=True,
+    help="Print all parameters with sign added, URL-encoded: a body for curl -d or a query.",
+)
 def sign(
     params: tuple[str, ...],
     secret: str | None,
     app_id: str | None,
     sign_type: str | None,
     verbose: bool,
+    urlencoded: bool,
 ) -> None:
     """Compute the `sign` of a request from its parameters.
 
     \b
-    Example:
+    Examples:
       topup sign --secret S appID=demo ts=$(date +%s)
+      curl -d "$(topup sign --urlencoded --secret S appID=demo ts=$(date +%s))" URL
     """
     values = _parse_pairs(params)
     kind = SignType(sign_type) if sign_type else None
@@ -181,7 +189,11 @@ def sign(
         raise click.UsageError("give --secret (or TOPUP_SIGN_SECRET) or --app")
     if verbose:
         click.echo(f"string to sign: {string_to_sign(values)}", err=True)
-    click.echo(compute_sign(values, secret, kind or SignType.HMAC_SHA256))
+    signature = compute_sign(values, secret, kind or SignType.HMAC_SHA256)
+    if urlencoded:
+        click.echo(urlencode({**values, "sign": signature}))
+    else:
+        click.echo(signature)
 
 
 def _parse_pairs(params: tuple[str, ...]) -> dict[str, str]:

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import Partner, ServiceProcess, sandbox_config
+
+TOKEN_SECRET = "test-token-key-known-to-the-tests"
+_app_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """One running service shared by the contract tests (each uses its own apps)."""
+    workdir = tmp_path_factory.mktemp("service")
+    proc = ServiceProcess(workdir, sandbox_config(), env={"TOPUP_TOKEN_SECRET": TOKEN_SECRET})
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def new_partner(service: ServiceProcess, sign_type: str = "hmac-sha256") -> Partner:
+    app_id = f"app{next(_app_numbers)}"
+    company = f"彩生活{app_id}"
+    secret = service.add_app(app_id, company, sign_type)
+    return Partner(service.url, app_id, secret, company, sign_type=sign_type)
+
+
+@pytest.fixture(scope="module")
+def partner(service: ServiceProcess) -> Iterator[Partner]:
+    """A partner app registered on the shared service for this test module."""
+    client = new_partner(service)
+    yield client
+    client.close()

@@ -1,0 +1,228 @@
+"""Test harness: real service processes, and a partner client that signs like a partner."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from core.signing import SignType, compute_sign
+
+REPO = Path(__file__).resolve().parent.parent
+TOPUP = str(Path(sys.executable).with_name("topup"))
+
+# Fast lifecycle settings so that every sandbox order settles within a second or two.
+FAST_DISPATCH = """
+[dispatch]
+query_delays = [0.2, 0.4, 0.8]
+call_timeout = 2
+lease_seconds = 3
+scan_interval = 0.1
+"""
+
+PRODUCTS = """
+products = [
+  { product_id = "YD10", name = "移动10元", face_value = "10", price = "9.95" },
+  { product_id = "YD50", name = "移动50元", face_value = "50", price = "49.75" },
+]
+"""
+
+
+def sandbox_config(
+    extra: str = "", route: str = '["sandbox"]', enabled: str = '["sandbox"]'
+) -> str:
+    return f"""
+enabled = {enabled}
+{FAST_DISPATCH}
+[plugin.sandbox]
+timeout_after = 0.3
+{extra}
+[suppliers."中国移动"]
+route = {route}
+{PRODUCTS}
+[suppliers."中国联通"]
+route = {route}
+products = [{{ product_id = "LT10", face_value = "10", price = "9.95" }}]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def topup_cli(
+    *args: str, env: Mapping[str, str], check: bool = True
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [TOPUP, *args], env=dict(env), cwd=REPO, capture_output=True, text=True, check=check
+    )
+
+
+class ServiceProcess:
+    """``topup serve`` in its own process group, so kill -9 takes all of it down."""
+
+    def __init__(self, workdir: Path, config: str, env: Mapping[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.db_path = workdir / "topup.db"
+        self.config_path = workdir / "plugins.toml"
+        self.config_path.write_text(config, encoding="utf-8")
+        self.port = free_port()
+        self.log_path = workdir / f"service-{self.port}.log"
+        self.env = {
+            **os.environ,
+            "TOPUP_DATABASE_URL": f"sqlite+aiosqlite:///{self.db_path}",
+            "TOPUP_CONFIG": str(self.config_path),
+            "TOPUP_HOST": "127.0.0.1",
+            "TOPUP_PORT": str(self.port),
+            "PYTHONPATH": str(REPO),
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServiceProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [TOPUP, "serve"],
+            env=self.env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"service exited early:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"service not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill9(self) -> None:
+        """Crash the service: SIGKILL to every process of it, no shutdown code runs."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return topup_cli(*args, env=self.env, check=check)
+
+    def add_app(self, app_id: str, company: str, sign_type: str = "hmac-sha256") -> str:
+        result = self.cli("app", "add", app_id, "--company", company, "--sign-type", sign_type)
+        return result.stdout.strip()
+
+    def sql(self, query: str, *args: Any) -> list[tuple]:
+        with sqlite3.connect(self.db_path) as conn:
+            return conn.execute(query, args).fetchall()
+
+    def count_orders(self) -> int:
+        return self.sql("SELECT count(*) FROM orders")[0][0]
+
+
+class Partner:
+    """A partner's integration: signs every call as the README tells partners to."""
+
+    def __init__(
+        self,
+        base_url: str,
+        app_id: str,
+        secret: str,
+        company: str,
+        sign_type: SignType = SignType.HMAC_SHA256,
+    ) -> None:
+        self.base_url = base_url
+        self.app_id = app_id
+        self.secret = secret
+        self.company = company
+        self.sign_type = SignType(sign_type)
+        self.http = httpx.Client(base_url=base_url, timeout=10)
+        self._token: str | None = None
+
+    def signed(self, params: Mapping[str, str], secret: str | None = None) -> dict[str, str]:
+        params = {"appID": self.app_id, "ts": str(int(time.time())), **params}
+        params["sign"] = compute_sign(params, secret or self.secret, self.sign_type)
+        return params
+
+    def token(self) -> str:
+        if self._token is None:
+            reply = self.http.post("/sign/api/token", data=self.signed({})).json()
+            assert reply["code"] == "0", reply
+            self._token = reply["data"]["access_token"]
+        return self._token
+
+    def base(self, **params: str) -> dict[str, str]:
+        return {"access_token": self.token(), "company": self.company, **params}
+
+    def order_params(self, cstm_order_no: str, phone: str = "13800138000", **extra: str):
+        defaults = {
+            "Supplier": "中国移动",
+            "phoneNo": phone,
+            "productId": "YD10",
+            "cstmOrderName": "物业缴费",
+            "cstmOrderNo": cstm_order_no,
+        }
+        return self.base(**(defaults | extra))
+
+    def order(self, cstm_order_no: str, phone: str = "13800138000", **extra: str) -> dict:
+        params = self.signed(self.order_params(cstm_order_no, phone, **extra))
+        return self.http.post("/sign/api/order", data=params).json()
+
+    def status(self, cstm_order_no: str, supplier: str = "中国移动", **extra: str) -> dict:
+        params = self.signed(self.base(Supplier=supplier, cstmOrderNo=cstm_order_no, **extra))
+        return self.http.get("/sign/api/order/status", params=params).json()
+
+    def wait_status(self, cstm_order_no: str, statuses: set[str], timeout: float = 15.0) -> dict:
+        deadline = time.monotonic() + timeout
+        seen = []
+        while time.monotonic() < deadline:
+            reply = self.status(cstm_order_no)
+            assert reply["code"] == "0", reply
+            seen.append(reply["data"]["status"])
+            if reply["data"]["status"] in statuses:
+                return reply
+            time.sleep(0.05)
+        raise AssertionError(f"{cstm_order_no} never reached {statuses}; saw {seen[-5:]}")
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def fresh_order_no(prefix: str = "c") -> str:
+    return f"{prefix}-{time.time_ns()}"

@@ -1,0 +1,135 @@
+"""The store's state rules, directly against a real database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from core.db import Database
+from core.ids import OrderNumbers, new_order_id
+from core.migrate import ensure_schema
+from core.orders import NewOrder, OrderStore, State
+from core.suppliers import SupplierResult
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[OrderStore]:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path}/store.db")
+    await ensure_schema(db)
+    yield OrderStore(db)
+    await db.dispose()
+
+
+numbers = OrderNumbers()
+
+
+async def submitted(store: OrderStore, cstm: str = "c1") -> str:
+    new = NewOrder(
+        numbers.next(),
+        new_order_id(),
+        "app",
+        cstm,
+        "name",
+        "co",
+        "中国移动",
+        "13800138000",
+        "YD10",
+        1000,
+        995,
+    )
+    _order, created = await store.insert_or_get(new)
+    assert created
+    [claimed] = await store.claim_due("me", 60_000, 10)
+    upstream = await store.start_attempt(claimed.order_no, "me", "sandbox")
+    assert upstream is not None
+    return upstream.reference
+
+
+async def apply(store: OrderStore, reference: str, result: SupplierResult, retry: bool = False):
+    return await store.apply(
+        reference, result, retry_elsewhere=retry, next_query_delay_ms=1000, counts_as_query=True
+    )
+
+
+async def test_terminal_state_never_changes_back(store: OrderStore) -> None:
+    reference = await submitted(store)
+    done = await apply(store, reference, SupplierResult.succeeded("X1"))
+    assert done.state is State.SUCCEEDED and done.changed
+    for later in (
+        SupplierResult.failed("9", "撤销"),
+        SupplierResult.pending(),
+        SupplierResult.unknown(),
+        SupplierResult.failed("NO_BALANCE", failover=True),
+    ):
+        again = await apply(store, reference, later, retry=True)
+        assert again.state is State.SUCCEEDED and not again.changed
+    order = await store.get(reference.rsplit("-", 1)[0])
+    assert order.state is State.SUCCEEDED and order.next_run_at is None
+
+
+async def test_same_result_applies_once(store: OrderStore) -> None:
+    reference = await submitted(store)
+    first = await apply(store, reference, SupplierResult.failed("9", "撤销"))
+    second = await apply(store, reference, SupplierResult.failed("9", "撤销"))
+    assert (first.changed, second.changed) == (True, False)
+    assert second.state is State.FAILED
+
+
+async def test_acknowledged_attempt_does_not_fall_back_to_unknown(store: OrderStore) -> None:
+    reference = await submitted(store)
+    await apply(store, reference, SupplierResult.pending("X1"))
+    after = await apply(store, reference, SupplierResult.unknown("TIMEOUT"))
+    assert after.state is State.PENDING
+
+
+async def test_a_claimed_order_is_not_claimed_twice(store: OrderStore) -> None:
+    new = NewOrder(
+        numbers.next(),
+        new_order_id(),
+        "app",
+        "c2",
+        "name",
+        "co",
+        "中国移动",
+        "13800138000",
+        "YD10",
+        1000,
+        995,
+    )
+    await store.insert_or_get(new)
+    assert len(await store.claim_due("a", 60_000, 10)) == 1
+    assert await store.claim_due("b", 60_000, 10) == []
+
+
+async def test_an_attempt_starts_only_for_its_lease_holder(store: OrderStore) -> None:
+    new = NewOrder(
+        numbers.next(),
+        new_order_id(),
+        "app",
+        "c3",
+        "name",
+        "co",
+        "中国移动",
+        "13800138000",
+        "YD10",
+        1000,
+        995,
+    )
+    await store.insert_or_get(new)
+    await store.claim_due("a", 60_000, 10)
+    assert await store.start_attempt(new.order_no, "b", "sandbox") is None
+    assert await store.start_attempt(new.order_no, "a", "sandbox") is not None
+    assert await store.start_attempt(new.order_no, "a", "sandbox") is None
+
+
+async def test_unknown_reference_is_ignored(store: OrderStore) -> None:
+    assert await apply(store, "TP-nothing-1", SupplierResult.succeeded()) is None
+
+
+def test_order_numbers_grow_and_are_unique() -> None:
+    generator = OrderNumbers(node=42)
+    produced = [generator.next() for _ in range(20_000)]
+    assert produced == sorted(produced)
+    assert len(set(produced)) == len(produced)

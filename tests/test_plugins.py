@@ -1,0 +1,213 @@
+"""The plugin framework: discovery, hook validation, configuration, and the CLI's view."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from pathlib import Path
+
+import pluggy
+import pytest
+
+import topup
+from core import hookspecs
+from core.config import ConfigError, parse_config
+from core.registry import Registry
+from core.runtime import Runtime
+from plugins import BUILTIN_PLUGINS
+from tests.support import REPO, ServiceProcess, sandbox_config, topup_cli
+
+
+class FakeSupplier(topup.Supplier):
+    name = "fake"
+
+    async def submit(self, order: topup.UpstreamOrder) -> topup.SupplierResult:
+        return topup.SupplierResult.succeeded()
+
+    async def query(self, order: topup.UpstreamOrder) -> topup.SupplierResult:
+        return topup.SupplierResult.succeeded()
+
+
+class FakePlugin:
+    __name__ = "fake-plugin"
+
+    @topup.hookimpl
+    def register_suppliers(self, register):
+        register(FakeSupplier)
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return Registry(BUILTIN_PLUGINS)
+
+
+@pytest.fixture
+def fake_plugin(registry: Registry) -> Iterator[FakePlugin]:
+    """Registers a fake supplier plugin for the duration of one test."""
+    plugin = FakePlugin()
+    registry.pm.register(plugin, name="fake-plugin")
+    yield plugin
+    registry.unregister(plugin)
+
+
+def test_builtin_sandbox_is_discovered(registry: Registry) -> None:
+    assert "sandbox" in registry.supplier_classes()
+    [info] = [p for p in registry.plugins() if "sandbox" in p.suppliers]
+    assert info.source == "built-in"
+
+
+def test_a_registered_fake_plugin_is_routed_to(registry: Registry, fake_plugin: object) -> None:
+    config = parse_config(sandbox_config(enabled='["sandbox", "fake"]', route='["fake"]'))
+    runtime = Runtime.build(config, registry)
+    assert isinstance(runtime.suppliers["fake"], FakeSupplier)
+    assert runtime.router.next_plugin("中国移动", []) == "fake"
+
+
+def test_the_fake_plugin_is_gone_after_its_test(registry: Registry) -> None:
+    assert "fake" not in registry.supplier_classes()
+
+
+def test_a_misspelled_hook_fails_at_start() -> None:
+    class Misspelled:
+        @topup.hookimpl
+        def register_supplier(self, register):  # missing "s"
+            pass
+
+    with pytest.raises(pluggy.PluginValidationError, match="register_supplier"):
+        Registry(BUILTIN_PLUGINS, extra=[Misspelled()])
+
+
+def test_registering_something_that_is_not_a_supplier_is_refused(registry: Registry) -> None:
+    class Wrong:
+        @topup.hookimpl
+        def register_suppliers(self, register):
+            register(object)
+
+    registry.pm.register(Wrong(), name="wrong")
+    with pytest.raises(ConfigError, match="not a Supplier class"):
+        registry.supplier_classes()
+
+
+def test_two_suppliers_with_one_name_are_refused(registry: Registry) -> None:
+    class Clash(topup.Supplier):
+        name = "sandbox"
+
+    class Clashing:
+        @topup.hookimpl
+        def register_suppliers(self, register):
+            register(Clash)
+
+    registry.pm.register(Clashing(), name="clashing")
+    with pytest.raises(ConfigError, match="two plugins register a supplier named 'sandbox'"):
+        registry.supplier_classes()
+
+
+def test_every_hook_is_documented() -> None:
+    hooks = [
+        fn
+        for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+        if hasattr(fn, "topup_spec")
+    ]
+    assert hooks, "no hookspecs found"
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for hook in hooks:
+        doc = inspect.getdoc(hook) or ""
+        assert "Parameters:" in doc and "Returns:" in doc, hook.__name__
+        assert "firstresult" in doc, f"{hook.__name__}: say whether it is firstresult"
+        assert all(name in doc for name in inspect.signature(hook).parameters), hook.__name__
+        assert hook.__name__ in readme, f"{hook.__name__} is not in the README"
+
+
+def test_public_api_exports_what_a_plugin_needs() -> None:
+    for name in ("hookimpl", "Supplier", "SupplierResult", "UpstreamOrder", "Outcome"):
+        assert hasattr(topup, name)
+
+
+# -- configuration --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('enabled = ["sandbox"]\n[suppliers."中国移动"]\nroute = []', "route is empty"),
+        ('enabled = []\n[suppliers."中国移动"]\nroute = ["sandbox"]', "not in `enabled`"),
+        ('enabled = ["sandbox"]\nroutes = 1', "unknown field `routes`"),
+        ('enabled = ["sandbox"\n', "not valid TOML"),
+        (
+            'enabled = ["sandbox"]\n[suppliers."中国移动"]\nroute = ["sandbox"]\n'
+            'products = [{ product_id = "A", face_value = "10.005", price = "9" }]',
+            "more than two decimals",
+        ),
+        ("[dispatch]\ncall_timeout = 90\nlease_seconds = 60", "must be shorter"),
+    ],
+)
+def test_invalid_config_is_refused_with_a_clear_message(toml: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(toml)
+
+
+def test_enabling_a_plugin_that_is_not_installed(registry: Registry) -> None:
+    config = parse_config(sandbox_config(enabled='["sandbox", "juhe9"]'))
+    with pytest.raises(ConfigError, match="'juhe9', but no installed plugin provides it"):
+        Runtime.build(config, registry)
+
+
+def test_bad_plugin_settings_name_the_plugin(registry: Registry) -> None:
+    config = parse_config(sandbox_config().replace("timeout_after = 0.3", "timeout_afterr = 1"))
+    with pytest.raises(ConfigError, match=r"\[plugin.sandbox\].*timeout_afterr"):
+        Runtime.build(config, registry)
+
+
+def test_shipped_config_routes_every_carrier_to_the_sandbox(registry: Registry) -> None:
+    from core.config import load_config
+
+    runtime = Runtime.build(load_config(REPO / "plugins.toml"), registry)
+    for carrier in ("中国移动", "中国联通", "中国电信", "中国广电"):
+        assert runtime.router.route(carrier) == ["sandbox"]
+        assert runtime.catalog.products(carrier)
+
+
+# -- the CLI ------------------------------------------------------------------------------
+
+
+def test_topup_plugins_lists_plugins_and_routes(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "TOPUP_CONFIG": str(REPO / "plugins.toml")}
+    out = topup_cli("plugins", env=env).stdout
+    assert "plugins.sandbox" in out and "built-in" in out
+    for carrier in ("中国移动", "中国联通", "中国电信", "中国广电"):
+        assert f"{carrier}: sandbox" in out
+
+
+def test_topup_plugins_shows_a_plugin_from_topup_plugins_env(tmp_path: Path) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(REPO),
+        "TOPUP_PLUGINS": "tests.fake_suppliers",
+        "TOPUP_CONFIG": str(REPO / "plugins.toml"),
+    }
+    out = topup_cli("plugins", env=env).stdout
+    assert "tests.fake_suppliers" in out and "scripted, backup" in out
+
+
+def test_serve_refuses_an_invalid_config(tmp_path: Path) -> None:
+    service = ServiceProcess(tmp_path, 'enabled = ["nope"]')
+    result = service.cli("serve", check=False)
+    assert result.returncode != 0
+    assert "invalid configuration" in result.stderr and "'nope'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_app_add_prints_the_secret_once_and_refuses_duplicates(tmp_path: Path) -> None:
+    service = ServiceProcess(tmp_path, sandbox_config())
+    created = service.cli("app", "add", "acme", "--company", "阿克米", "--secret", "s3")
+    assert created.stdout.strip() == "s3"
+    again = service.cli("app", "add", "acme", "--company", "阿克米", check=False)
+    assert again.returncode != 0 and "already exists" in again.stderr
+    listing = service.cli("app", "list").stdout
+    assert "acme\t阿克米\thmac-sha256" in listing and "s3" not in listing
+
+
+def test_generated_secrets_are_long_and_distinct(tmp_path: Path) -> None:
+    service = ServiceProcess(tmp_path, sandbox_config())
+    one, two = service.add_app("a1", "c"), service.add_app("a2", "c")
+    assert one != two and len(one) >= 32
