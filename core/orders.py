@@ -68,18 +68,9 @@ class NewOrder(msgspec.Struct, frozen=True):
     price: int
 
 
-class OrderRecord(msgspec.Struct, frozen=True):
-    order_no: str
-    order_id: str
-    app_id: str
-    cstm_order_no: str
-    cstm_order_name: str
-    company: str
-    supplier: str
-    phone_no: str
-    product_id: str
-    face_value: int
-    price: int
+class OrderRecord(NewOrder, frozen=True):
+    """A stored order: what the partner asked for, and where it stands."""
+
     state: State
     attempts: int
     fail_code: str | None
@@ -239,11 +230,7 @@ class OrderStore:
             claimed = (
                 await conn.execute(
                     update(orders)
-                    .where(
-                        orders.c.order_no == order_no,
-                        orders.c.lease_owner == owner,
-                        orders.c.state.in_(list(READY_TO_SUBMIT)),
-                    )
+                    .where(_held_and_ready(order_no, owner))
                     .values(
                         state=State.SUBMITTING,
                         attempts=orders.c.attempts + 1,
@@ -391,11 +378,7 @@ class OrderStore:
         async with self.db.write() as conn:
             done = await conn.execute(
                 update(orders)
-                .where(
-                    orders.c.order_no == order_no,
-                    orders.c.lease_owner == owner,
-                    orders.c.state.in_(list(READY_TO_SUBMIT)),
-                )
+                .where(_held_and_ready(order_no, owner))
                 .values(
                     state=State.FAILED,
                     fail_code=func.coalesce(orders.c.fail_code, "NO_SUPPLIER"),
@@ -421,6 +404,15 @@ class OrderStore:
                 )
                 .values(next_run_at=now + delay_ms, lease_owner=None, lease_until=None)
             )
+
+
+def _held_and_ready(order_no: str, owner: str):
+    """The order, if this worker holds its lease and nothing is open upstream."""
+    return and_(
+        orders.c.order_no == order_no,
+        orders.c.lease_owner == owner,
+        orders.c.state.in_(list(READY_TO_SUBMIT)),
+    )
 
 
 def _order_from_values(values: dict) -> OrderRecord:

@@ -25,21 +25,24 @@ async def store(tmp_path: Path) -> AsyncIterator[OrderStore]:
 numbers = OrderNumbers()
 
 
-async def submitted(store: OrderStore, cstm: str = "c1") -> str:
-    new = NewOrder(
-        numbers.next(),
-        new_order_id(),
-        "app",
-        cstm,
-        "name",
-        "co",
-        "中国移动",
-        "13800138000",
-        "YD10",
-        1000,
-        995,
+def new_order(cstm: str) -> NewOrder:
+    return NewOrder(
+        order_no=numbers.next(),
+        order_id=new_order_id(),
+        app_id="app",
+        cstm_order_no=cstm,
+        cstm_order_name="name",
+        company="co",
+        supplier="中国移动",
+        phone_no="13800138000",
+        product_id="YD10",
+        face_value=1000,
+        price=995,
     )
-    _order, created = await store.insert_or_get(new)
+
+
+async def submitted(store: OrderStore, cstm: str = "c1") -> str:
+    _order, created = await store.insert_or_get(new_order(cstm))
     assert created
     [claimed] = await store.claim_due("me", 60_000, 10)
     upstream = await store.start_attempt(claimed.order_no, "me", "sandbox")
@@ -85,38 +88,13 @@ async def test_acknowledged_attempt_does_not_fall_back_to_unknown(store: OrderSt
 
 
 async def test_a_claimed_order_is_not_claimed_twice(store: OrderStore) -> None:
-    new = NewOrder(
-        numbers.next(),
-        new_order_id(),
-        "app",
-        "c2",
-        "name",
-        "co",
-        "中国移动",
-        "13800138000",
-        "YD10",
-        1000,
-        995,
-    )
-    await store.insert_or_get(new)
+    await store.insert_or_get(new_order("c2"))
     assert len(await store.claim_due("a", 60_000, 10)) == 1
     assert await store.claim_due("b", 60_000, 10) == []
 
 
 async def test_an_attempt_starts_only_for_its_lease_holder(store: OrderStore) -> None:
-    new = NewOrder(
-        numbers.next(),
-        new_order_id(),
-        "app",
-        "c3",
-        "name",
-        "co",
-        "中国移动",
-        "13800138000",
-        "YD10",
-        1000,
-        995,
-    )
+    new = new_order("c3")
     await store.insert_or_get(new)
     await store.claim_due("a", 60_000, 10)
     assert await store.start_attempt(new.order_no, "b", "sandbox") is None
