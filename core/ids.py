@@ -45,4 +45,5 @@ def new_order_id() -> str:
 
 
 def attempt_reference(order_no: str, attempt: int) -> str:
-    return f"{order_no}-{attempt}"
+    """Letters and digits only, at most 32 characters: fits every supplier's reference field."""
+    return f"{order_no}A{attempt}"
