@@ -26,9 +26,20 @@ class ProductConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     name: str = ""
 
 
+class RouteEntry(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    plugin: str
+    # Share of first attempts; 0 (the default) makes the plugin a failover target only.
+    weight: int = 0
+
+
 class SupplierConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    route: list[str]
+    # Plugins in failover order: names, or {plugin = NAME, weight = N} tables.
+    route: list[str | RouteEntry]
     products: list[ProductConfig] = []
+
+    @property
+    def entries(self) -> list[RouteEntry]:
+        return [RouteEntry(e) if isinstance(e, str) else e for e in self.route]
 
 
 class DispatchConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -46,6 +57,11 @@ class DispatchConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     concurrency: int = 200
     # How often the dispatcher looks for due work when nothing woke it.
     scan_interval: float = 0.5
+    # Unanswered status queries (pending or unknown) before an order goes to manual review.
+    max_queries: int = 30
+    # Consecutive definitive failures that open a plugin's circuit, and how long it stays open.
+    breaker_threshold: int = 5
+    breaker_cooldown: float = 60.0
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -89,6 +105,8 @@ def _check(config: Config, source: str) -> None:
     dispatch = config.dispatch
     if not dispatch.query_delays or min(dispatch.query_delays) <= 0:
         raise ConfigError(f"{source}: dispatch.query_delays needs positive delays")
+    if dispatch.max_queries < 1 or dispatch.breaker_threshold < 1:
+        raise ConfigError(f"{source}: dispatch.max_queries and breaker_threshold must be >= 1")
     if dispatch.call_timeout >= dispatch.lease_seconds:
         raise ConfigError(
             f"{source}: dispatch.call_timeout ({dispatch.call_timeout}) must be shorter than "
@@ -99,9 +117,14 @@ def _check(config: Config, source: str) -> None:
         where = f"{source}: suppliers.{name!r}"
         if not supplier.route:
             raise ConfigError(f"{where}.route is empty: name at least one plugin")
-        for plugin in supplier.route:
+        names = [entry.plugin for entry in supplier.entries]
+        for plugin in names:
             if plugin not in config.enabled:
                 raise ConfigError(f"{where}.route names {plugin!r}, which is not in `enabled`")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{where}.route names a plugin twice")
+        if any(entry.weight < 0 for entry in supplier.entries):
+            raise ConfigError(f"{where}.route: weights cannot be negative")
         seen: set[str] = set()
         for product in supplier.products:
             if product.product_id in seen:

@@ -97,6 +97,30 @@ attempts = Table(
 )
 
 
+order_events = Table(
+    "order_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("order_no", String(32), nullable=False),
+    Column("at", BigInteger, nullable=False),
+    # review, resolved, requeried
+    Column("kind", String(32), nullable=False),
+    # "system", or the operator who acted
+    Column("actor", String(64), nullable=False),
+    Column("detail", Text, nullable=False),
+    Index("ix_order_events_order_no", "order_no"),
+)
+
+# Small shared counters, e.g. the configuration generation that `topup reload` bumps.
+control = Table(
+    "control",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+
 def insert_ignoring_conflicts(db: Database, table: Table, conflict_columns: list[str]):
     """INSERT ... ON CONFLICT DO NOTHING in the dialect at hand."""
     dialect_insert = postgresql.insert if db.is_postgres else sqlite.insert

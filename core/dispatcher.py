@@ -6,7 +6,11 @@ and for each one either starts the next attempt or queries the open one:
 - an attempt is committed, with its reference, before ``submit`` is called;
 - whatever ``submit`` does other than answer (time out, raise, return garbage)
   leaves the attempt UNKNOWN, and the order is then only ever queried;
-- an order found in ``submitting`` after a crash is queried, never resubmitted.
+- an order found in ``submitting`` after a crash is queried, never resubmitted;
+- an outcome still open after ``dispatch.max_queries`` queries goes to manual review.
+
+Supplier callbacks arrive through ``handle_callback`` and are applied by the same
+rules as query results.
 """
 
 from __future__ import annotations
@@ -18,10 +22,21 @@ import secrets
 from collections.abc import Awaitable, Callable
 
 from core.orders import READY_TO_SUBMIT, OrderRecord, OrderStore, State
+from core.routing import CircuitBreaker
 from core.runtime import Runtime
-from core.suppliers import Outcome, SupplierResult, UpstreamOrder
+from core.suppliers import (
+    CallbackReply,
+    CallbackRequest,
+    Outcome,
+    SupplierResult,
+    UpstreamOrder,
+    alerts,
+)
 
 log = logging.getLogger("topup.dispatcher")
+
+NO_SUCH_PLUGIN = CallbackReply(404, b"no such supplier plugin")
+UNREADABLE_CALLBACK = CallbackReply(400, b"callback could not be read")
 
 
 class Dispatcher:
@@ -29,6 +44,7 @@ class Dispatcher:
         self._store = store
         self._runtime = runtime
         self.owner = f"worker-{secrets.token_hex(6)}"
+        self.breaker = CircuitBreaker()
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
@@ -48,6 +64,8 @@ class Dispatcher:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+    # -- the work loop ----------------------------------------------------------------
 
     async def _run(self) -> None:
         while True:
@@ -91,18 +109,25 @@ class Dispatcher:
     async def _submit(self, order: OrderRecord) -> None:
         runtime = self._runtime()
         tried = await self._store.tried_plugins(order.order_no)
-        plugin = runtime.router.next_plugin(order.supplier, tried)
+        plugin = runtime.router.next_plugin(
+            order.supplier, order.order_no, tried, self.breaker.available
+        )
         supplier = runtime.suppliers.get(plugin) if plugin else None
-        if supplier is None:
+        if supplier is None or plugin is None:
             reason = f"没有可用的供应商: {order.supplier}"
             await self._store.fail_unroutable(order.order_no, self.owner, reason)
-            log.warning("order %s failed: no supplier left to try (%s)", order.order_no, tried)
+            log.warning(
+                "order %s failed: no supplier left to try (tried %s, open circuits %s)",
+                order.order_no,
+                tried,
+                self.breaker.open_plugins(),
+            )
             return
         upstream = await self._store.start_attempt(order.order_no, self.owner, plugin)
         if upstream is None:
             return
         result = await self._call(supplier.submit, upstream, plugin)
-        await self._apply(upstream, result, runtime, queries_before=0, is_query=False)
+        await self._apply(plugin, upstream, result, runtime, queries_done=0, is_query=False)
 
     async def _query(self, order: OrderRecord) -> None:
         runtime = self._runtime()
@@ -126,29 +151,69 @@ class Dispatcher:
             return
         result = await self._call(supplier.query, upstream, attempt.plugin)
         await self._apply(
-            upstream, result, runtime, queries_before=attempt.queries + 1, is_query=True
+            attempt.plugin,
+            upstream,
+            result,
+            runtime,
+            queries_done=attempt.queries + 1,
+            is_query=True,
         )
+
+    # -- applying results -------------------------------------------------------------
+
+    async def handle_callback(self, plugin: str, request: CallbackRequest) -> CallbackReply:
+        """Verify a supplier callback with its plugin and apply what it says."""
+        runtime = self._runtime()
+        supplier = runtime.suppliers.get(plugin)
+        if supplier is None:
+            return NO_SUCH_PLUGIN
+        try:
+            callback = supplier.parse_callback(request)
+        except Exception:
+            log.exception("%s: callback could not be parsed", plugin)
+            return UNREADABLE_CALLBACK
+        if callback.result is None or callback.reference is None:
+            log.warning("%s: callback ignored (%s)", plugin, callback.reply.status_code)
+            return callback.reply
+        found = await self._store.attempt(callback.reference)
+        if found is None or found[0].plugin != plugin:
+            alerts.warning("%s: callback for unknown reference %r", plugin, callback.reference)
+            return callback.reply
+        attempt, upstream = found
+        await self._apply(
+            plugin, upstream, callback.result, runtime, queries_done=attempt.queries, is_query=False
+        )
+        return callback.reply
 
     async def _apply(
         self,
+        plugin: str,
         upstream: UpstreamOrder,
         result: SupplierResult,
         runtime: Runtime,
         *,
-        queries_before: int,
+        queries_done: int,
         is_query: bool,
     ) -> None:
-        delays = runtime.config.dispatch.query_delays
-        delay = delays[min(queries_before, len(delays) - 1)]
+        """Apply one result; ``queries_done`` counts status queries including this one."""
+        settings = runtime.config.dispatch
+        self._track_health(plugin, result, settings.breaker_threshold, settings.breaker_cooldown)
         retry = result.outcome is Outcome.FAILED and result.failover
         if retry:
             tried = await self._store.tried_plugins(upstream.order_no)
-            retry = runtime.router.next_plugin(upstream.supplier, tried) is not None
+            retry = (
+                runtime.router.next_plugin(
+                    upstream.supplier, upstream.order_no, tried, self.breaker.available
+                )
+                is not None
+            )
         applied = await self._store.apply(
             upstream.reference,
             result,
             retry_elsewhere=retry,
-            next_query_delay_ms=int(delay * 1000),
+            next_query_delay_ms=_next_query_delay(
+                settings.query_delays, settings.max_queries, queries_done
+            ),
             counts_as_query=is_query,
         )
         if applied is not None and applied.changed:
@@ -161,6 +226,26 @@ class Dispatcher:
             )
             if applied.state is State.RETRYING:
                 self.wake()
+            if applied.state is State.REVIEW:
+                alerts.warning(
+                    "order %s needs manual review: outcome still open after %s queries",
+                    upstream.order_no,
+                    queries_done,
+                )
+
+    def _track_health(
+        self, plugin: str, result: SupplierResult, threshold: int, cooldown: float
+    ) -> None:
+        if result.outcome is Outcome.FAILED and result.failover:
+            if self.breaker.record_failure(plugin, threshold, cooldown):
+                alerts.warning(
+                    "%s: circuit opened after %s definitive failures; skipped for %ss",
+                    plugin,
+                    threshold,
+                    cooldown,
+                )
+        elif result.outcome in (Outcome.SUCCEEDED, Outcome.PENDING):
+            self.breaker.record_success(plugin)
 
     async def _call(
         self,
@@ -189,3 +274,10 @@ class Dispatcher:
             log.error("%s %s returned %r, not a SupplierResult", plugin, method.__name__, result)
             return SupplierResult.unknown("PLUGIN_ERROR", "invalid result")
         return result
+
+
+def _next_query_delay(delays: list[float], max_queries: int, queries_done: int) -> int | None:
+    """Milliseconds until the next status query, or None once it is time for review."""
+    if queries_done >= max_queries:
+        return None
+    return int(delays[min(queries_done, len(delays) - 1)] * 1000)

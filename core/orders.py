@@ -9,6 +9,9 @@ States of an order::
         |                              definitive failure that delivered nothing)
         \\-> failed (no supplier could take it)
 
+    pending / unknown --(max_queries unanswered)--> review --(operator or late
+    callback/poll)--> succeeded / failed
+
 ``succeeded`` and ``failed`` are terminal: no update ever leaves them. Each
 attempt's row, with its own reference, is committed before the supplier is called,
 and an order gets a new attempt only when every earlier attempt has failed
@@ -23,7 +26,7 @@ import msgspec
 from sqlalchemy import and_, func, or_, select, update
 
 from core.clock import now_ms
-from core.db import Database, attempts, insert_ignoring_conflicts, orders
+from core.db import Database, attempts, insert_ignoring_conflicts, order_events, orders
 from core.ids import attempt_reference
 from core.suppliers import Outcome, SupplierResult, UpstreamOrder
 
@@ -34,12 +37,15 @@ class State(StrEnum):
     PENDING = "pending"
     UNKNOWN = "unknown"
     RETRYING = "retrying"
+    REVIEW = "review"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
 
 
 TERMINAL = frozenset({State.SUCCEEDED, State.FAILED})
 READY_TO_SUBMIT = frozenset({State.ACCEPTED, State.RETRYING})
+OPEN_ATTEMPT = (State.SUBMITTING, State.PENDING, State.UNKNOWN)
+SYSTEM = "system"
 
 # The partner's view (the seed's status codes): 0 已受理, 1 充值中, 2 充值成功, 3 充值失败.
 PARTNER_STATUS = {
@@ -48,6 +54,7 @@ PARTNER_STATUS = {
     State.PENDING: "1",
     State.UNKNOWN: "1",
     State.RETRYING: "1",
+    State.REVIEW: "1",
     State.SUCCEEDED: "2",
     State.FAILED: "3",
 }
@@ -119,6 +126,13 @@ def _order(row) -> OrderRecord:
 def _attempt(row) -> AttemptRecord:
     columns = row._mapping
     return AttemptRecord(**{name: columns[name] for name in AttemptRecord.__struct_fields__})
+
+
+class OrderEvent(msgspec.Struct, frozen=True):
+    at: int
+    kind: str
+    actor: str
+    detail: str
 
 
 class Applied(msgspec.Struct, frozen=True):
@@ -272,7 +286,15 @@ class OrderStore:
         )
 
     async def open_attempt(self, order_no: str) -> tuple[AttemptRecord, UpstreamOrder] | None:
-        """The attempt whose outcome is still open, as the plugin should see it."""
+        """The order's attempt whose outcome is still open, as the plugin should see it."""
+        return await self._attempt_view(
+            and_(attempts.c.order_no == order_no, attempts.c.state.in_(OPEN_ATTEMPT))
+        )
+
+    async def attempt(self, reference: str) -> tuple[AttemptRecord, UpstreamOrder] | None:
+        return await self._attempt_view(attempts.c.reference == reference)
+
+    async def _attempt_view(self, condition) -> tuple[AttemptRecord, UpstreamOrder] | None:
         async with self.db.read() as conn:
             row = (
                 await conn.execute(
@@ -284,17 +306,13 @@ class OrderStore:
                         orders.c.face_value,
                     )
                     .join(orders, orders.c.order_no == attempts.c.order_no)
-                    .where(
-                        attempts.c.order_no == order_no,
-                        attempts.c.state.in_([State.SUBMITTING, State.PENDING, State.UNKNOWN]),
-                    )
+                    .where(condition)
                     .order_by(attempts.c.seq.desc())
                     .limit(1)
                 )
             ).first()
         if row is None:
             return None
-        attempt = _attempt(row)
         upstream = UpstreamOrder(
             reference=row.reference,
             order_no=row.order_no,
@@ -306,7 +324,7 @@ class OrderStore:
             created_at=row.created_at,
             supplier_ref=row.supplier_ref,
         )
-        return attempt, upstream
+        return _attempt(row), upstream
 
     async def tried_plugins(self, order_no: str) -> list[str]:
         return [attempt.plugin for attempt in await self.attempts_of(order_no)]
@@ -317,13 +335,17 @@ class OrderStore:
         result: SupplierResult,
         *,
         retry_elsewhere: bool,
-        next_query_delay_ms: int,
+        next_query_delay_ms: int | None,
         counts_as_query: bool,
+        event: tuple[str, str, str] | None = None,
     ) -> Applied | None:
         """Apply what a supplier said about one attempt; idempotent and monotonic.
 
         ``retry_elsewhere``: a FAILED result that allows failover, with a next supplier
         available, puts the order in ``retrying`` instead of ``failed``.
+        ``next_query_delay_ms``: when to query an outcome that is still open; None
+        gives up querying and sends the order to manual review.
+        ``event``: (kind, actor, detail) recorded with the change, in the same commit.
         Returns None when the reference is not ours.
         """
         now = now_ms()
@@ -363,14 +385,96 @@ class OrderStore:
                 return Applied(order.order_no, order.state, changed=False)
             order_values = _order_change(attempt_state, result, retry_elsewhere, now)
             if order_values is None:
-                order_values = {"state": attempt_state, "next_run_at": now + next_query_delay_ms}
+                order_values = _still_open(order.state, attempt_state, next_query_delay_ms, now)
             await conn.execute(
                 update(orders)
                 .where(orders.c.order_no == order.order_no)
                 .values(**order_values, updated_at=now, lease_owner=None, lease_until=None)
             )
-        new_state = State(order_values["state"])
+            new_state = State(order_values["state"])
+            if new_state is State.REVIEW and order.state is not State.REVIEW:
+                detail = f"{queries} status queries left the outcome open ({result.code})"
+                event = event or ("review", SYSTEM, detail)
+            if event is not None:
+                await self._record_event(conn, order.order_no, *event, now=now)
         return Applied(order.order_no, new_state, changed=new_state != order.state)
+
+    async def in_review(self) -> list[OrderRecord]:
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(orders)
+                    .where(orders.c.state == State.REVIEW)
+                    .order_by(orders.c.created_at)
+                )
+            ).all()
+        return [_order(row) for row in rows]
+
+    async def events_of(self, order_no: str) -> list[OrderEvent]:
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(order_events)
+                    .where(order_events.c.order_no == order_no)
+                    .order_by(order_events.c.id)
+                )
+            ).all()
+        return [OrderEvent(r.at, r.kind, r.actor, r.detail) for r in rows]
+
+    async def resolve(self, order_no: str, succeeded: bool, reason: str, actor: str) -> Applied:
+        """An operator's verdict on an order whose outcome the supplier never settled."""
+        open_attempt = await self.open_attempt(order_no)
+        if open_attempt is None:
+            raise LookupError(f"order {order_no} has no open attempt to resolve")
+        attempt, _upstream = open_attempt
+        verdict = (
+            SupplierResult.succeeded(code="MANUAL", message=reason)
+            if succeeded
+            else SupplierResult.failed("MANUAL", reason)
+        )
+        outcome = "succeeded" if succeeded else "failed"
+        applied = await self.apply(
+            attempt.reference,
+            verdict,
+            retry_elsewhere=False,
+            next_query_delay_ms=None,
+            counts_as_query=False,
+            event=("resolved", actor, f"{outcome}: {reason}"),
+        )
+        assert applied is not None
+        return applied
+
+    async def requery(self, order_no: str, actor: str, reason: str) -> bool:
+        """Send an order in review back to automatic status queries, with a fresh count."""
+        now = now_ms()
+        open_attempt = await self.open_attempt(order_no)
+        if open_attempt is None:
+            return False
+        attempt, _upstream = open_attempt
+        async with self.db.write() as conn:
+            moved = await conn.execute(
+                update(orders)
+                .where(orders.c.order_no == order_no, orders.c.state == State.REVIEW)
+                .values(state=attempt.state, next_run_at=now, updated_at=now)
+            )
+            if moved.rowcount != 1:
+                return False
+            await conn.execute(
+                update(attempts)
+                .where(attempts.c.reference == attempt.reference)
+                .values(queries=0, updated_at=now)
+            )
+            await self._record_event(conn, order_no, "requeried", actor, reason, now=now)
+        return True
+
+    async def _record_event(
+        self, conn, order_no: str, kind: str, actor: str, detail: str, now: int
+    ) -> None:
+        await conn.execute(
+            order_events.insert().values(
+                order_no=order_no, at=now, kind=kind, actor=actor, detail=detail
+            )
+        )
 
     async def fail_unroutable(self, order_no: str, owner: str, reason: str) -> bool:
         """Fail an order that no supplier could take; only before anything is open upstream."""
@@ -434,6 +538,17 @@ def _next_attempt_state(current: State, outcome: Outcome) -> State | None:
     if outcome is Outcome.PENDING:
         return State.PENDING
     return State.PENDING if current is State.PENDING else State.UNKNOWN
+
+
+def _still_open(
+    order_state: State, attempt_state: State, next_query_delay_ms: int | None, now: int
+) -> dict:
+    """Order columns while the supplier has not settled the attempt."""
+    if order_state is State.REVIEW:
+        return {"state": State.REVIEW}  # only a settled outcome or an operator moves it on
+    if next_query_delay_ms is None:
+        return {"state": State.REVIEW, "next_run_at": None}
+    return {"state": attempt_state, "next_run_at": now + next_query_delay_ms}
 
 
 def _order_change(

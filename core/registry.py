@@ -19,7 +19,7 @@ import pluggy
 
 from core import hookspecs
 from core.config import Config, ConfigError
-from core.suppliers import Supplier
+from core.suppliers import Supplier, SupplierConfigError
 
 ENTRY_POINT_GROUP = "topup"
 EXTRA_PLUGINS_ENV = "TOPUP_PLUGINS"
@@ -118,7 +118,7 @@ class Registry:
 def _instantiate(cls: type[Supplier], raw: dict[str, Any]) -> Supplier:
     try:
         return cls.from_config(raw)
-    except msgspec.ValidationError as exc:
+    except (msgspec.ValidationError, SupplierConfigError) as exc:
         raise ConfigError(f"[plugin.{cls.name}]: {exc}") from exc
 
 

@@ -6,6 +6,7 @@ or a dispatch step always sees one configuration, never half of two.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from core.config import Catalog, Config
@@ -26,6 +27,9 @@ class Runtime:
         suppliers = registry.build_suppliers(config)
         return cls(config, Catalog(config), Router(config), suppliers)
 
-    async def aclose(self) -> None:
+    async def aclose(self, grace: float = 0.0) -> None:
+        """Close the suppliers, after ``grace`` seconds for calls still in flight."""
+        if grace:
+            await asyncio.sleep(grace)
         for supplier in self.suppliers.values():
             await supplier.aclose()

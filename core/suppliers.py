@@ -13,11 +13,15 @@ does not understand), the answer is ``Outcome.UNKNOWN``; the core then asks
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, ClassVar
 
 import msgspec
+
+alerts = logging.getLogger("topup.alert")
 
 
 class Outcome(StrEnum):
@@ -85,6 +89,79 @@ class SupplierResult(msgspec.Struct, frozen=True):
     ):
         return cls(Outcome.FAILED, code, message, supplier_ref, failover)
 
+    @classmethod
+    def not_sent(cls, message: str):
+        """The request provably never left (connection refused, no token): try elsewhere."""
+        return cls(Outcome.FAILED, "NOT_SENT", message, None, True)
+
+
+class ErrorClass(StrEnum):
+    """How a supplier's own error code is to be read."""
+
+    DEFINITIVE = "definitive"
+    """Refused before acceptance; nothing was delivered: another supplier may try."""
+    TRANSIENT = "transient"
+    """Refused for a passing reason; nothing was delivered: another supplier may try."""
+    UNKNOWN = "unknown"
+    """Says nothing certain about delivery: the order is queried, never resent."""
+
+
+def classify_error(
+    plugin: str, table: Mapping[str, ErrorClass], code: str, message: str
+) -> SupplierResult:
+    """The result for a supplier error code, from the plugin's table.
+
+    A code missing from the table is treated as unknown and raises an alert, since it
+    means the supplier says something the plugin was not written to understand.
+    """
+    error_class = table.get(code)
+    if error_class is None:
+        alerts.warning("%s: unlisted error code %r (%s): treated as unknown", plugin, code, message)
+        return SupplierResult.unknown(code, message)
+    if error_class is ErrorClass.UNKNOWN:
+        return SupplierResult.unknown(code, message)
+    return SupplierResult.failed(code, message, failover=True)
+
+
+class CallbackRequest(msgspec.Struct, frozen=True):
+    """An inbound callback exactly as it arrived; header names are lower case."""
+
+    body: bytes
+    headers: dict[str, str]
+    query: dict[str, str]
+
+
+class CallbackReply(msgspec.Struct, frozen=True):
+    """What the supplier's protocol expects as the answer to its callback."""
+
+    status_code: int = 200
+    body: bytes = b"success"
+    media_type: str = "text/plain"
+
+
+class Callback(msgspec.Struct, frozen=True):
+    """A parsed callback: which attempt, what it says, and how to answer.
+
+    ``result`` is None when the callback must not change anything (bad signature,
+    a status the plugin does not understand); the reply still goes back.
+    """
+
+    reply: CallbackReply
+    reference: str | None = None
+    result: SupplierResult | None = None
+
+
+class SupplierConfigError(Exception):
+    """A supplier cannot start with its settings or environment; the message says why."""
+
+
+def secret_from_env(name: str) -> str:
+    """A credential from the environment variable ``name``; refuses to start without it."""
+    value = os.environ.get(name)
+    if not value:
+        raise SupplierConfigError(f"environment variable {name} is not set")
+    return value
+
 
 class NoSettings(msgspec.Struct, forbid_unknown_fields=True):
     pass
@@ -117,6 +194,13 @@ class Supplier:
     async def query(self, order: UpstreamOrder) -> SupplierResult:
         """Ask the supplier for the state of ``order.reference``; never resubmit."""
         raise NotImplementedError
+
+    def parse_callback(self, request: CallbackRequest) -> Callback:
+        """Verify and read a callback sent to ``/callback/NAME``. Do no I/O here.
+
+        Suppliers without callbacks keep this default, which refuses them.
+        """
+        return Callback(CallbackReply(404, b"callbacks not supported"))
 
     async def aclose(self) -> None:
         """Release clients and connections at shutdown."""

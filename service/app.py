@@ -6,16 +6,19 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qsl
 
 import msgspec
-from litestar import Controller, Litestar, Request, Response, get, post
+from litestar import Controller, HttpMethod, Litestar, Request, Response, get, post, route
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from core.errors import ErrorCode, TopupError
 from core.partner import PartnerDesk
+from core.suppliers import CallbackRequest
 from service import payloads
+from service.logs import configure_logging
 from service.params import request_params
 from service.settings import Settings
 from service.wiring import Services
@@ -103,6 +106,28 @@ class PartnerController(Controller):
         return await answer(request, _products)
 
 
+@route(
+    "/callback/{plugin:str}",
+    http_method=[HttpMethod.GET, HttpMethod.POST],
+    operation_id="supplierCallback",
+    include_in_schema=False,
+)
+async def supplier_callback(request: Request, plugin: str) -> Response:
+    """A supplier reports an outcome; its plugin verifies and reads it, the core applies it."""
+    inbound = CallbackRequest(
+        body=await request.body(),
+        headers={name.lower(): value for name, value in request.headers.items()},
+        query=dict(parse_qsl(request.scope.get("query_string", b"").decode("latin-1"))),
+    )
+    try:
+        reply = await request.app.state.services.dispatcher.handle_callback(plugin, inbound)
+    except (DBAPIError, SQLAlchemyError, TimeoutError):
+        # Not acknowledged, so the supplier sends it again; polling covers it meanwhile.
+        log.exception("storage unavailable while applying a %s callback", plugin)
+        return Response(b"retry later", status_code=503, media_type="text/plain")
+    return Response(reply.body, status_code=reply.status_code, media_type=reply.media_type)
+
+
 @get("/healthz", operation_id="health", include_in_schema=False)
 async def health() -> dict[str, str]:
     return {"status": "ok"}
@@ -134,7 +159,7 @@ def _internal_error(request: Request, exc: Exception) -> Response:
 def create_app(settings: Settings | None = None, extra_plugins: Iterable[object] = ()) -> Litestar:
     """The app factory (``topup serve`` passes it to the server as a factory)."""
     settings = settings or Settings.from_env()
-    _configure_logging()
+    configure_logging()
     services = Services(settings, extra_plugins)
 
     @asynccontextmanager
@@ -146,7 +171,7 @@ def create_app(settings: Settings | None = None, extra_plugins: Iterable[object]
             await services.stop()
 
     app = Litestar(
-        route_handlers=[PartnerController, health],
+        route_handlers=[PartnerController, supplier_callback, health],
         lifespan=[lifespan],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         request_max_body_size=MAX_BODY_BYTES,
@@ -155,10 +180,3 @@ def create_app(settings: Settings | None = None, extra_plugins: Iterable[object]
     )
     app.state.services = services
     return app
-
-
-def _configure_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -11,12 +12,15 @@ from urllib.parse import urlencode
 import click
 
 from core.apps import AppExistsError, AppStore
+from core.clock import beijing_time
 from core.config import ConfigError
+from core.control import CONFIG_GENERATION, bump_counter
 from core.db import Database
 from core.migrate import SchemaOutOfDate, current_revision, ensure_schema, head_revision, upgrade
 from core.orders import OrderStore
 from core.signing import SignType, compute_sign, string_to_sign
 from service.settings import Settings
+from service.simulator.cli import simulate
 from service.wiring import build_registry, load_runtime
 
 T = TypeVar("T")
@@ -55,8 +59,6 @@ def main() -> None:
 @click.option("--workers", type=int, default=1, show_default=True, help="Server processes.")
 def serve(host: str | None, port: int | None, workers: int) -> None:
     """Run the service (HTTP API, callbacks and background dispatch)."""
-    import os
-
     from granian import Granian
     from granian.constants import Interfaces, Loops
 
@@ -225,9 +227,22 @@ def db_current() -> None:
     click.echo(f"database: {current or 'empty'}; this release: {head_revision()}")
 
 
+@main.command()
+def reload() -> None:
+    """Check plugins.toml, then have every running instance reload it (within a second).
+
+    An invalid file is refused here and changes nothing; an instance that still finds
+    it invalid keeps its running routes and logs why.
+    """
+    settings = Settings.from_env()
+    _check_config(settings)
+    generation = run_with_db(lambda db: bump_counter(db, CONFIG_GENERATION))
+    click.echo(f"{settings.config_path} is valid; reload requested (generation {generation})")
+
+
 @main.group()
 def orders() -> None:
-    """Inspect orders."""
+    """Inspect orders, and settle the ones in manual review."""
 
 
 @orders.command("show")
@@ -237,9 +252,13 @@ def orders_show(order_no: str) -> None:
 
     async def show(database: Database) -> Any:
         store = OrderStore(database)
-        return await store.get(order_no), await store.attempts_of(order_no)
+        return (
+            await store.get(order_no),
+            await store.attempts_of(order_no),
+            await store.events_of(order_no),
+        )
 
-    order, attempts = run_with_db(show)
+    order, attempts, events = run_with_db(show)
     if order is None:
         raise click.ClickException(f"no order {order_no}")
     click.echo(
@@ -252,3 +271,60 @@ def orders_show(order_no: str) -> None:
             f"  ref {attempt.reference}"
             f"  queries {attempt.queries}  code {attempt.code or '-'} {attempt.message or ''}"
         )
+    for event in events:
+        click.echo(f"  {beijing_time(event.at)} {event.kind} by {event.actor}: {event.detail}")
+
+
+@orders.command("review")
+@click.argument("order_no", required=False)
+@click.option(
+    "--resolve",
+    type=click.Choice(["succeeded", "failed"]),
+    help="Settle the order: what the supplier's records say happened.",
+)
+@click.option("--requery", is_flag=True, help="Send it back to automatic status queries.")
+@click.option("--reason", help="Why; recorded with the decision (required to act).")
+@click.option(
+    "--operator", default=lambda: os.environ.get("USER", "operator"), show_default="$USER"
+)
+def orders_review(
+    order_no: str | None, resolve: str | None, requery: bool, reason: str | None, operator: str
+) -> None:
+    """List orders in manual review, or settle one.
+
+    \b
+    topup orders review
+    topup orders review ORDER_NO --resolve succeeded --reason "供应商对账确认已到账"
+    topup orders review ORDER_NO --requery --reason "supplier status API is back"
+    """
+    if order_no is None:
+        for order in run_with_db(lambda db: OrderStore(db).in_review()):
+            click.echo(
+                f"{order.order_no}  since {beijing_time(order.updated_at)}  app {order.app_id}"
+                f"  {order.supplier} {order.product_id} -> {order.phone_no}"
+            )
+        return
+    if bool(resolve) == requery:
+        raise click.UsageError("give exactly one of --resolve or --requery")
+    if not reason:
+        raise click.UsageError("--reason is required: it is recorded with the decision")
+    if requery:
+        done = run_with_db(lambda db: OrderStore(db).requery(order_no, operator, reason))
+        if not done:
+            raise click.ClickException(f"order {order_no} is not in review")
+        click.echo(f"{order_no} is queried again")
+        return
+
+    async def settle(db: Database) -> Any:
+        return await OrderStore(db).resolve(order_no, resolve == "succeeded", reason, operator)
+
+    try:
+        applied = run_with_db(settle)
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not applied.changed:
+        raise click.ClickException(f"order {order_no} was already {applied.state}")
+    click.echo(f"{order_no} -> {applied.state} ({reason}, by {operator})")
+
+
+main.add_command(simulate)

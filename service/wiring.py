@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 
 from core.apps import AppStore, token_key
-from core.config import load_config
+from core.config import ConfigError, load_config
+from core.control import CONFIG_GENERATION, read_counter
 from core.db import Database
 from core.dispatcher import Dispatcher
 from core.migrate import ensure_schema
@@ -19,6 +22,8 @@ from plugins import BUILTIN_PLUGINS
 from service.settings import Settings
 
 log = logging.getLogger("topup.service")
+
+RELOAD_POLL_SECONDS = 1.0
 
 
 def build_registry(extra_plugins: Iterable[object] = ()) -> Registry:
@@ -38,6 +43,7 @@ class Services:
         self.store = OrderStore(self.db)
         self.dispatcher = Dispatcher(self.store, lambda: self.runtime)
         self.desk: PartnerDesk | None = None
+        self._background: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         await ensure_schema(self.db)
@@ -50,6 +56,7 @@ class Services:
             on_accepted=self.dispatcher.wake,
         )
         self.dispatcher.start()
+        self._spawn(self._watch_config(await read_counter(self.db, CONFIG_GENERATION)))
         log.info(
             "topup started: database %s, suppliers %s",
             self.db.url.render_as_string(hide_password=True),
@@ -57,6 +64,45 @@ class Services:
         )
 
     async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         await self.dispatcher.stop()
         await self.runtime.aclose()
         await self.db.dispose()
+
+    def reload(self) -> bool:
+        """Swap in the configuration on disk; an invalid file changes nothing."""
+        try:
+            runtime = load_runtime(self.settings, self.registry)
+        except ConfigError as exc:
+            log.error("configuration reload refused, the running routes stay: %s", exc)
+            return False
+        previous, self.runtime = self.runtime, runtime
+        # Calls already under way keep the old suppliers until they finish.
+        self._spawn(previous.aclose(grace=previous.config.dispatch.call_timeout + 1))
+        log.info("configuration reloaded: suppliers %s", ", ".join(runtime.suppliers) or "none")
+        return True
+
+    async def _watch_config(self, generation: int) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_POLL_SECONDS)
+            try:
+                current = await read_counter(self.db, CONFIG_GENERATION)
+            except Exception:
+                log.exception("could not read the configuration generation")
+                continue
+            if current != generation:
+                generation = current
+                self.reload()
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_failure)
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        if task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())

@@ -60,7 +60,7 @@ def test_a_registered_fake_plugin_is_routed_to(registry: Registry, fake_plugin: 
     config = parse_config(sandbox_config(enabled='["sandbox", "fake"]', route='["fake"]'))
     runtime = Runtime.build(config, registry)
     assert isinstance(runtime.suppliers["fake"], FakeSupplier)
-    assert runtime.router.next_plugin("中国移动", []) == "fake"
+    assert runtime.router.next_plugin("中国移动", "TP1", []) == "fake"
 
 
 def test_the_fake_plugin_is_gone_after_its_test(registry: Registry) -> None:
