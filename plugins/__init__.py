@@ -1,3 +1,3 @@
 """Built-in supplier plugins, registered by module name like any other plugin."""
 
-BUILTIN_PLUGINS = ("plugins.sandbox",)
+BUILTIN_PLUGINS = ("plugins.sandbox", "plugins.juhe", "plugins.reloadly")

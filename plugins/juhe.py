@@ -1,0 +1,174 @@
+"""juhe: a md5-signed form API in the style of 聚合数据 话费充值 (docs/supplier-protocols.md).
+
+Submit ``onlineorder`` with our reference as ``orderid``; query ``ordersta`` by it;
+states 0 充值中, 1 成功, 9 撤销; POST callbacks signed ``md5(key + sporder_id + orderid)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from urllib.parse import parse_qsl
+
+import httpx
+import msgspec
+
+from core import hookimpl
+from core.suppliers import (
+    Callback,
+    CallbackReply,
+    CallbackRequest,
+    ErrorClass,
+    Supplier,
+    SupplierResult,
+    UpstreamOrder,
+    classify_error,
+    secret_from_env,
+)
+
+log = logging.getLogger("topup.plugins.juhe")
+
+# The supplier's own error codes, read as the protocol documents them. A code not
+# listed here is unknown and raises an alert (see classify_error).
+ERRORS: dict[str, ErrorClass] = {
+    "10001": ErrorClass.DEFINITIVE,  # 错误的请求KEY
+    "10002": ErrorClass.DEFINITIVE,  # 该KEY无请求权限
+    "10003": ErrorClass.DEFINITIVE,  # KEY过期
+    "10004": ErrorClass.DEFINITIVE,  # 错误的OPENID
+    "10012": ErrorClass.TRANSIENT,  # 请求超过次数限制
+    "10014": ErrorClass.UNKNOWN,  # 系统内部异常: it may have been processed
+    "10020": ErrorClass.TRANSIENT,  # 接口维护
+    "10021": ErrorClass.DEFINITIVE,  # 接口停用
+    "208501": ErrorClass.DEFINITIVE,  # 不允许充值的手机号码及金额
+    "208502": ErrorClass.DEFINITIVE,  # 请求手机号码归属地出错
+    "208505": ErrorClass.DEFINITIVE,  # 错误的请求参数或校验值
+    "208506": ErrorClass.UNKNOWN,  # 订单号不存在
+    "208507": ErrorClass.DEFINITIVE,  # 账户余额不足
+    "208509": ErrorClass.UNKNOWN,  # 订单号重复: usually the first try was paid
+}
+
+GAME_STATE = {
+    "0": SupplierResult.pending,
+    "1": SupplierResult.succeeded,
+}
+SUCCESS_REPLY = CallbackReply(200, b"success")
+REFUSED_REPLY = CallbackReply(200, b"fail")  # anything but "success" makes juhe retry
+
+
+class JuheSettings(msgspec.Struct, forbid_unknown_fields=True):
+    base_url: str = "http://op.juhe.cn"
+    key_env: str = "TOPUP_JUHE_KEY"
+    openid_env: str = "TOPUP_JUHE_OPENID"
+    # Seconds for any one HTTP exchange, connect included.
+    timeout: float = 10.0
+
+
+class JuheReply(msgspec.Struct):
+    error_code: int | str
+    reason: str = ""
+    result: dict | None = None
+
+
+class Juhe(Supplier):
+    name = "juhe"
+    Settings = JuheSettings
+    settings: JuheSettings
+
+    def __init__(self, settings: JuheSettings) -> None:
+        super().__init__(settings)
+        self._key = secret_from_env(settings.key_env)
+        self._openid = secret_from_env(settings.openid_env)
+        self._http = httpx.AsyncClient(
+            base_url=settings.base_url, timeout=httpx.Timeout(settings.timeout)
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def submit(self, order: UpstreamOrder) -> SupplierResult:
+        if order.face_value % 100:
+            return SupplierResult.failed(
+                "FACE_VALUE", "juhe tops up whole yuan only", failover=True
+            )
+        cardnum = str(order.face_value // 100)
+        payload = {
+            "phoneno": order.phone_no,
+            "cardnum": cardnum,
+            "orderid": order.reference,
+            "key": self._key,
+            "sign": _md5(self._openid + self._key + order.phone_no + cardnum + order.reference),
+        }
+        reply = await self._exchange("POST", "/ofpay/mobile/onlineorder", data=payload)
+        if isinstance(reply, SupplierResult):
+            return reply
+        if str(reply.error_code) != "0":
+            return classify_error(self.name, ERRORS, str(reply.error_code), reply.reason)
+        return _from_state(reply.result or {}, reply.reason)
+
+    async def query(self, order: UpstreamOrder) -> SupplierResult:
+        params = {"orderid": order.reference, "key": self._key}
+        reply = await self._exchange("GET", "/ofpay/mobile/ordersta", params=params)
+        if isinstance(reply, SupplierResult):
+            # A query that went nowhere says nothing about the order; never fail over on it.
+            return SupplierResult.unknown(reply.code, reply.message)
+        if str(reply.error_code) != "0":
+            # An error on a status query is about the query, not the order.
+            return SupplierResult.unknown(str(reply.error_code), reply.reason)
+        return _from_state(reply.result or {}, reply.reason)
+
+    def parse_callback(self, request: CallbackRequest) -> Callback:
+        fields = dict(parse_qsl(request.body.decode("utf-8", errors="replace")))
+        sporder_id, orderid = fields.get("sporder_id", ""), fields.get("orderid", "")
+        expected = _md5(self._key + sporder_id + orderid)
+        if not orderid or not hmac.compare_digest(fields.get("sign", "").lower(), expected):
+            log.warning("juhe callback with a bad signature for orderid %r", orderid)
+            return Callback(REFUSED_REPLY)
+        status = fields.get("sta")
+        if status == "1":
+            result = SupplierResult.succeeded(sporder_id, code="1")
+        elif status == "9":
+            result = SupplierResult.failed(
+                "9", fields.get("err_msg") or "撤销", supplier_ref=sporder_id
+            )
+        else:
+            log.warning("juhe callback for %s with unexpected sta %r", orderid, status)
+            return Callback(SUCCESS_REPLY, orderid)
+        return Callback(SUCCESS_REPLY, orderid, result)
+
+    async def _exchange(self, method: str, path: str, **kwargs) -> JuheReply | SupplierResult:
+        """One HTTP exchange; a transport problem comes back as the result it implies."""
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            return SupplierResult.not_sent(f"juhe unreachable: {type(exc).__name__}")
+        except httpx.HTTPError as exc:
+            return SupplierResult.unknown("TRANSPORT", f"{type(exc).__name__}: {exc}")
+        try:
+            return msgspec.json.decode(response.content, type=JuheReply)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return SupplierResult.unknown(
+                f"HTTP_{response.status_code}", "juhe answered something that is not its JSON"
+            )
+
+
+def _from_state(result: dict, reason: str) -> SupplierResult:
+    state = str(result.get("game_state", ""))
+    sporder_id = result.get("sporder_id") or None
+    if state == "9":
+        return SupplierResult.failed(
+            "9", result.get("err_msg") or reason or "撤销", supplier_ref=sporder_id
+        )
+    make = GAME_STATE.get(state)
+    if make is None:
+        return SupplierResult.unknown(f"game_state={state!r}", reason)
+    return make(supplier_ref=sporder_id, code=state, message=reason)
+
+
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+@hookimpl
+def register_suppliers(register):
+    register(Juhe)

@@ -1,0 +1,265 @@
+"""reloadly: an OAuth2 JSON API in the style of Reloadly Airtime (docs/supplier-protocols.md).
+
+Client-credentials tokens that expire and are refreshed; ``POST /topups`` with our
+reference as ``customIdentifier``; status by transaction id, or by customIdentifier
+when a submit never returned one; webhooks signed with HMAC-SHA256.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+
+import httpx
+import msgspec
+
+from core import hookimpl
+from core.suppliers import (
+    Callback,
+    CallbackReply,
+    CallbackRequest,
+    ErrorClass,
+    Supplier,
+    SupplierResult,
+    UpstreamOrder,
+    classify_error,
+    secret_from_env,
+)
+
+log = logging.getLogger("topup.plugins.reloadly")
+
+ACCEPT = "application/com.reloadly.topups-v1+json"
+ERRORS: dict[str, ErrorClass] = {
+    "INSUFFICIENT_BALANCE": ErrorClass.DEFINITIVE,
+    "INVALID_PHONE_NUMBER": ErrorClass.DEFINITIVE,
+    "INVALID_AMOUNT_FOR_OPERATOR": ErrorClass.DEFINITIVE,
+    "OPERATOR_UNAVAILABLE": ErrorClass.TRANSIENT,
+    "PHONE_RECENTLY_RECHARGED": ErrorClass.DEFINITIVE,
+    "TRANSACTION_CANNOT_BE_PROCESSED_AT_THE_MOMENT": ErrorClass.TRANSIENT,
+    "INVALID_CREDENTIALS": ErrorClass.DEFINITIVE,
+    "DUPLICATED_CUSTOM_IDENTIFIER": ErrorClass.UNKNOWN,  # usually the first try was paid
+    "TRANSACTION_NOT_FOUND": ErrorClass.UNKNOWN,
+}
+# A 401 with these codes means the request was refused unread: safe to send again.
+STALE_TOKEN = frozenset({"TOKEN_EXPIRED", "INVALID_TOKEN"})
+# Refresh a little before the supplier's expiry, so no request carries a dying token.
+TOKEN_MARGIN_SECONDS = 30
+WEBHOOK_OK = CallbackReply(200, b"ok")
+WEBHOOK_REFUSED = CallbackReply(401, b"bad signature")
+
+
+class ReloadlySettings(msgspec.Struct, forbid_unknown_fields=True):
+    base_url: str = "https://topups.reloadly.com"
+    auth_url: str = "https://auth.reloadly.com"
+    client_id_env: str = "TOPUP_RELOADLY_CLIENT_ID"
+    client_secret_env: str = "TOPUP_RELOADLY_CLIENT_SECRET"
+    webhook_secret_env: str = "TOPUP_RELOADLY_WEBHOOK_SECRET"
+    country_code: str = "CN"
+    # The supplier's operatorId for each Supplier (carrier) name this plugin serves.
+    operators: dict[str, int] = {}
+    timeout: float = 10.0
+
+
+class Transaction(msgspec.Struct):
+    status: str
+    transactionId: int | None = None
+    customIdentifier: str | None = None
+
+
+class StatusReply(msgspec.Struct):
+    status: str
+    transaction: Transaction | None = None
+
+
+class Report(msgspec.Struct):
+    content: list[Transaction] = []
+
+
+class ErrorReply(msgspec.Struct):
+    errorCode: str | None = None
+    message: str = ""
+
+
+class Webhook(msgspec.Struct):
+    data: Transaction
+    type: str = ""
+
+
+class Token(msgspec.Struct):
+    access_token: str
+    expires_in: int
+
+
+class NotSent(Exception):
+    """The request provably never reached the top-up API."""
+
+
+class Reloadly(Supplier):
+    name = "reloadly"
+    Settings = ReloadlySettings
+    settings: ReloadlySettings
+
+    def __init__(self, settings: ReloadlySettings) -> None:
+        super().__init__(settings)
+        self._client_id = secret_from_env(settings.client_id_env)
+        self._client_secret = secret_from_env(settings.client_secret_env)
+        self._webhook_secret = secret_from_env(settings.webhook_secret_env)
+        timeout = httpx.Timeout(settings.timeout)
+        self._http = httpx.AsyncClient(base_url=settings.base_url, timeout=timeout)
+        self._auth = httpx.AsyncClient(base_url=settings.auth_url, timeout=timeout)
+        self._token: tuple[str, float] | None = None
+        self._token_lock = asyncio.Lock()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+        await self._auth.aclose()
+
+    async def submit(self, order: UpstreamOrder) -> SupplierResult:
+        operator = self.settings.operators.get(order.supplier)
+        if operator is None:
+            return SupplierResult.failed(
+                "NO_OPERATOR", f"no reloadly operatorId for {order.supplier}", failover=True
+            )
+        body = {
+            "operatorId": operator,
+            "amount": order.face_value / 100,
+            "useLocalAmount": True,
+            "customIdentifier": order.reference,
+            "recipientPhone": {"countryCode": self.settings.country_code, "number": order.phone_no},
+        }
+        response = await self._call("POST", "/topups", json=body)
+        if isinstance(response, SupplierResult):
+            return response
+        if response.status_code == 200:
+            return _read(response.content, Transaction, _from_transaction)
+        return self._error(response)
+
+    async def query(self, order: UpstreamOrder) -> SupplierResult:
+        if order.supplier_ref:
+            response = await self._call("GET", f"/topups/{order.supplier_ref}/status")
+            reader = _from_status
+        else:
+            # The submit never told us its transaction id (it timed out): look it up by ours.
+            params = {"customIdentifier": order.reference}
+            response = await self._call("GET", "/topups/reports/transactions", params=params)
+            reader = _from_report
+        if isinstance(response, SupplierResult):
+            return SupplierResult.unknown(response.code, response.message)
+        if response.status_code != 200:
+            error = _error_reply(response)
+            return SupplierResult.unknown(
+                error.errorCode or f"HTTP_{response.status_code}", error.message
+            )
+        return _read(response.content, StatusReply if order.supplier_ref else Report, reader)
+
+    def parse_callback(self, request: CallbackRequest) -> Callback:
+        timestamp = request.headers.get("x-reloadly-request-timestamp", "")
+        signature = request.headers.get("x-reloadly-signature", "")
+        expected = hmac.new(
+            self._webhook_secret.encode(), request.body + b":" + timestamp.encode(), hashlib.sha256
+        ).hexdigest()
+        if not timestamp or not hmac.compare_digest(signature.lower(), expected):
+            log.warning("reloadly webhook with a bad signature")
+            return Callback(WEBHOOK_REFUSED)
+        try:
+            webhook = msgspec.json.decode(request.body, type=Webhook)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.warning("reloadly webhook that is not a transaction: %r", request.body[:200])
+            return Callback(WEBHOOK_OK)
+        reference = webhook.data.customIdentifier
+        return Callback(WEBHOOK_OK, reference, _from_transaction(webhook.data))
+
+    # -- HTTP with a bearer token ------------------------------------------------------
+
+    async def _call(self, method: str, path: str, **kwargs) -> httpx.Response | SupplierResult:
+        """Send with a valid token; a stale-token refusal is refreshed and sent once more."""
+        try:
+            for fresh in (False, True):
+                token = await self._bearer(force=fresh)
+                headers = {"Authorization": f"Bearer {token}", "Accept": ACCEPT}
+                response = await self._http.request(method, path, headers=headers, **kwargs)
+                stale = response.status_code == 401 and (
+                    _error_reply(response).errorCode in STALE_TOKEN
+                )
+                if not stale:
+                    return response
+            return SupplierResult.not_sent("reloadly refused a freshly issued token")
+        except NotSent as exc:
+            return SupplierResult.not_sent(str(exc))
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            return SupplierResult.not_sent(f"reloadly unreachable: {type(exc).__name__}")
+        except httpx.HTTPError as exc:
+            return SupplierResult.unknown("TRANSPORT", f"{type(exc).__name__}: {exc}")
+
+    async def _bearer(self, force: bool) -> str:
+        async with self._token_lock:
+            if not force and self._token and self._token[1] > time.monotonic():
+                return self._token[0]
+            try:
+                response = await self._auth.post(
+                    "/oauth/token",
+                    json={
+                        "client_id": self._client_id,
+                        "client_secret": self._client_secret,
+                        "grant_type": "client_credentials",
+                        "audience": self.settings.base_url,
+                    },
+                )
+                token = msgspec.json.decode(response.content, type=Token)
+            except (httpx.HTTPError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise NotSent(f"no reloadly token: {type(exc).__name__}") from exc
+            lifetime = max(token.expires_in - TOKEN_MARGIN_SECONDS, token.expires_in / 2)
+            self._token = (token.access_token, time.monotonic() + lifetime)
+            return token.access_token
+
+    def _error(self, response: httpx.Response) -> SupplierResult:
+        error = _error_reply(response)
+        if error.errorCode is None:
+            # A bare 5xx (or anything without the supplier's error body) proves nothing.
+            return SupplierResult.unknown(f"HTTP_{response.status_code}", error.message)
+        return classify_error(self.name, ERRORS, error.errorCode, error.message)
+
+
+def _error_reply(response: httpx.Response) -> ErrorReply:
+    try:
+        return msgspec.json.decode(response.content, type=ErrorReply)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ErrorReply(None, response.text[:200])
+
+
+def _read(content: bytes, kind: type, reader) -> SupplierResult:
+    try:
+        return reader(msgspec.json.decode(content, type=kind))
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return SupplierResult.unknown("UNREADABLE", "reloadly answered something unreadable")
+
+
+def _from_transaction(transaction: Transaction) -> SupplierResult:
+    ref = None if transaction.transactionId is None else str(transaction.transactionId)
+    status = transaction.status.upper()
+    if status == "SUCCESSFUL":
+        return SupplierResult.succeeded(ref, code=status)
+    if status in ("PROCESSING", "PENDING"):
+        return SupplierResult.pending(ref, code=status)
+    if status in ("FAILED", "REFUNDED"):
+        return SupplierResult.failed(status, f"reloadly {status.lower()}", supplier_ref=ref)
+    return SupplierResult.unknown(status, "unexpected reloadly status")
+
+
+def _from_status(reply: StatusReply) -> SupplierResult:
+    transaction = reply.transaction or Transaction(reply.status)
+    return _from_transaction(Transaction(reply.status, transaction.transactionId))
+
+
+def _from_report(report: Report) -> SupplierResult:
+    if not report.content:
+        return SupplierResult.unknown("NOT_FOUND", "reloadly has no transaction with this id")
+    return _from_transaction(report.content[0])
+
+
+@hookimpl
+def register_suppliers(register):
+    register(Reloadly)
