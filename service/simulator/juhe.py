@@ -1,0 +1,185 @@
+"""juhe: the md5-signed form API in the style of 聚合数据 话费充值."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import msgspec
+from litestar import Request, Response, Router, get, post
+
+from service.simulator.faults import bend_submit_answer
+from service.simulator.state import (
+    Callback,
+    Simulator,
+    Status,
+    Transaction,
+    Verdict,
+    is_mobile_number,
+    is_reference,
+)
+
+PROTOCOL = "juhe"
+JSON = "application/json; charset=utf-8"
+# The supplier keeps 0.3% of the face value.
+PRICE_RATIO = 0.997
+OPENING_BALANCE = 100_000.00
+FACE_VALUES = range(1, 501)
+FAILURE_MESSAGE = "运营商充值失败"
+
+REASONS = {
+    10001: "错误的请求KEY",
+    10002: "该KEY无请求权限",
+    10003: "KEY过期",
+    10004: "错误的OPENID",
+    10012: "请求超过次数限制",
+    10014: "系统内部异常",
+    10020: "接口维护",
+    10021: "接口停用",
+    208501: "不允许充值的手机号码及金额",
+    208502: "请求手机号码归属地出错",
+    208505: "错误的请求参数或校验值",
+    208506: "订单号不存在",
+    208507: "账户余额不足",
+    208509: "订单号重复",
+}
+GAME_STATE = {Status.PROCESSING: "0", Status.SUCCEEDED: "1", Status.FAILED: "9"}
+
+
+class Reply(msgspec.Struct):
+    reason: str
+    result: Any
+    error_code: int
+
+
+def md5_hex(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def reply(result: Any, reason: str) -> Response:
+    return Response(msgspec.json.encode(Reply(reason, result, 0)), media_type=JSON)
+
+
+def refuse(error_code: int) -> Response:
+    body = Reply(REASONS[error_code], None, error_code)
+    # juhe answers every error with HTTP 200; only error_code tells.
+    return Response(msgspec.json.encode(body), media_type=JSON)
+
+
+def sporder_id(tx: Transaction) -> str:
+    return f"J{tx.seq:020d}"
+
+
+def order_cash(tx: Transaction) -> float:
+    return round(tx.amount_fen / 100 * PRICE_RATIO, 2)
+
+
+def _submit_error(fields: dict[str, str], sim: Simulator) -> int | None:
+    creds = sim.credentials
+    if fields["key"] != creds.juhe_key:
+        return 10001
+    if not is_reference(fields["orderid"], 8, 32) or not fields["sign"]:
+        return 208505
+    expected = md5_hex(
+        creds.juhe_openid
+        + creds.juhe_key
+        + fields["phoneno"]
+        + fields["cardnum"]
+        + fields["orderid"]
+    )
+    if fields["sign"].lower() != expected:
+        return 208505
+    if not is_mobile_number(fields["phoneno"]):
+        return 208502
+    if not fields["cardnum"].isdigit() or int(fields["cardnum"]) not in FACE_VALUES:
+        return 208501
+    return None
+
+
+@post("/onlineorder", status_code=200)
+async def submit(request: Request, sim: Simulator) -> Response:
+    form = await request.form()
+    names = ("phoneno", "cardnum", "orderid", "key", "sign")
+    fields = {name: str(form.get(name) or "").strip() for name in names}
+    error = _submit_error(fields, sim)
+    if error is not None:
+        return refuse(error)
+    verdict, tx, faults = await sim.submit(
+        PROTOCOL, fields["orderid"], fields["phoneno"], int(fields["cardnum"]) * 100
+    )
+    if verdict is Verdict.DUPLICATE:
+        answer = refuse(208509)
+    elif verdict is Verdict.REFUSED:
+        answer = refuse(208507)
+    else:
+        answer = reply(_submit_result(tx), "订单提交成功，等待充值")
+    return await bend_submit_answer(faults, answer)
+
+
+def _submit_result(tx: Transaction) -> dict[str, Any]:
+    face = tx.amount_fen // 100
+    return {
+        "cardid": f"{10000 + face}",
+        "cardnum": "1",
+        "ordercash": order_cash(tx),
+        "cardname": f"手机话费{face}元直充",
+        "sporder_id": sporder_id(tx),
+        "uorderid": tx.reference,
+        "game_userid": tx.phone_no,
+        # Per the protocol a submit always answers 充值中, even when it settled at once.
+        "game_state": "0",
+    }
+
+
+@get("/ordersta")
+async def query(orderid: str = "", key: str = "", *, sim: Simulator) -> Response:
+    if key != sim.credentials.juhe_key:
+        return refuse(10001)
+    tx = sim.find(PROTOCOL, orderid)
+    if tx is None:
+        return refuse(208506)
+    result = {
+        "uordercash": f"{order_cash(tx):.3f}",
+        "sporder_id": sporder_id(tx),
+        "game_state": GAME_STATE[tx.status],
+    }
+    if tx.status is Status.FAILED:
+        result["err_msg"] = FAILURE_MESSAGE
+    return reply(result, "查询成功")
+
+
+@get("/yue")
+async def balance(
+    timestamp: str = "", key: str = "", sign: str = "", *, sim: Simulator
+) -> Response:
+    creds = sim.credentials
+    if key != creds.juhe_key:
+        return refuse(10001)
+    if sign.lower() != md5_hex(creds.juhe_openid + creds.juhe_key + timestamp):
+        return refuse(208505)
+    spent = sum(order_cash(tx) for tx in sim.transactions(PROTOCOL) if tx.paid)
+    return reply({"money": f"{OPENING_BALANCE - spent:.2f}"}, "查询成功")
+
+
+def callback_for(sim: Simulator, tx: Transaction, bad_signature: bool) -> Callback | None:
+    url = sim.options.juhe_callback
+    if not url:
+        return None
+    key = sim.credentials.juhe_key + ("-wrong" if bad_signature else "")
+    fields = {"sporder_id": sporder_id(tx), "orderid": tx.reference, "sta": GAME_STATE[tx.status]}
+    if tx.status is Status.FAILED:
+        fields["err_msg"] = FAILURE_MESSAGE
+    fields["sign"] = md5_hex(key + fields["sporder_id"] + fields["orderid"])
+    body = urlencode(fields).encode()
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    return Callback(url, lambda: (body, headers), _acknowledged)
+
+
+def _acknowledged(response: httpx.Response) -> bool:
+    return response.status_code == 200 and response.text.strip() == "success"
+
+
+def router() -> Router:
+    return Router(path="/ofpay/mobile", route_handlers=[submit, query, balance])

@@ -1,0 +1,848 @@
+"""The supplier simulator (``topup simulate``), driven from outside as each supplier's client.
+
+Every signature here is computed from docs/supplier-protocols.md, not with the simulator's
+own helpers, so a drift between the two shows up as a failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+CREDENTIALS = {
+    "TOPUP_JUHE_KEY": "test-juhe-key",
+    "TOPUP_JUHE_OPENID": "test-juhe-openid",
+    "TOPUP_RELOADLY_CLIENT_ID": "test-reloadly-id",
+    "TOPUP_RELOADLY_CLIENT_SECRET": "test-reloadly-secret",
+    "TOPUP_RELOADLY_WEBHOOK_SECRET": "test-reloadly-webhook-secret",
+    "TOPUP_ACME_API_KEY": "test-acme-key",
+}
+SETTLE = 0.2
+CALLBACK_INTERVAL = 0.2
+CALLBACK_RETRIES = 3
+_phones = itertools.count(1)
+
+
+def new_phone(last_digit: str = "1") -> str:
+    """A number no other test uses, so that per-number faults never leak between tests."""
+    return f"139{next(_phones):07d}{last_digit}"
+
+
+def new_reference() -> str:
+    return f"TP{uuid.uuid4().hex[:24].upper()}A1"
+
+
+def eventually(check: Callable[[], T], timeout: float = 5.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            assert result, f"not true within {timeout}s"
+            return result
+        time.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def md5_hex(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def hmac_hex(key: str, message: bytes) -> str:
+    return hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
+
+
+# -- the simulator process ----------------------------------------------------------------------
+
+
+class SimulatorProcess:
+    """``python -m service.simulator.cli`` in its own process group."""
+
+    def __init__(self, log_path: Path, args: list[str], env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        self.args = ["--port", str(self.port), *args]
+        self.env = {**env, "PYTHONPATH": str(REPO)}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.http = httpx.Client(base_url=self.url, timeout=5.0)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> SimulatorProcess:
+        command = [sys.executable, "-m", "service.simulator.cli", *self.args]
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                command, env=self.env, cwd=REPO, stdout=log, stderr=log, start_new_session=True
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"simulator exited early:\n{self.log()}")
+            try:
+                if self.http.get("/_sim/health", timeout=1).json() == {"status": "ok"}:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"simulator not ready:\n{self.log()}")
+
+    def stop(self) -> None:
+        self.http.close()
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+        self.proc = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def add_fault(self, phone_no: str, fault: str, seconds: float | None = None) -> None:
+        body: dict[str, Any] = {"phone_no": phone_no, "fault": fault}
+        if seconds is not None:
+            body["seconds"] = seconds
+        response = self.http.post("/_sim/faults", json=body)
+        assert response.status_code == 200, response.text
+
+    def clear_faults(self) -> None:
+        self.http.delete("/_sim/faults").raise_for_status()
+
+    def transaction(self, protocol: str, reference: str) -> dict[str, Any] | None:
+        listed = self.http.get("/_sim/transactions").json()
+        found = [t for t in listed if (t["protocol"], t["reference"]) == (protocol, reference)]
+        return found[0] if found else None
+
+
+# -- a callback receiver ------------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    def form(self) -> dict[str, str]:
+        return {k: v[0] for k, v in parse_qs(self.body.decode()).items()}
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """Records every callback; answers wrongly as often as told for a given reference."""
+
+    port: int = field(default_factory=free_port)
+    received: list[Received] = field(default_factory=list)
+    refusals: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def refuse(self, reference: str, times: int) -> None:
+        with self.lock:
+            self.refusals[reference] = times
+
+    def for_reference(self, path: str, reference: str) -> list[Received]:
+        with self.lock:
+            return [r for r in self.received if r.path == path and reference.encode() in r.body]
+
+    def answer(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+        with self.lock:
+            self.received.append(Received(path, headers, body, time.monotonic()))
+            for reference, left in self.refusals.items():
+                if left and reference.encode() in body:
+                    self.refusals[reference] = left - 1
+                    # juhe only accepts the text "success"; the others want any 2xx.
+                    return (200, b"fail") if path == "/juhe" else (500, b"busy")
+        return 200, b"success" if path == "/juhe" else b"ok"
+
+    def serve(self) -> ThreadingHTTPServer:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                status, reply = receiver.answer(self.path, headers, body)
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+
+# -- clients of each protocol -------------------------------------------------------------------
+
+NEUTRAL = {
+    "juhe": {"0": "processing", "1": "succeeded", "9": "failed"},
+    "reloadly": {"PROCESSING": "processing", "SUCCESSFUL": "succeeded", "FAILED": "failed"},
+    "acme": {"accepted": "processing", "succeeded": "succeeded", "failed": "failed"},
+}
+
+
+class Juhe:
+    name = "juhe"
+    path = "/juhe"
+
+    def __init__(self, sim: SimulatorProcess, receiver: Receiver, creds: dict[str, str]) -> None:
+        self.sim, self.receiver = sim, receiver
+        self.key, self.openid = creds["TOPUP_JUHE_KEY"], creds["TOPUP_JUHE_OPENID"]
+
+    def submit(self, phone: str, reference: str, timeout: float = 5.0) -> httpx.Response:
+        cardnum = "10"
+        form = {
+            "phoneno": phone,
+            "cardnum": cardnum,
+            "orderid": reference,
+            "key": self.key,
+            "sign": md5_hex(self.openid + self.key + phone + cardnum + reference),
+        }
+        return self.sim.http.post("/ofpay/mobile/onlineorder", data=form, timeout=timeout)
+
+    def query(self, reference: str) -> dict[str, Any]:
+        params = {"orderid": reference, "key": self.key}
+        return self.sim.http.get("/ofpay/mobile/ordersta", params=params).json()
+
+    def accepted(self, response: httpx.Response) -> bool:
+        body = response.json()
+        return body["error_code"] == 0 and body["result"]["game_state"] == "0"
+
+    def refused_for_balance(self, response: httpx.Response) -> bool:
+        return response.status_code == 200 and response.json()["error_code"] == 208507
+
+    def duplicate(self, response: httpx.Response) -> bool:
+        return response.status_code == 200 and response.json()["error_code"] == 208509
+
+    def status(self, reference: str) -> str | None:
+        body = self.query(reference)
+        if body["error_code"] == 208506:
+            return None
+        return NEUTRAL[self.name][body["result"]["game_state"]]
+
+    def callbacks(self, reference: str) -> list[Received]:
+        return self.receiver.for_reference(self.path, reference)
+
+    def callback_status(self, callback: Received) -> str:
+        return NEUTRAL[self.name][callback.form()["sta"]]
+
+    def signature_ok(self, callback: Received) -> bool:
+        form = callback.form()
+        return form["sign"] == md5_hex(self.key + form["sporder_id"] + form["orderid"])
+
+
+class Reloadly:
+    name = "reloadly"
+    path = "/reloadly"
+
+    def __init__(self, sim: SimulatorProcess, receiver: Receiver, creds: dict[str, str]) -> None:
+        self.sim, self.receiver = sim, receiver
+        self.client_id = creds["TOPUP_RELOADLY_CLIENT_ID"]
+        self.client_secret = creds["TOPUP_RELOADLY_CLIENT_SECRET"]
+        self.webhook_secret = creds["TOPUP_RELOADLY_WEBHOOK_SECRET"]
+        self.token = ""
+
+    def fetch_token(self, secret: str | None = None) -> httpx.Response:
+        body = {
+            "client_id": self.client_id,
+            "client_secret": secret or self.client_secret,
+            "grant_type": "client_credentials",
+            "audience": self.sim.url,
+        }
+        response = self.sim.http.post("/oauth/token", json=body)
+        if response.status_code == 200:
+            self.token = response.json()["access_token"]
+        return response
+
+    def headers(self) -> dict[str, str]:
+        if not self.token:
+            self.fetch_token()
+        return {
+            "Authorization": f"Bearer {self.token}",
+            "Accept": "application/com.reloadly.topups-v1+json",
+        }
+
+    def submit(self, phone: str, reference: str, timeout: float = 5.0) -> httpx.Response:
+        body = {
+            "operatorId": 1,
+            "amount": 10,
+            "useLocalAmount": True,
+            "customIdentifier": reference,
+            "recipientPhone": {"countryCode": "CN", "number": phone},
+        }
+        return self.sim.http.post("/topups", json=body, headers=self.headers(), timeout=timeout)
+
+    def report(self, reference: str) -> dict[str, Any]:
+        params = {"customIdentifier": reference}
+        return self.sim.http.get(
+            "/topups/reports/transactions", params=params, headers=self.headers()
+        ).json()
+
+    def accepted(self, response: httpx.Response) -> bool:
+        return response.status_code == 200 and response.json()["status"] == "PROCESSING"
+
+    def refused_for_balance(self, response: httpx.Response) -> bool:
+        return response.json()["errorCode"] == "INSUFFICIENT_BALANCE"
+
+    def duplicate(self, response: httpx.Response) -> bool:
+        return response.json()["errorCode"] == "DUPLICATED_CUSTOM_IDENTIFIER"
+
+    def status(self, reference: str) -> str | None:
+        content = self.report(reference)["content"]
+        return NEUTRAL[self.name][content[0]["status"]] if content else None
+
+    def callbacks(self, reference: str) -> list[Received]:
+        return self.receiver.for_reference(self.path, reference)
+
+    def callback_status(self, callback: Received) -> str:
+        return NEUTRAL[self.name][callback.json()["data"]["status"]]
+
+    def signature_ok(self, callback: Received) -> bool:
+        stamp = callback.headers["x-reloadly-request-timestamp"]
+        expected = hmac_hex(self.webhook_secret, callback.body + b":" + stamp.encode())
+        return callback.headers["x-reloadly-signature"] == expected
+
+
+class Acme:
+    name = "acme"
+    path = "/acme"
+
+    def __init__(self, sim: SimulatorProcess, receiver: Receiver, creds: dict[str, str]) -> None:
+        self.sim, self.receiver = sim, receiver
+        self.api_key = creds["TOPUP_ACME_API_KEY"]
+
+    def submit(self, phone: str, reference: str, timeout: float = 5.0) -> httpx.Response:
+        body = {
+            "reference": reference,
+            "msisdn": phone,
+            "amount": 1000,
+            "carrier": "中国移动",
+            "callback_url": self.receiver.url + self.path,
+        }
+        headers = {"X-Api-Key": self.api_key}
+        return self.sim.http.post("/acme/v1/topups", json=body, headers=headers, timeout=timeout)
+
+    def query(self, reference: str) -> httpx.Response:
+        return self.sim.http.get(
+            f"/acme/v1/topups/{reference}", headers={"X-Api-Key": self.api_key}
+        )
+
+    def accepted(self, response: httpx.Response) -> bool:
+        return response.status_code == 200 and response.json()["status"] == "accepted"
+
+    def refused_for_balance(self, response: httpx.Response) -> bool:
+        return response.status_code == 402 and response.json() == {"error": "INSUFFICIENT_FUNDS"}
+
+    def duplicate(self, response: httpx.Response) -> bool:
+        return response.status_code == 409 and response.json() == {"error": "DUPLICATE_REFERENCE"}
+
+    def status(self, reference: str) -> str | None:
+        response = self.query(reference)
+        if response.status_code == 404:
+            assert response.json() == {"error": "NOT_FOUND"}
+            return None
+        return NEUTRAL[self.name][response.json()["status"]]
+
+    def callbacks(self, reference: str) -> list[Received]:
+        return self.receiver.for_reference(self.path, reference)
+
+    def callback_status(self, callback: Received) -> str:
+        return NEUTRAL[self.name][callback.json()["status"]]
+
+    def signature_ok(self, callback: Received) -> bool:
+        return callback.headers["x-acme-signature"] == hmac_hex(self.api_key, callback.body)
+
+
+Client = Juhe | Reloadly | Acme
+PROTOCOLS = {"juhe": Juhe, "reloadly": Reloadly, "acme": Acme}
+
+
+# -- fixtures -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver()
+    server = receiver.serve()
+    yield receiver
+    server.shutdown()
+    server.server_close()
+
+
+def start_simulator(
+    tmp_path: Path, args: list[str], credentials: dict[str, str] | None = CREDENTIALS
+) -> SimulatorProcess:
+    env = {k: v for k, v in os.environ.items() if k not in CREDENTIALS}
+    env |= credentials or {}
+    return SimulatorProcess(tmp_path / "simulator.log", args, env).start()
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[SimulatorProcess]:
+    args = [
+        *("--settle", str(SETTLE)),
+        *("--callback-interval", str(CALLBACK_INTERVAL)),
+        *("--callback-retries", str(CALLBACK_RETRIES)),
+        *("--juhe-callback", receiver.url + "/juhe"),
+        *("--reloadly-webhook", receiver.url + "/reloadly"),
+    ]
+    process = start_simulator(tmp_path_factory.mktemp("sim"), args)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def faults(sim: SimulatorProcess) -> Iterator[SimulatorProcess]:
+    """The shared simulator, with every fault cleared after the test."""
+    yield sim
+    sim.clear_faults()
+
+
+@pytest.fixture(params=list(PROTOCOLS))
+def client(request: pytest.FixtureRequest, sim: SimulatorProcess, receiver: Receiver) -> Client:
+    return PROTOCOLS[request.param](sim, receiver, CREDENTIALS)
+
+
+def wait_settled(client: Client, reference: str, expected: str = "succeeded") -> None:
+    eventually(lambda: client.status(reference) == expected)
+
+
+# -- happy paths --------------------------------------------------------------------------------
+
+
+def test_juhe_submit_query_balance_and_callback(sim: SimulatorProcess, receiver: Receiver) -> None:
+    juhe = Juhe(sim, receiver, CREDENTIALS)
+    phone, reference = new_phone("0"), new_reference()
+    before = float(juhe_balance(sim)["result"]["money"])
+
+    body = juhe.submit(phone, reference).json()
+
+    assert body["error_code"] == 0
+    result = body["result"]
+    assert result["uorderid"] == reference
+    assert result["game_userid"] == phone
+    assert result["game_state"] == "0"
+    assert result["ordercash"] == pytest.approx(9.97)
+    assert juhe.query(reference)["result"]["game_state"] == "0"
+    callback = eventually(lambda: juhe.callbacks(reference))[0]
+    form = callback.form()
+    assert form["sta"] == "1"
+    assert form["sporder_id"] == result["sporder_id"]
+    assert juhe.signature_ok(callback)
+    queried = juhe.query(reference)["result"]
+    assert queried == {"uordercash": "9.970", "sporder_id": result["sporder_id"], "game_state": "1"}
+    assert float(juhe_balance(sim)["result"]["money"]) == pytest.approx(before - 9.97)
+    listed = sim.transaction("juhe", reference)
+    assert listed is not None
+    assert (listed["phone_no"], listed["amount_fen"], listed["status"]) == (
+        phone,
+        1000,
+        "succeeded",
+    )
+    assert (listed["submits"], listed["paid"]) == (1, 1)
+    assert listed["settled_at"] is not None
+
+
+def juhe_balance(sim: SimulatorProcess, sign: str | None = None) -> dict[str, Any]:
+    key, openid = CREDENTIALS["TOPUP_JUHE_KEY"], CREDENTIALS["TOPUP_JUHE_OPENID"]
+    stamp = str(int(time.time()))
+    params = {"timestamp": stamp, "key": key, "sign": sign or md5_hex(openid + key + stamp)}
+    return sim.http.get("/ofpay/mobile/yue", params=params).json()
+
+
+def test_juhe_refuses_bad_key_sign_and_unknown_order(
+    sim: SimulatorProcess, receiver: Receiver
+) -> None:
+    juhe = Juhe(sim, receiver, CREDENTIALS)
+    phone, reference = new_phone(), new_reference()
+    juhe.key = "wrong"
+    assert juhe.submit(phone, reference).json()["error_code"] == 10001
+    juhe.key, juhe.openid = CREDENTIALS["TOPUP_JUHE_KEY"], "wrong-openid"
+    refused = juhe.submit(phone, reference)
+    assert refused.status_code == 200
+    assert refused.json() == {
+        "reason": "错误的请求参数或校验值",
+        "result": None,
+        "error_code": 208505,
+    }
+    assert juhe.query(reference)["error_code"] == 208506
+    assert juhe_balance(sim, sign="0" * 32)["error_code"] == 208505
+    assert sim.transaction("juhe", reference) is None
+
+
+def test_reloadly_token_topup_status_report_and_webhook(
+    sim: SimulatorProcess, receiver: Receiver
+) -> None:
+    reloadly = Reloadly(sim, receiver, CREDENTIALS)
+    phone, reference = new_phone("2"), new_reference()
+    token = reloadly.fetch_token().json()
+    assert token["token_type"] == "Bearer"
+    assert token["expires_in"] == 3600
+
+    transaction = reloadly.submit(phone, reference).json()
+
+    assert transaction["status"] == "PROCESSING"
+    assert transaction["customIdentifier"] == reference
+    assert transaction["requestedAmount"] == 10
+    assert transaction["deliveredAmountCurrencyCode"] == "CNY"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", transaction["transactionDate"])
+    webhook = eventually(lambda: reloadly.callbacks(reference))[0]
+    event = webhook.json()
+    assert event["type"] == "airtime_transaction.status"
+    assert event["data"]["transactionId"] == transaction["transactionId"]
+    assert event["data"]["status"] == "SUCCESSFUL"
+    assert reloadly.signature_ok(webhook)
+    status_url = f"/topups/{transaction['transactionId']}/status"
+    status = sim.http.get(status_url, headers=reloadly.headers()).json()
+    assert (status["code"], status["message"], status["status"]) == (None, None, "SUCCESSFUL")
+    assert status["transaction"]["customIdentifier"] == reference
+    report = reloadly.report(reference)
+    assert report["totalElements"] == 1
+    assert report["content"][0]["status"] == "SUCCESSFUL"
+    assert reloadly.report(new_reference()) == {"content": [], "totalElements": 0}
+    missing = sim.http.get("/topups/987654321/status", headers=reloadly.headers())
+    assert (missing.status_code, missing.json()["errorCode"]) == (404, "TRANSACTION_NOT_FOUND")
+    assert sim.transaction("reloadly", reference)["paid"] == 1
+
+
+def test_reloadly_refuses_wrong_credentials_and_tokens(
+    sim: SimulatorProcess, receiver: Receiver
+) -> None:
+    reloadly = Reloadly(sim, receiver, CREDENTIALS)
+    refused = reloadly.fetch_token(secret="wrong")
+    assert refused.status_code == 401
+    assert refused.json()["errorCode"] == "INVALID_CREDENTIALS"
+    assert set(refused.json()) == {
+        "timeStamp",
+        "message",
+        "path",
+        "errorCode",
+        "infoLink",
+        "details",
+    }
+    reloadly.token = "not-a-token"
+    response = reloadly.submit(new_phone(), new_reference())
+    assert (response.status_code, response.json()["errorCode"]) == (401, "INVALID_TOKEN")
+    reloadly.fetch_token()
+    invalid = reloadly.submit("12345", new_reference())
+    assert invalid.json()["errorCode"] == "INVALID_PHONE_NUMBER"
+
+
+def test_acme_submit_query_and_callback(sim: SimulatorProcess, receiver: Receiver) -> None:
+    acme = Acme(sim, receiver, CREDENTIALS)
+    phone, reference = new_phone("3"), new_reference()
+
+    response = acme.submit(phone, reference)
+
+    assert response.status_code == 200
+    accepted = response.json()
+    assert (accepted["reference"], accepted["status"]) == (reference, "accepted")
+    callback = eventually(lambda: acme.callbacks(reference))[0]
+    assert callback.json() == {
+        "reference": reference,
+        "id": accepted["id"],
+        "status": "succeeded",
+        "reason": "",
+    }
+    assert acme.signature_ok(callback)
+    assert acme.query(reference).json()["status"] == "succeeded"
+    assert sim.transaction("acme", reference)["amount_fen"] == 1000
+
+
+def test_acme_refuses_wrong_key_and_bad_msisdn(sim: SimulatorProcess, receiver: Receiver) -> None:
+    acme = Acme(sim, receiver, CREDENTIALS)
+    acme.api_key = "wrong"
+    assert acme.submit(new_phone(), new_reference()).status_code == 401
+    acme.api_key = CREDENTIALS["TOPUP_ACME_API_KEY"]
+    invalid = acme.submit("1380013800", new_reference())
+    assert (invalid.status_code, invalid.json()) == (422, {"error": "INVALID_MSISDN"})
+
+
+# -- outcomes by last digit ---------------------------------------------------------------------
+
+
+def test_digit_4_is_accepted_then_fails(client: Client, sim: SimulatorProcess) -> None:
+    reference = new_reference()
+    assert client.accepted(client.submit(new_phone("4"), reference))
+    wait_settled(client, reference, "failed")
+    callback = eventually(lambda: client.callbacks(reference))[0]
+    assert client.callback_status(callback) == "failed"
+    assert client.signature_ok(callback)
+    assert sim.transaction(client.name, reference)["paid"] == 0
+
+
+def test_digit_5_is_refused_for_balance(client: Client, sim: SimulatorProcess) -> None:
+    reference = new_reference()
+    assert client.refused_for_balance(client.submit(new_phone("5"), reference))
+    assert client.status(reference) is None
+    listed = sim.transaction(client.name, reference)
+    assert (listed["status"], listed["paid"], listed["submits"]) == ("refused", 0, 1)
+
+
+def test_digit_6_never_settles(client: Client, sim: SimulatorProcess) -> None:
+    reference = new_reference()
+    assert client.accepted(client.submit(new_phone("6"), reference))
+    time.sleep(SETTLE * 3)
+    assert client.status(reference) == "processing"
+    assert client.callbacks(reference) == []
+    assert sim.transaction(client.name, reference)["settled_at"] is None
+
+
+# -- faults -------------------------------------------------------------------------------------
+
+
+def check_slow(client: Client, phone: str, reference: str) -> None:
+    started = time.monotonic()
+    assert client.accepted(client.submit(phone, reference))
+    assert time.monotonic() - started >= 0.4
+    wait_settled(client, reference)
+
+
+def check_timeout(client: Client, phone: str, reference: str) -> None:
+    with pytest.raises(httpx.ReadTimeout):
+        client.submit(phone, reference, timeout=0.3)
+    wait_settled(client, reference)
+
+
+def check_error_after_topup(client: Client, phone: str, reference: str) -> None:
+    response = client.submit(phone, reference)
+    assert response.status_code == 500
+    with pytest.raises(ValueError):
+        response.json()
+    wait_settled(client, reference)
+
+
+def check_garbage(client: Client, phone: str, reference: str) -> None:
+    response = client.submit(phone, reference)
+    assert response.status_code == 200
+    with pytest.raises(ValueError):
+        response.json()
+    wait_settled(client, reference)
+
+
+def check_reject(client: Client, phone: str, reference: str) -> None:
+    assert client.refused_for_balance(client.submit(phone, reference))
+    assert client.status(reference) is None
+
+
+def check_lose_callback(client: Client, phone: str, reference: str) -> None:
+    assert client.accepted(client.submit(phone, reference))
+    wait_settled(client, reference)
+    time.sleep(CALLBACK_INTERVAL * 2)
+    assert client.callbacks(reference) == []
+
+
+def check_duplicate_callback(client: Client, phone: str, reference: str) -> None:
+    assert client.accepted(client.submit(phone, reference))
+    first, second = eventually(
+        lambda: len(client.callbacks(reference)) == 2 and client.callbacks(reference)
+    )
+    assert first.body == second.body
+    assert client.signature_ok(first) and client.signature_ok(second)
+    time.sleep(CALLBACK_INTERVAL * 2)
+    assert len(client.callbacks(reference)) == 2
+
+
+def check_early_callback(client: Client, phone: str, reference: str) -> None:
+    response = client.submit(phone, reference)
+    answered = time.monotonic()
+    callbacks = client.callbacks(reference)
+    assert len(callbacks) == 1
+    assert callbacks[0].at < answered
+    assert client.callback_status(callbacks[0]) == "succeeded"
+    assert response.status_code == 200
+    assert client.status(reference) == "succeeded"
+
+
+def check_bad_signature_callback(client: Client, phone: str, reference: str) -> None:
+    assert client.accepted(client.submit(phone, reference))
+    callback = eventually(lambda: client.callbacks(reference))[0]
+    assert not client.signature_ok(callback)
+
+
+FAULT_CHECKS: dict[str, tuple[float | None, Callable[[Client, str, str], None]]] = {
+    "slow": (0.4, check_slow),
+    "timeout": (1.0, check_timeout),
+    "error_after_topup": (None, check_error_after_topup),
+    "garbage": (None, check_garbage),
+    "reject": (None, check_reject),
+    "lose_callback": (None, check_lose_callback),
+    "duplicate_callback": (None, check_duplicate_callback),
+    "early_callback": (None, check_early_callback),
+    "bad_signature_callback": (None, check_bad_signature_callback),
+}
+PAID = {"reject": 0}
+
+
+def run_fault(faults: SimulatorProcess, client: Client, fault: str, scope: str) -> None:
+    seconds, check = FAULT_CHECKS[fault]
+    phone, reference = new_phone("8"), new_reference()
+    faults.add_fault(phone if scope == "number" else "*", fault, seconds)
+    check(client, phone, reference)
+    listed = faults.transaction(client.name, reference)
+    assert listed is not None
+    assert (listed["submits"], listed["paid"]) == (1, PAID.get(fault, 1))
+
+
+@pytest.mark.parametrize("fault", list(FAULT_CHECKS))
+def test_fault_per_number(faults: SimulatorProcess, client: Client, fault: str) -> None:
+    run_fault(faults, client, fault, "number")
+
+
+@pytest.mark.parametrize(
+    ("fault", "protocol"), list(zip(FAULT_CHECKS, itertools.cycle(PROTOCOLS), strict=False))
+)
+def test_fault_for_the_whole_run(
+    faults: SimulatorProcess, receiver: Receiver, fault: str, protocol: str
+) -> None:
+    run_fault(faults, PROTOCOLS[protocol](faults, receiver, CREDENTIALS), fault, "*")
+
+
+def test_a_fault_on_one_number_spares_the_others(
+    faults: SimulatorProcess, receiver: Receiver
+) -> None:
+    acme = Acme(faults, receiver, CREDENTIALS)
+    faults.add_fault(new_phone("8"), "reject")
+    assert acme.accepted(acme.submit(new_phone("8"), new_reference()))
+
+
+def test_unknown_fault_is_refused(faults: SimulatorProcess) -> None:
+    response = faults.http.post("/_sim/faults", json={"phone_no": "*", "fault": "meteor"})
+    assert response.status_code == 400
+
+
+# -- duplicate references -----------------------------------------------------------------------
+
+
+def test_duplicate_reference_is_refused_and_never_paid_twice(
+    client: Client, sim: SimulatorProcess
+) -> None:
+    phone, reference = new_phone("7"), new_reference()
+    assert client.accepted(client.submit(phone, reference))
+    assert client.duplicate(client.submit(phone, reference))
+    wait_settled(client, reference)
+    listed = sim.transaction(client.name, reference)
+    assert (listed["submits"], listed["paid"]) == (2, 1)
+
+
+def test_resend_after_a_timeout_is_a_duplicate(
+    faults: SimulatorProcess, receiver: Receiver
+) -> None:
+    juhe = Juhe(faults, receiver, CREDENTIALS)
+    phone, reference = new_phone("7"), new_reference()
+    faults.add_fault(phone, "timeout", 0.5)
+    with pytest.raises(httpx.ReadTimeout):
+        juhe.submit(phone, reference, timeout=0.2)
+    faults.clear_faults()
+    assert juhe.duplicate(juhe.submit(phone, reference))
+    wait_settled(juhe, reference)
+    listed = faults.transaction("juhe", reference)
+    assert (listed["submits"], listed["paid"]) == (2, 1)
+
+
+# -- callback delivery --------------------------------------------------------------------------
+
+
+def test_callback_is_retried_until_acknowledged(client: Client, receiver: Receiver) -> None:
+    reference = new_reference()
+    receiver.refuse(reference, 1)
+    assert client.accepted(client.submit(new_phone("9"), reference))
+    refused, acknowledged = eventually(
+        lambda: len(client.callbacks(reference)) == 2 and client.callbacks(reference)
+    )
+    assert acknowledged.at - refused.at >= CALLBACK_INTERVAL * 0.9
+    assert client.signature_ok(acknowledged)
+    time.sleep(CALLBACK_INTERVAL * 2)
+    assert len(client.callbacks(reference)) == 2
+
+
+def test_callback_gives_up_after_its_tries(sim: SimulatorProcess, receiver: Receiver) -> None:
+    acme = Acme(sim, receiver, CREDENTIALS)
+    reference = new_reference()
+    receiver.refuse(reference, 100)
+    assert acme.accepted(acme.submit(new_phone("9"), reference))
+    eventually(lambda: len(acme.callbacks(reference)) == CALLBACK_RETRIES)
+    time.sleep(CALLBACK_INTERVAL * 2)
+    assert len(acme.callbacks(reference)) == CALLBACK_RETRIES
+
+
+# -- separate runs ------------------------------------------------------------------------------
+
+
+def test_reloadly_token_expires(tmp_path: Path, receiver: Receiver) -> None:
+    sim = start_simulator(tmp_path, ["--token-ttl", "1", "--settle", str(SETTLE)])
+    try:
+        reloadly = Reloadly(sim, receiver, CREDENTIALS)
+        assert reloadly.fetch_token().json()["expires_in"] == 1
+        assert reloadly.accepted(reloadly.submit(new_phone(), new_reference()))
+        time.sleep(1.1)
+        phone, reference = new_phone(), new_reference()
+        expired = reloadly.submit(phone, reference)
+        assert (expired.status_code, expired.json()["errorCode"]) == (401, "TOKEN_EXPIRED")
+        assert sim.transaction("reloadly", reference) is None
+        reloadly.fetch_token()
+        assert reloadly.accepted(reloadly.submit(phone, reference))
+        assert sim.transaction("reloadly", reference)["submits"] == 1
+    finally:
+        sim.stop()
+
+
+def test_command_line_fault_and_generated_credentials(tmp_path: Path, receiver: Receiver) -> None:
+    sim = start_simulator(tmp_path, ["--fault", "reject"], credentials=None)
+    try:
+        exported = dict(re.findall(r"^export (TOPUP_\w+)=(\S+)$", sim.log(), re.MULTILINE))
+        assert set(exported) == set(CREDENTIALS)
+        assert not set(exported.values()) & set(CREDENTIALS.values())
+        acme = Acme(sim, receiver, exported)
+        assert acme.refused_for_balance(acme.submit(new_phone(), new_reference()))
+        juhe = Juhe(sim, receiver, exported)
+        assert juhe.refused_for_balance(juhe.submit(new_phone(), new_reference()))
+        sim.clear_faults()
+        assert acme.accepted(acme.submit(new_phone(), new_reference()))
+    finally:
+        sim.stop()
