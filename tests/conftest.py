@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import itertools
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.support import Partner, ServiceProcess, sandbox_config
+from tests.support import REPO, Partner, ServiceProcess, sandbox_config
 
 TOKEN_SECRET = "test-token-key-known-to-the-tests"
 _app_numbers = itertools.count(1)
@@ -34,3 +39,31 @@ def partner(service: ServiceProcess) -> Iterator[Partner]:
     client = new_partner(service)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def example_plugin() -> None:
+    """Installs tests/example_plugin, a third-party plugin package, as a partner would pip it."""
+    source = REPO / "tests" / "example_plugin" / "topup_acme.py"
+    try:
+        installed = importlib.metadata.distribution("topup-acme").locate_file("topup_acme.py")
+        current = Path(str(installed)).read_text() == source.read_text()
+    except (importlib.metadata.PackageNotFoundError, FileNotFoundError):
+        current = False
+    if not current:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--no-build-isolation",
+                "--force-reinstall",
+                str(source.parent),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        importlib.invalidate_caches()

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from core.signing import SignType, compute_sign
+from topup.testing import wait_until_healthy
 
 REPO = Path(__file__).resolve().parent.parent
 TOPUP = str(Path(sys.executable).with_name("topup"))
@@ -107,18 +108,9 @@ class ServiceProcess:
         self._wait_ready()
         return self
 
-    def _wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"service exited early:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"service not ready after {timeout}s:\n{self.log()}")
+    def _wait_ready(self) -> None:
+        assert self.proc is not None
+        wait_until_healthy(f"{self.url}/healthz", self.proc, self.log)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -149,7 +141,7 @@ class ServiceProcess:
         return result.stdout.strip()
 
     def sql(self, query: str, *args: Any) -> list[tuple]:
-        with sqlite3.connect(self.db_path) as conn:
+        with sqlite3.connect(self.db_path, timeout=30) as conn:
             return conn.execute(query, args).fetchall()
 
     def count_orders(self) -> int:

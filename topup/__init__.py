@@ -15,6 +15,35 @@ Everything a plugin needs is importable from here; the modules behind it
 """
 
 from core.hookspecs import hookimpl
-from core.suppliers import NoSettings, Outcome, Supplier, SupplierResult, UpstreamOrder
+from core.suppliers import (
+    Callback,
+    CallbackReply,
+    CallbackRequest,
+    ErrorClass,
+    NoSettings,
+    Outcome,
+    Supplier,
+    SupplierConfigError,
+    SupplierResult,
+    UpstreamOrder,
+    alerts,
+    classify_error,
+    secret_from_env,
+)
 
-__all__ = ["NoSettings", "Outcome", "Supplier", "SupplierResult", "UpstreamOrder", "hookimpl"]
+__all__ = [
+    "Callback",
+    "CallbackReply",
+    "CallbackRequest",
+    "ErrorClass",
+    "NoSettings",
+    "Outcome",
+    "Supplier",
+    "SupplierConfigError",
+    "SupplierResult",
+    "UpstreamOrder",
+    "alerts",
+    "classify_error",
+    "hookimpl",
+    "secret_from_env",
+]
