@@ -6,6 +6,7 @@ own helpers, so a drift between the two shows up as a failure.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import hmac
 import itertools
@@ -21,6 +22,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from decimal import ROUND_HALF_UP, Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
@@ -234,8 +237,10 @@ class Juhe:
         self.sim, self.receiver = sim, receiver
         self.key, self.openid = creds["TOPUP_JUHE_KEY"], creds["TOPUP_JUHE_OPENID"]
 
-    def submit(self, phone: str, reference: str, timeout: float = 5.0) -> httpx.Response:
-        cardnum = "10"
+    def submit(
+        self, phone: str, reference: str, timeout: float = 5.0, amount_fen: int = 1000
+    ) -> httpx.Response:
+        cardnum = str(amount_fen // 100)
         form = {
             "phoneno": phone,
             "cardnum": cardnum,
@@ -307,10 +312,13 @@ class Reloadly:
             "Accept": "application/com.reloadly.topups-v1+json",
         }
 
-    def submit(self, phone: str, reference: str, timeout: float = 5.0) -> httpx.Response:
+    def submit(
+        self, phone: str, reference: str, timeout: float = 5.0, amount_fen: int = 1000
+    ) -> httpx.Response:
         body = {
             "operatorId": 1,
-            "amount": 10,
+            # Whole yuan go out as an integer, as they always have.
+            "amount": amount_fen // 100 if amount_fen % 100 == 0 else amount_fen / 100,
             "useLocalAmount": True,
             "customIdentifier": reference,
             "recipientPhone": {"countryCode": "CN", "number": phone},
@@ -356,11 +364,13 @@ class Acme:
         self.sim, self.receiver = sim, receiver
         self.api_key = creds["TOPUP_ACME_API_KEY"]
 
-    def submit(self, phone: str, reference: str, timeout: float = 5.0) -> httpx.Response:
+    def submit(
+        self, phone: str, reference: str, timeout: float = 5.0, amount_fen: int = 1000
+    ) -> httpx.Response:
         body = {
             "reference": reference,
             "msisdn": phone,
-            "amount": 1000,
+            "amount": amount_fen,
             "carrier": "中国移动",
             "callback_url": self.receiver.url + self.path,
         }
@@ -846,3 +856,140 @@ def test_command_line_fault_and_generated_credentials(tmp_path: Path, receiver: 
         assert acme.accepted(acme.submit(new_phone(), new_reference()))
     finally:
         sim.stop()
+
+
+# -- daily statements ---------------------------------------------------------------------------
+
+BEIJING = timezone(timedelta(hours=8))
+STATEMENT_HEADERS = {
+    "juhe": "orderid,sporder_id,phoneno,cardnum,ordercash,game_state,order_time",
+    "reloadly": (
+        "customIdentifier,transactionId,recipientPhone,requestedAmount,cost,status,transactionDate"
+    ),
+    "acme": "reference,id,msisdn,amount,charged,status,created_at",
+}
+# The share of the face value each supplier charges, from the spec.
+PRICE_RATIOS = {"juhe": Decimal("0.997"), "reloadly": Decimal("0.995"), "acme": Decimal("0.990")}
+STATEMENT_STATUS = {
+    "juhe": {"processing": "0", "succeeded": "1", "failed": "9"},
+    "reloadly": {"processing": "PROCESSING", "succeeded": "SUCCESSFUL", "failed": "FAILED"},
+    "acme": {"processing": "accepted", "succeeded": "succeeded", "failed": "failed"},
+}
+# A face value whose price ends in exactly half a fen, which float rounding gets wrong
+# (e.g. 3 yuan at 99.5% is 2.985 yuan: 2.99, where round(3 * 0.995, 2) says 2.98).
+HALF_FEN_AMOUNTS = {"juhe": 12500, "reloadly": 300, "acme": 1050}
+
+
+def price(protocol: str, amount_fen: int) -> str:
+    yuan = Decimal(amount_fen) / 100 * PRICE_RATIOS[protocol]
+    return str(yuan.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+
+
+def supplier_id(client: Client, response: httpx.Response) -> str:
+    body = response.json()
+    if client.name == "juhe":
+        return body["result"]["sporder_id"]
+    return str(body["transactionId"] if client.name == "reloadly" else body["id"])
+
+
+def beijing_created(listed: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(listed["created_at"]).astimezone(BEIJING)
+
+
+def fetch_statement(sim: SimulatorProcess, protocol: str, day: date | str) -> list[list[str]]:
+    response = sim.http.get("/_sim/statement", params={"protocol": protocol, "date": str(day)})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "text/csv; charset=utf-8"
+    rows = list(csv.reader(response.content.decode("utf-8").splitlines()))
+    assert ",".join(rows[0]) == STATEMENT_HEADERS[protocol]
+    assert all(len(row) == 7 for row in rows)
+    return rows[1:]
+
+
+def test_statement_lists_accepted_transactions_with_their_charge(
+    client: Client, sim: SimulatorProcess
+) -> None:
+    # last digit -> (outcome, amount in fen)
+    cases = {
+        "1": ("succeeded", 1000),
+        "3": ("succeeded", HALF_FEN_AMOUNTS[client.name]),
+        "4": ("failed", 1000),
+        "6": ("processing", 1000),
+    }
+    outcomes: dict[str, str] = {}
+    expected: dict[str, list[str]] = {}
+    for digit, (outcome, amount_fen) in cases.items():
+        phone, reference = new_phone(digit), new_reference()
+        response = client.submit(phone, reference, amount_fen=amount_fen)
+        assert client.accepted(response), response.text
+        outcomes[reference] = outcome
+        expected[reference] = [
+            reference,
+            supplier_id(client, response),
+            phone,
+            str(amount_fen) if client.name == "acme" else f"{amount_fen / 100:.2f}",
+            price(client.name, amount_fen) if outcome == "succeeded" else "0.00",
+            STATEMENT_STATUS[client.name][outcome],
+        ]
+    refused = new_reference()
+    assert client.refused_for_balance(client.submit(new_phone("5"), refused))
+    for reference, outcome in outcomes.items():
+        if outcome != "processing":
+            wait_settled(client, reference, outcome)
+        created = beijing_created(sim.transaction(client.name, reference))
+        expected[reference].append(created.strftime("%Y-%m-%d %H:%M:%S"))
+
+    # Fetched per day, in case the test ran across midnight in Beijing.
+    days = {row[6][:10] for row in expected.values()}
+    lines = {row[0]: row for day in days for row in fetch_statement(sim, client.name, day)}
+
+    for reference, row in expected.items():
+        assert lines[reference] == row
+    assert refused not in lines
+    # Exactly what the simulator accepted those days, and nothing it refused.
+    accepted = {
+        tx["reference"]
+        for tx in sim.http.get("/_sim/transactions", params={"protocol": client.name}).json()
+        if tx["status"] != "refused" and beijing_created(tx).strftime("%Y-%m-%d") in days
+    }
+    assert set(lines) == accepted
+
+
+def test_reloadly_transaction_date_agrees_with_the_statement(
+    sim: SimulatorProcess, receiver: Receiver
+) -> None:
+    reloadly = Reloadly(sim, receiver, CREDENTIALS)
+    reference = new_reference()
+    answered = reloadly.submit(new_phone("6"), reference).json()
+    day = answered["transactionDate"][:10]
+    lines = {row[0]: row for row in fetch_statement(sim, "reloadly", day)}
+    assert lines[reference][6] == answered["transactionDate"]
+
+
+def test_statement_of_a_day_without_transactions_is_only_the_header(
+    client: Client, sim: SimulatorProcess
+) -> None:
+    assert client.accepted(client.submit(new_phone("6"), new_reference()))
+    assert fetch_statement(sim, client.name, "2000-01-01") == []
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"protocol": "alipay", "date": "2026-01-01"},
+        {"protocol": "", "date": "2026-01-01"},
+        {"date": "2026-01-01"},
+        {"protocol": "juhe", "date": "2026-13-01"},
+        {"protocol": "juhe", "date": "20260101"},
+        {"protocol": "juhe", "date": "2026-1-1"},
+        {"protocol": "juhe", "date": "yesterday"},
+        {"protocol": "juhe"},
+    ],
+)
+def test_statement_refuses_unknown_protocol_and_bad_date(
+    sim: SimulatorProcess, params: dict[str, str]
+) -> None:
+    response = sim.http.get("/_sim/statement", params=params)
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("text/plain")
+    assert response.text.strip()

@@ -9,15 +9,17 @@ import httpx
 import msgspec
 from litestar import Request, Response, Router, get, post
 
-from service.simulator.faults import bend_submit_answer
+from service.simulator.answers import bend_submit_answer
 from service.simulator.state import (
     Callback,
     Simulator,
     Status,
     Transaction,
     Verdict,
+    beijing_time,
     is_mobile_number,
     is_reference,
+    yuan,
 )
 
 PROTOCOL = "acme"
@@ -25,6 +27,9 @@ JSON = "application/json"
 MAX_AMOUNT_FEN = 100_000
 STATUS = {Status.PROCESSING: "accepted", Status.SUCCEEDED: "succeeded", Status.FAILED: "failed"}
 FAILURE_REASON = "the carrier declined the top-up"
+# The supplier charges 99.0% of the face value, in thousandths so that prices stay in fen.
+PRICE_PER_MILLE = 990
+STATEMENT_HEADER = ("reference", "id", "msisdn", "amount", "charged", "status", "created_at")
 
 
 class TopupRequest(msgspec.Struct):
@@ -51,6 +56,20 @@ def status_json(tx: Transaction) -> dict[str, str]:
         "status": STATUS[tx.status],
         "reason": reason,
     }
+
+
+def statement_line(tx: Transaction) -> tuple[str, ...]:
+    """One line of the daily statement, in the order of ``STATEMENT_HEADER``."""
+    return (
+        tx.reference,
+        acme_id(tx),
+        tx.phone_no,
+        # In fen, like the protocol's own amounts; only the charge is in yuan.
+        str(tx.amount_fen),
+        yuan(tx.charged_fen(PRICE_PER_MILLE)),
+        STATUS[tx.status],
+        beijing_time(tx.created_at),
+    )
 
 
 def _unauthorized(request: Request, sim: Simulator) -> Response | None:

@@ -7,6 +7,7 @@ from litestar import Request, Response, Router, delete, get, post
 
 from service.simulator.faults import Fault, UnknownFault
 from service.simulator.state import Simulator, TransactionView
+from service.simulator.statement import statement
 
 JSON = "application/json"
 
@@ -59,5 +60,6 @@ async def clear_faults(sim: Simulator, phone_no: str | None = None) -> FaultList
 
 def router() -> Router:
     return Router(
-        path="/_sim", route_handlers=[health, transactions, list_faults, add_fault, clear_faults]
+        path="/_sim",
+        route_handlers=[health, transactions, list_faults, add_fault, clear_faults, statement],
     )

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import msgspec
-from litestar import Response
 
 EVERY_NUMBER = "*"
 
@@ -22,9 +19,6 @@ FAULT_DEFAULT_SECONDS: dict[str, float | None] = {
     "bad_signature_callback": None,
 }
 FAULT_NAMES = tuple(FAULT_DEFAULT_SECONDS)
-
-# What a misconfigured proxy in front of a supplier tends to send back.
-GARBAGE_BODY = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>\n"
 
 
 class UnknownFault(ValueError):
@@ -98,18 +92,3 @@ class FaultBook:
         active = {f.fault: f for f in self._faults.values() if f.phone_no == EVERY_NUMBER}
         active |= {f.fault: f for f in self._faults.values() if f.phone_no == phone_no}
         return ActiveFaults(active)
-
-
-async def bend_submit_answer(faults: ActiveFaults, answer: Response) -> Response:
-    """The answer a submit actually gets; the top-up itself is already made (or refused)."""
-    if "slow" in faults:
-        await asyncio.sleep(faults.seconds("slow"))
-    if "timeout" in faults:
-        # Held without blocking the loop; whoever still listens afterwards sees a gateway give up.
-        await asyncio.sleep(faults.seconds("timeout"))
-        return Response(b"", status_code=504, media_type="text/plain")
-    if "error_after_topup" in faults:
-        return Response(b"Internal Server Error", status_code=500, media_type="text/plain")
-    if "garbage" in faults:
-        return Response(GARBAGE_BODY, status_code=200, media_type="text/html")
-    return answer

@@ -10,21 +10,26 @@ import httpx
 import msgspec
 from litestar import Request, Response, Router, get, post
 
-from service.simulator.faults import bend_submit_answer
+from service.simulator.answers import bend_submit_answer
 from service.simulator.state import (
     Callback,
     Simulator,
     Status,
     Transaction,
     Verdict,
+    beijing_time,
     is_mobile_number,
     is_reference,
+    price_fen,
+    yuan,
 )
 
 PROTOCOL = "juhe"
 JSON = "application/json; charset=utf-8"
 # The supplier keeps 0.3% of the face value.
 PRICE_RATIO = 0.997
+# The same in thousandths, so that prices are computed in whole fen, never in floats.
+PRICE_PER_MILLE = round(PRICE_RATIO * 1000)
 OPENING_BALANCE = 100_000.00
 FACE_VALUES = range(1, 501)
 FAILURE_MESSAGE = "运营商充值失败"
@@ -46,6 +51,15 @@ REASONS = {
     208509: "订单号重复",
 }
 GAME_STATE = {Status.PROCESSING: "0", Status.SUCCEEDED: "1", Status.FAILED: "9"}
+STATEMENT_HEADER = (
+    "orderid",
+    "sporder_id",
+    "phoneno",
+    "cardnum",
+    "ordercash",
+    "game_state",
+    "order_time",
+)
 
 
 class Reply(msgspec.Struct):
@@ -73,7 +87,21 @@ def sporder_id(tx: Transaction) -> str:
 
 
 def order_cash(tx: Transaction) -> float:
-    return round(tx.amount_fen / 100 * PRICE_RATIO, 2)
+    # Rounded in fen, so that the answers agree with the statement to the fen.
+    return price_fen(tx.amount_fen, PRICE_PER_MILLE) / 100
+
+
+def statement_line(tx: Transaction) -> tuple[str, ...]:
+    """One line of the daily statement, in the order of ``STATEMENT_HEADER``."""
+    return (
+        tx.reference,
+        sporder_id(tx),
+        tx.phone_no,
+        yuan(tx.amount_fen),
+        yuan(tx.charged_fen(PRICE_PER_MILLE)),
+        GAME_STATE[tx.status],
+        beijing_time(tx.created_at),
+    )
 
 
 def _submit_error(fields: dict[str, str], sim: Simulator) -> int | None:
@@ -159,8 +187,11 @@ async def balance(
         return refuse(10001)
     if sign.lower() != md5_hex(creds.juhe_openid + creds.juhe_key + timestamp):
         return refuse(208505)
-    spent = sum(order_cash(tx) for tx in sim.transactions(PROTOCOL) if tx.paid)
-    return reply({"money": f"{OPENING_BALANCE - spent:.2f}"}, "查询成功")
+    # Summed in fen: adding up float prices drifts by fractions of a fen.
+    spent = sum(
+        price_fen(tx.amount_fen, PRICE_PER_MILLE) for tx in sim.transactions(PROTOCOL) if tx.paid
+    )
+    return reply({"money": yuan(round(OPENING_BALANCE * 100) - spent)}, "查询成功")
 
 
 def callback_for(sim: Simulator, tx: Transaction, bad_signature: bool) -> Callback | None:

@@ -17,25 +17,38 @@ from litestar import Request, Response, Router, get, post
 from litestar.di import Provide
 from litestar.params import Parameter
 
-from service.simulator.faults import bend_submit_answer
+from service.simulator.answers import bend_submit_answer
 from service.simulator.state import (
     Callback,
     Simulator,
     Status,
     Transaction,
     Verdict,
+    beijing_time,
     is_mobile_number,
     is_reference,
+    yuan,
 )
 
 PROTOCOL = "reloadly"
 JSON = "application/json"
 MAX_AMOUNT_YUAN = 1000
+# The supplier charges 99.5% of the face value, in thousandths so that prices stay in fen.
+PRICE_PER_MILLE = 995
 STATUS = {
     Status.PROCESSING: "PROCESSING",
     Status.SUCCEEDED: "SUCCESSFUL",
     Status.FAILED: "FAILED",
 }
+STATEMENT_HEADER = (
+    "customIdentifier",
+    "transactionId",
+    "recipientPhone",
+    "requestedAmount",
+    "cost",
+    "status",
+    "transactionDate",
+)
 
 
 class TokenRequest(msgspec.Struct):
@@ -114,7 +127,7 @@ def ok(payload: Any) -> Response:
 
 
 def transaction_json(tx: Transaction) -> dict[str, Any]:
-    yuan = tx.amount_fen / 100
+    amount = tx.amount_fen / 100
     return {
         "transactionId": tx.seq,
         "status": STATUS[tx.status],
@@ -122,11 +135,25 @@ def transaction_json(tx: Transaction) -> dict[str, Any]:
         "customIdentifier": tx.reference,
         "recipientPhone": tx.phone_no,
         "operatorId": tx.operator_id,
-        "requestedAmount": yuan,
-        "deliveredAmount": yuan,
+        "requestedAmount": amount,
+        "deliveredAmount": amount,
         "deliveredAmountCurrencyCode": "CNY",
-        "transactionDate": datetime.fromtimestamp(tx.created_at).strftime("%Y-%m-%d %H:%M:%S"),
+        # Beijing time, as in the statement, so that both date a transaction alike.
+        "transactionDate": beijing_time(tx.created_at),
     }
+
+
+def statement_line(tx: Transaction) -> tuple[str, ...]:
+    """One line of the daily statement, in the order of ``STATEMENT_HEADER``."""
+    return (
+        tx.reference,
+        str(tx.seq),
+        tx.phone_no,
+        yuan(tx.amount_fen),
+        yuan(tx.charged_fen(PRICE_PER_MILLE)),
+        STATUS[tx.status],
+        beijing_time(tx.created_at),
+    )
 
 
 @post("/oauth/token", status_code=200)

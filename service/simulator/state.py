@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from core.clock import BEIJING
 from service.simulator.faults import ActiveFaults, FaultBook
 from service.simulator.options import Credentials, SimulatorOptions
 
@@ -22,6 +23,8 @@ log = logging.getLogger("topup.simulator")
 
 # A receiver that neither answers nor refuses must not hold a delivery for long.
 CALLBACK_TIMEOUT = httpx.Timeout(5.0)
+# How every supplier writes a time, in Beijing time whatever the host's zone.
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 class Status(enum.StrEnum):
@@ -67,6 +70,10 @@ class Transaction(msgspec.Struct, kw_only=True):
     operator_id: int | None = None
     callback_url: str | None = None
 
+    def charged_fen(self, per_mille: int) -> int:
+        """What the supplier keeps: the price once delivered; a failed top-up is refunded."""
+        return price_fen(self.amount_fen, per_mille) if self.status is Status.SUCCEEDED else 0
+
     def view(self) -> TransactionView:
         return TransactionView(
             protocol=self.protocol,
@@ -95,6 +102,28 @@ class TransactionView(msgspec.Struct, kw_only=True):
 
 def iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+def beijing(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, BEIJING)
+
+
+def beijing_time(timestamp: float) -> str:
+    return beijing(timestamp).strftime(TIME_FORMAT)
+
+
+def price_fen(amount_fen: int, per_mille: int) -> int:
+    """``per_mille`` thousandths of a face value, rounded half up to the fen.
+
+    In integers: as a float, 2.985 (3 yuan at 99.5%) is a hair below itself and rounds down.
+    """
+    return (amount_fen * per_mille + 500) // 1000
+
+
+def yuan(fen: int) -> str:
+    """Fen as yuan with two decimals, the way statements write amounts."""
+    whole, cents = divmod(abs(fen), 100)
+    return f"{'-' if fen < 0 else ''}{whole}.{cents:02d}"
 
 
 @dataclass(frozen=True)
