@@ -1,0 +1,144 @@
+"""``topup app``: partner apps, their accounts and notify URLs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from core.apps import AppExistsError, AppStore
+from core.clock import beijing_time
+from core.db import Database
+from core.ledger import Account, Ledger
+from core.money import fen_to_yuan
+from core.signing import SignType
+from service.cli_support import fen, operator_option, run_with_db
+
+
+@click.group()
+def app() -> None:
+    """Partner apps: who may call the API."""
+
+
+@app.command("add")
+@click.argument("app_id")
+@click.option("--company", required=True, help="The partner's company, as it sends `company`.")
+@click.option("--secret", help="The signing secret; generated when omitted.")
+@click.option(
+    "--sign-type",
+    type=click.Choice([t.value for t in SignType]),
+    default=SignType.HMAC_SHA256.value,
+    show_default=True,
+)
+def app_add(app_id: str, company: str, secret: str | None, sign_type: str) -> None:
+    """Register a partner app and print its secret (shown once; keep it safe)."""
+
+    async def add(db: Database) -> Any:
+        return await AppStore(db).add(app_id, company, secret, SignType(sign_type))
+
+    try:
+        created = run_with_db(add)
+    except AppExistsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"appID:     {created.app_id}", err=True)
+    click.echo(f"company:   {created.company}", err=True)
+    click.echo(f"sign type: {created.sign_type}", err=True)
+    click.echo("secret:", err=True)
+    click.echo(created.secret)
+
+
+@app.command("list")
+def app_list() -> None:
+    """List partner apps (without their secrets)."""
+    for item in run_with_db(lambda db: AppStore(db).all()):
+        click.echo(f"{item.app_id}\t{item.company}\t{item.sign_type}")
+
+
+@app.command("credit")
+@click.argument("app_id")
+@click.argument("amount")
+@click.option("--reason", required=True, help="Why, e.g. the bank transfer's reference.")
+@operator_option()
+def app_credit(app_id: str, amount: str, reason: str, operator: str) -> None:
+    """Add AMOUNT yuan to the app's prepaid balance (an entry on its ledger)."""
+    credit = fen(amount)
+    if credit <= 0:
+        raise click.BadParameter("the amount must be positive", param_hint="AMOUNT")
+
+    async def book(db: Database) -> Account:
+        return await Ledger(db).credit(app_id, credit, reason, operator)
+
+    try:
+        account = run_with_db(book)
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{app_id}: +{fen_to_yuan(credit)}, balance {fen_to_yuan(account.balance)}")
+
+
+@app.command("set")
+@click.argument("app_id")
+@click.option("--notify-url", help="Where final order states are POSTed ('' to stop).")
+@click.option("--credit-limit", help="How far below zero the balance may go, in yuan.")
+def app_set(app_id: str, notify_url: str | None, credit_limit: str | None) -> None:
+    """Change an app's notify URL or credit limit."""
+    if notify_url is None and credit_limit is None:
+        raise click.UsageError("give --notify-url and/or --credit-limit")
+    if notify_url and not notify_url.startswith(("http://", "https://")):
+        raise click.BadParameter("must be an http(s) URL", param_hint="--notify-url")
+    limit = None if credit_limit is None else fen(credit_limit, "credit limit")
+
+    async def change(db: Database) -> bool:
+        if await AppStore(db).get(app_id) is None:
+            return False
+        if notify_url is not None:
+            await AppStore(db).set_notify_url(app_id, notify_url)
+        if limit is not None:
+            await Ledger(db).set_credit_limit(app_id, limit)
+        return True
+
+    try:
+        found = run_with_db(change)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if not found:
+        raise click.ClickException(f"no app {app_id!r}")
+    click.echo(f"{app_id} updated")
+
+
+@app.command("show")
+@click.argument("app_id")
+@click.option("--entries", default=10, show_default=True, help="Latest ledger entries to list.")
+def app_show(app_id: str, entries: int) -> None:
+    """An app's settings, account, and latest ledger entries; checks the ledger adds up."""
+
+    async def gather(db: Database) -> Any:
+        ledger = Ledger(db)
+        return (
+            await AppStore(db).get(app_id),
+            await ledger.account(app_id),
+            await ledger.verify(app_id),
+            await ledger.entries(app_id, entries),
+        )
+
+    found, account, consistent, latest = run_with_db(gather)
+    if found is None or account is None:
+        raise click.ClickException(f"no app {app_id!r}")
+    click.echo(f"appID:        {found.app_id}")
+    click.echo(f"company:      {found.company}")
+    click.echo(f"sign type:    {found.sign_type}")
+    click.echo(f"notify URL:   {found.notify_url or '-'}")
+    click.echo(f"credited:     {fen_to_yuan(account.credited)}")
+    click.echo(f"captured:     {fen_to_yuan(account.captured)}")
+    click.echo(f"held:         {fen_to_yuan(account.held)}")
+    click.echo(f"balance:      {fen_to_yuan(account.balance)}")
+    click.echo(f"credit limit: {fen_to_yuan(account.credit_limit)}")
+    click.echo(f"available:    {fen_to_yuan(account.available)}")
+    click.echo(f"ledger:       {'consistent' if consistent else 'DOES NOT MATCH THE ACCOUNT'}")
+    for entry in latest:
+        click.echo(
+            f"  #{entry.id} {beijing_time(entry.created_at)} {entry.kind:8} "
+            f"{fen_to_yuan(entry.amount):>10} {entry.order_no or ''} {entry.reason} "
+            f"({entry.actor})"
+        )
+    if not consistent:
+        raise SystemExit(1)
