@@ -7,10 +7,11 @@ import secrets
 import time
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from core.clock import now_ms
 from core.db import Database, apps, insert_ignoring_conflicts, server_keys
+from core.ledger import open_account
 from core.signing import SignType
 
 TOKEN_SECRET_ENV = "TOPUP_TOKEN_SECRET"
@@ -22,6 +23,7 @@ class App(msgspec.Struct, frozen=True):
     secret: str
     sign_type: SignType
     created_at: int
+    notify_url: str | None = None
 
     def __repr__(self) -> str:
         # Keep the secret out of logs and tracebacks.
@@ -52,7 +54,7 @@ class AppStore:
         if row is None:
             self._cache.pop(app_id, None)
             return None
-        app = App(row.app_id, row.company, row.secret, SignType(row.sign_type), row.created_at)
+        app = _app(row)
         self._cache[app_id] = (time.monotonic() + self._cache_seconds, app)
         return app
 
@@ -74,16 +76,34 @@ class AppStore:
                     created_at=app.created_at,
                 )
             )
-        if inserted.rowcount != 1:
-            raise AppExistsError(f"an app named {app_id!r} already exists")
+            if inserted.rowcount != 1:
+                raise AppExistsError(f"an app named {app_id!r} already exists")
+            await open_account(conn, self._db, app_id)
         return app
 
     async def all(self) -> list[App]:
         async with self._db.read() as conn:
             rows = (await conn.execute(select(apps).order_by(apps.c.app_id))).all()
-        return [
-            App(r.app_id, r.company, r.secret, SignType(r.sign_type), r.created_at) for r in rows
-        ]
+        return [_app(row) for row in rows]
+
+    async def set_notify_url(self, app_id: str, url: str | None) -> bool:
+        async with self._db.write() as conn:
+            changed = await conn.execute(
+                update(apps).where(apps.c.app_id == app_id).values(notify_url=url or None)
+            )
+        self._cache.pop(app_id, None)
+        return changed.rowcount == 1
+
+
+def _app(row) -> App:
+    return App(
+        row.app_id,
+        row.company,
+        row.secret,
+        SignType(row.sign_type),
+        row.created_at,
+        row.notify_url,
+    )
 
 
 async def token_key(db: Database) -> bytes:

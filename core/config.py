@@ -22,8 +22,11 @@ class ConfigError(Exception):
 class ProductConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     product_id: str
     face_value: Decimal
+    # What the partner pays.
     price: Decimal
     name: str = ""
+    # What each supplier plugin charges us for it, e.g. { juhe = "9.97" }: the margin.
+    cost: dict[str, Decimal] = {}
 
 
 class RouteEntry(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -64,11 +67,38 @@ class DispatchConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     breaker_cooldown: float = 60.0
 
 
+class NotifyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # Seconds between delivery attempts to a partner's notify URL: seconds at first, then
+    # hours. After the last one the notification is given up (and an alert logged).
+    schedule: list[float] = msgspec.field(
+        default_factory=lambda: [
+            5.0,
+            15.0,
+            30.0,
+            60.0,
+            120.0,
+            300.0,
+            600.0,
+            1800.0,
+            3600.0,
+            7200.0,
+            14400.0,
+            21600.0,
+            43200.0,
+        ]
+    )
+    # Hard limit on one delivery, in seconds.
+    timeout: float = 10.0
+    concurrency: int = 50
+    scan_interval: float = 0.5
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     enabled: list[str] = []
     plugin: dict[str, dict[str, Any]] = {}
     suppliers: dict[str, SupplierConfig] = {}
     dispatch: DispatchConfig = DispatchConfig()
+    notify: NotifyConfig = NotifyConfig()
 
 
 class Product(msgspec.Struct, frozen=True):
@@ -79,6 +109,7 @@ class Product(msgspec.Struct, frozen=True):
     name: str
     face_value: int
     price: int
+    costs: dict[str, int] = {}
 
 
 def load_config(path: str | Path) -> Config:
@@ -105,6 +136,8 @@ def _check(config: Config, source: str) -> None:
     dispatch = config.dispatch
     if not dispatch.query_delays or min(dispatch.query_delays) <= 0:
         raise ConfigError(f"{source}: dispatch.query_delays needs positive delays")
+    if not config.notify.schedule or min(config.notify.schedule) <= 0:
+        raise ConfigError(f"{source}: notify.schedule needs positive delays")
     if dispatch.max_queries < 1 or dispatch.breaker_threshold < 1:
         raise ConfigError(f"{source}: dispatch.max_queries and breaker_threshold must be >= 1")
     if dispatch.call_timeout >= dispatch.lease_seconds:
@@ -127,6 +160,12 @@ def _check(config: Config, source: str) -> None:
             raise ConfigError(f"{where}.route: weights cannot be negative")
         seen: set[str] = set()
         for product in supplier.products:
+            for plugin in product.cost:
+                if plugin not in names:
+                    raise ConfigError(
+                        f"{where}: product {product.product_id!r} has a cost for {plugin!r}, "
+                        "which is not in this route"
+                    )
             if product.product_id in seen:
                 raise ConfigError(f"{where}: product_id {product.product_id!r} appears twice")
             seen.add(product.product_id)
@@ -134,13 +173,15 @@ def _check(config: Config, source: str) -> None:
 
 
 def _product(supplier: str, product: ProductConfig, where: str) -> Product:
+    where = f"{where}: product {product.product_id!r}"
     try:
         face_value, price = yuan_to_fen(product.face_value), yuan_to_fen(product.price)
+        costs = {plugin: yuan_to_fen(cost) for plugin, cost in product.cost.items()}
     except ValueError as exc:
-        raise ConfigError(f"{where}: product {product.product_id!r}: {exc}") from exc
-    if face_value <= 0 or price <= 0:
-        raise ConfigError(f"{where}: product {product.product_id!r}: amounts must be positive")
-    return Product(supplier, product.product_id, product.name, face_value, price)
+        raise ConfigError(f"{where}: {exc}") from exc
+    if face_value <= 0 or price <= 0 or any(cost <= 0 for cost in costs.values()):
+        raise ConfigError(f"{where}: amounts must be positive")
+    return Product(supplier, product.product_id, product.name, face_value, price, costs)
 
 
 class Catalog:

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Index,
     Integer,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    false,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -41,6 +43,8 @@ apps = Table(
     Column("secret", String(128), nullable=False),
     Column("sign_type", String(16), nullable=False),
     Column("created_at", BigInteger, nullable=False),
+    # Where final order states are POSTed; NULL: the partner only polls.
+    Column("notify_url", Text),
 )
 
 server_keys = Table(
@@ -93,6 +97,10 @@ attempts = Table(
     Column("queries", Integer, nullable=False, server_default="0"),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+    # What the supplier is expected to charge (fen), from plugins.toml when the attempt began.
+    Column("cost", BigInteger),
+    # Refused before acceptance: the supplier never held it, so no statement will list it.
+    Column("refused", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("order_no", "seq", name="uq_attempts_order_seq"),
 )
 
@@ -109,6 +117,59 @@ order_events = Table(
     Column("actor", String(64), nullable=False),
     Column("detail", Text, nullable=False),
     Index("ix_order_events_order_no", "order_no"),
+)
+
+# Append-only: rows are inserted, never updated or deleted. event_key names the event a
+# row records (credit:<id>, hold:<orderNo>, settle:<orderNo>), so no event is booked twice,
+# and an order is settled (captured or released) at most once.
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("app_id", String(64), nullable=False),
+    # credit, hold, capture, release
+    Column("kind", String(16), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("order_no", String(32)),
+    Column("event_key", String(80), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    UniqueConstraint("event_key", name="uq_ledger_event_key"),
+    Index("ix_ledger_app_id", "app_id"),
+)
+
+# The ledger summed per app, kept in step with it in the same transactions, so that an
+# order's hold is one conditional UPDATE rather than a sum over the whole ledger.
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("app_id", String(64), primary_key=True),
+    Column("credited", BigInteger, nullable=False, server_default="0"),
+    Column("captured", BigInteger, nullable=False, server_default="0"),
+    Column("held", BigInteger, nullable=False, server_default="0"),
+    Column("credit_limit", BigInteger, nullable=False, server_default="0"),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# The outbox of partner notifications: written with the order's final state, delivered
+# (and retried) by the notifier.
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("order_no", String(32), nullable=False),
+    Column("app_id", String(64), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", BigInteger),
+    Column("lease_owner", String(64)),
+    Column("lease_until", BigInteger),
+    Column("delivered_at", BigInteger),
+    Column("last_error", Text),
+    Column("created_at", BigInteger, nullable=False),
+    UniqueConstraint("order_no", name="uq_notifications_order_no"),
+    Index("ix_notifications_next_attempt_at", "next_attempt_at"),
 )
 
 # Small shared counters, e.g. the configuration generation that `topup reload` bumps.

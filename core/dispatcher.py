@@ -123,7 +123,9 @@ class Dispatcher:
                 self.breaker.open_plugins(),
             )
             return
-        upstream = await self._store.start_attempt(order.order_no, self.owner, plugin)
+        product = runtime.catalog.product(order.supplier, order.product_id)
+        cost = product.costs.get(plugin) if product else None
+        upstream = await self._store.start_attempt(order.order_no, self.owner, plugin, cost)
         if upstream is None:
             return
         result = await self._call(supplier.submit, upstream, plugin)

@@ -31,6 +31,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_SUPPLIER = "UNKNOWN_SUPPLIER"
     UNKNOWN_PRODUCT = "UNKNOWN_PRODUCT"
     INVALID_PHONE = "INVALID_PHONE"
+    INSUFFICIENT_BALANCE = "INSUFFICIENT_BALANCE"
     ORDER_CONFLICT = "ORDER_CONFLICT"
     ORDER_NOT_FOUND = "ORDER_NOT_FOUND"
     ORDER_NO_MISMATCH = "ORDER_NO_MISMATCH"
@@ -61,6 +62,10 @@ ERROR_DOCS: dict[ErrorCode, str] = {
     ErrorCode.UNKNOWN_SUPPLIER: "No route is configured for this Supplier name.",
     ErrorCode.UNKNOWN_PRODUCT: "The Supplier offers no product with this productId.",
     ErrorCode.INVALID_PHONE: "phoneNo is not an 11-digit mainland China mobile number.",
+    ErrorCode.INSUFFICIENT_BALANCE: (
+        "The app's balance plus credit limit does not cover the product's price; nothing "
+        "was stored."
+    ),
     ErrorCode.ORDER_CONFLICT: (
         "This cstmOrderNo already names an order with a different phoneNo, productId or "
         "Supplier; the original order is unchanged."

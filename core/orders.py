@@ -28,6 +28,8 @@ from sqlalchemy import and_, func, or_, select, update
 from core.clock import now_ms
 from core.db import Database, attempts, insert_ignoring_conflicts, order_events, orders
 from core.ids import attempt_reference
+from core.ledger import hold, settle
+from core.notify import enqueue
 from core.suppliers import Outcome, SupplierResult, UpstreamOrder
 
 
@@ -116,6 +118,8 @@ class AttemptRecord(msgspec.Struct, frozen=True):
     queries: int
     created_at: int
     updated_at: int
+    cost: int | None = None
+    refused: bool = False
 
 
 def _order(row) -> OrderRecord:
@@ -166,6 +170,8 @@ class OrderStore:
                 )
             )
             if inserted.rowcount == 1:
+                # Refusal raises inside the transaction: the order row goes with it.
+                await hold(conn, self.db, new.app_id, new.order_no, new.price)
                 return _order_from_values(values), True
             row = (
                 await conn.execute(
@@ -237,8 +243,13 @@ class OrderStore:
             ).all()
         return [_order(row) for row in rows]
 
-    async def start_attempt(self, order_no: str, owner: str, plugin: str) -> UpstreamOrder | None:
-        """Record the next attempt before anything is sent; None if the order moved on."""
+    async def start_attempt(
+        self, order_no: str, owner: str, plugin: str, cost: int | None = None
+    ) -> UpstreamOrder | None:
+        """Record the next attempt before anything is sent; None if the order moved on.
+
+        ``cost``: what the plugin's supplier is expected to charge, for reconciliation.
+        """
         now = now_ms()
         async with self.db.write() as conn:
             claimed = (
@@ -272,6 +283,7 @@ class OrderStore:
                     queries=0,
                     created_at=now,
                     updated_at=now,
+                    cost=cost,
                 )
             )
         return UpstreamOrder(
@@ -379,6 +391,7 @@ class OrderStore:
                     message=result.message or attempt.message,
                     queries=queries,
                     updated_at=now,
+                    refused=attempt_state is State.FAILED and result.failover,
                 )
             )
             if order.state in TERMINAL:
@@ -392,6 +405,8 @@ class OrderStore:
                 .values(**order_values, updated_at=now, lease_owner=None, lease_until=None)
             )
             new_state = State(order_values["state"])
+            if new_state in TERMINAL:
+                await self._finish(conn, order, new_state)
             if new_state is State.REVIEW and order.state is not State.REVIEW:
                 detail = f"{queries} status queries left the outcome open ({result.code})"
                 event = event or ("review", SYSTEM, detail)
@@ -480,21 +495,31 @@ class OrderStore:
         """Fail an order that no supplier could take; only before anything is open upstream."""
         now = now_ms()
         async with self.db.write() as conn:
-            done = await conn.execute(
-                update(orders)
-                .where(_held_and_ready(order_no, owner))
-                .values(
-                    state=State.FAILED,
-                    fail_code=func.coalesce(orders.c.fail_code, "NO_SUPPLIER"),
-                    fail_reason=func.coalesce(orders.c.fail_reason, reason),
-                    finished_at=now,
-                    updated_at=now,
-                    next_run_at=None,
-                    lease_owner=None,
-                    lease_until=None,
+            failed = (
+                await conn.execute(
+                    update(orders)
+                    .where(_held_and_ready(order_no, owner))
+                    .values(
+                        state=State.FAILED,
+                        fail_code=func.coalesce(orders.c.fail_code, "NO_SUPPLIER"),
+                        fail_reason=func.coalesce(orders.c.fail_reason, reason),
+                        finished_at=now,
+                        updated_at=now,
+                        next_run_at=None,
+                        lease_owner=None,
+                        lease_until=None,
+                    )
+                    .returning(*orders.c)
                 )
-            )
-        return done.rowcount == 1
+            ).first()
+            if failed is not None:
+                await self._finish(conn, _order(failed), State.FAILED)
+        return failed is not None
+
+    async def _finish(self, conn, order: OrderRecord, state: State) -> None:
+        """What a final state sets off, in the same commit: the money, the partner's notice."""
+        await settle(conn, self.db, order.app_id, order.order_no, state is State.SUCCEEDED)
+        await enqueue(conn, self.db, order.app_id, order.order_no)
 
     async def reschedule(self, order_no: str, owner: str, delay_ms: int) -> None:
         """Give the lease back and look at the order again after ``delay_ms``."""

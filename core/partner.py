@@ -18,6 +18,7 @@ from core.apps import App, AppStore
 from core.config import Product
 from core.errors import ErrorCode, TopupError
 from core.ids import OrderNumbers, new_order_id
+from core.ledger import Account, Ledger
 from core.orders import NewOrder, OrderRecord, OrderStore
 from core.runtime import Runtime
 from core.signing import verify_sign
@@ -40,6 +41,7 @@ REQUIRED = {
     ),
     "status": ("access_token", "company", "Supplier", "cstmOrderNo", *_SIGNED),
     "products": ("access_token", "company", "Supplier", *_SIGNED),
+    "balance": ("access_token", "company", *_SIGNED),
 }
 
 MAX_LENGTH = {
@@ -71,6 +73,7 @@ class PartnerDesk:
         apps: AppStore,
         tokens: TokenIssuer,
         store: OrderStore,
+        ledger: Ledger,
         runtime: Callable[[], Runtime],
         on_accepted: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
@@ -79,6 +82,7 @@ class PartnerDesk:
         self._apps = apps
         self._tokens = tokens
         self._store = store
+        self._ledger = ledger
         self._runtime = runtime
         self._on_accepted = on_accepted
         self._clock = clock
@@ -141,6 +145,11 @@ class PartnerDesk:
                 f"该订单的供应商是 {order.supplier}, 不是 {params['Supplier']}",
             )
         return order
+
+    async def balance(self, params: Mapping[str, str]) -> Account:
+        app = await self._authenticate(params, "balance")
+        account = await self._ledger.account(app.app_id)
+        return account or Account(app.app_id, 0, 0, 0, 0)
 
     async def products(self, params: Mapping[str, str]) -> list[Product]:
         await self._authenticate(params, "products")

@@ -13,9 +13,11 @@ does not understand), the answer is ``Outcome.UNKNOWN``; the core then asks
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -151,6 +153,28 @@ class Callback(msgspec.Struct, frozen=True):
     result: SupplierResult | None = None
 
 
+class StatementLine(msgspec.Struct, frozen=True):
+    """One transaction on a supplier's daily statement (对账单)."""
+
+    reference: str
+    """Our reference, as we sent it."""
+    outcome: Outcome
+    """SUCCEEDED, FAILED, or PENDING for a transaction still open on the statement's day."""
+    charged: int
+    """Fen the supplier took for it (0 unless it succeeded)."""
+    supplier_ref: str = ""
+    phone_no: str = ""
+
+
+def read_statement_csv(content: bytes, columns: Sequence[str]) -> list[dict[str, str]]:
+    """The rows of a CSV statement (UTF-8, BOM allowed); refuses one missing a column."""
+    reader = csv.DictReader(io.StringIO(content.decode("utf-8-sig")))
+    missing = [name for name in columns if name not in (reader.fieldnames or [])]
+    if missing:
+        raise ValueError(f"not the expected statement: no column {', '.join(missing)}")
+    return [row for row in reader if any(value.strip() for value in row.values() if value)]
+
+
 class SupplierConfigError(Exception):
     """A supplier cannot start with its settings or environment; the message says why."""
 
@@ -194,6 +218,10 @@ class Supplier:
     async def query(self, order: UpstreamOrder) -> SupplierResult:
         """Ask the supplier for the state of ``order.reference``; never resubmit."""
         raise NotImplementedError
+
+    def parse_statement(self, content: bytes) -> list[StatementLine]:
+        """Read the supplier's daily statement file, for ``topup reconcile supplier``."""
+        raise NotImplementedError(f"the {self.name} plugin cannot read statements")
 
     def parse_callback(self, request: CallbackRequest) -> Callback:
         """Verify and read a callback sent to ``/callback/NAME``. Do no I/O here.

@@ -15,15 +15,19 @@ import httpx
 import msgspec
 
 from core import hookimpl
+from core.money import yuan_to_fen
 from core.suppliers import (
     Callback,
     CallbackReply,
     CallbackRequest,
     ErrorClass,
+    Outcome,
+    StatementLine,
     Supplier,
     SupplierResult,
     UpstreamOrder,
     classify_error,
+    read_statement_csv,
     secret_from_env,
 )
 
@@ -52,6 +56,8 @@ GAME_STATE = {
     "0": SupplierResult.pending,
     "1": SupplierResult.succeeded,
 }
+STATEMENT_COLUMNS = ("orderid", "sporder_id", "phoneno", "ordercash", "game_state")
+STATEMENT_STATE = {"1": Outcome.SUCCEEDED, "9": Outcome.FAILED, "0": Outcome.PENDING}
 SUCCESS_REPLY = CallbackReply(200, b"success")
 REFUSED_REPLY = CallbackReply(200, b"fail")  # anything but "success" makes juhe retry
 
@@ -135,6 +141,19 @@ class Juhe(Supplier):
             log.warning("juhe callback for %s with unexpected sta %r", orderid, status)
             return Callback(SUCCESS_REPLY, orderid)
         return Callback(SUCCESS_REPLY, orderid, result)
+
+    def parse_statement(self, content: bytes) -> list[StatementLine]:
+        rows = read_statement_csv(content, STATEMENT_COLUMNS)
+        return [
+            StatementLine(
+                reference=row["orderid"],
+                outcome=STATEMENT_STATE.get(row["game_state"], Outcome.PENDING),
+                charged=yuan_to_fen(row["ordercash"]),
+                supplier_ref=row["sporder_id"],
+                phone_no=row["phoneno"],
+            )
+            for row in rows
+        ]
 
     async def _exchange(self, method: str, path: str, **kwargs) -> JuheReply | SupplierResult:
         """One HTTP exchange; a transport problem comes back as the result it implies."""

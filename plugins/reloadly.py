@@ -17,15 +17,18 @@ import httpx
 import msgspec
 
 from core import hookimpl
+from core.money import yuan_to_fen
 from core.suppliers import (
     Callback,
     CallbackReply,
     CallbackRequest,
     ErrorClass,
+    StatementLine,
     Supplier,
     SupplierResult,
     UpstreamOrder,
     classify_error,
+    read_statement_csv,
     secret_from_env,
 )
 
@@ -47,6 +50,7 @@ ERRORS: dict[str, ErrorClass] = {
 STALE_TOKEN = frozenset({"TOKEN_EXPIRED", "INVALID_TOKEN"})
 # Refresh a little before the supplier's expiry, so no request carries a dying token.
 TOKEN_MARGIN_SECONDS = 30
+STATEMENT_COLUMNS = ("customIdentifier", "transactionId", "recipientPhone", "cost", "status")
 WEBHOOK_OK = CallbackReply(200, b"ok")
 WEBHOOK_REFUSED = CallbackReply(401, b"bad signature")
 
@@ -171,6 +175,19 @@ class Reloadly(Supplier):
             return Callback(WEBHOOK_OK)
         reference = webhook.data.customIdentifier
         return Callback(WEBHOOK_OK, reference, _from_transaction(webhook.data))
+
+    def parse_statement(self, content: bytes) -> list[StatementLine]:
+        rows = read_statement_csv(content, STATEMENT_COLUMNS)
+        return [
+            StatementLine(
+                reference=row["customIdentifier"],
+                outcome=_from_transaction(Transaction(row["status"])).outcome,
+                charged=yuan_to_fen(row["cost"]),
+                supplier_ref=row["transactionId"],
+                phone_no=row["recipientPhone"],
+            )
+            for row in rows
+        ]
 
     # -- HTTP with a bearer token ------------------------------------------------------
 

@@ -76,6 +76,10 @@ async def _issue_token(desk: PartnerDesk, params: dict[str, str]) -> Any:
     return payloads.TokenData(grant.access_token, grant.expires_in)
 
 
+async def _balance(desk: PartnerDesk, params: dict[str, str]) -> Any:
+    return payloads.balance(await desk.balance(params))
+
+
 async def _products(desk: PartnerDesk, params: dict[str, str]) -> Any:
     return payloads.product_list(await desk.products(params))
 
@@ -99,6 +103,11 @@ class PartnerController(Controller):
     async def issue_token(self, request: Request) -> Response:
         """An access_token for the app, valid for 7200 seconds."""
         return await answer(request, _issue_token)
+
+    @get("/balance", operation_id="queryBalance")
+    async def balance(self, request: Request) -> Response:
+        """The app's prepaid balance, what is held for orders in flight, and its credit limit."""
+        return await answer(request, _balance)
 
     @get("/products", operation_id="listProducts")
     async def products(self, request: Request) -> Response:

@@ -8,6 +8,7 @@ import msgspec
 
 from core.clock import beijing_time
 from core.config import Product
+from core.ledger import Account
 from core.money import fen_to_yuan
 from core.orders import PARTNER_STATUS_TEXT, OrderRecord, State
 
@@ -40,10 +41,18 @@ class OrderStatus(msgspec.Struct):
     productId: str
     faceValue: str
     price: str
+    fundStatus: str
     createTime: str
     updateTime: str
     finishTime: str
     failReason: str
+
+
+class BalanceData(msgspec.Struct):
+    balance: str
+    held: str
+    creditLimit: str
+    available: str
 
 
 class TokenData(msgspec.Struct):
@@ -60,6 +69,20 @@ class ProductData(msgspec.Struct):
 
 class ProductList(msgspec.Struct):
     products: list[ProductData]
+
+
+# Where the partner's money for an order stands: held from acceptance until the final
+# state captures it (success) or releases it back to the balance (failure).
+FUND_STATUS = {State.SUCCEEDED: "captured", State.FAILED: "released"}
+
+
+def balance(account: Account) -> BalanceData:
+    return BalanceData(
+        fen_to_yuan(account.balance),
+        fen_to_yuan(account.held),
+        fen_to_yuan(account.credit_limit),
+        fen_to_yuan(account.available),
+    )
 
 
 def order_accepted(order: OrderRecord) -> OrderAccepted:
@@ -79,6 +102,7 @@ def order_status(order: OrderRecord) -> OrderStatus:
         productId=order.product_id,
         faceValue=fen_to_yuan(order.face_value),
         price=fen_to_yuan(order.price),
+        fundStatus=FUND_STATUS.get(order.state, "held"),
         createTime=beijing_time(order.created_at),
         updateTime=beijing_time(order.updated_at),
         finishTime=beijing_time(order.finished_at),

@@ -12,13 +12,16 @@ from core.config import ConfigError, load_config
 from core.control import CONFIG_GENERATION, read_counter
 from core.db import Database
 from core.dispatcher import Dispatcher
+from core.ledger import Ledger
 from core.migrate import ensure_schema
+from core.notify import Outbox
 from core.orders import OrderStore
 from core.partner import PartnerDesk
 from core.registry import Registry
 from core.runtime import Runtime
 from core.tokens import TokenIssuer
 from plugins import BUILTIN_PLUGINS
+from service.notifier import Notifier
 from service.settings import Settings
 
 log = logging.getLogger("topup.service")
@@ -41,7 +44,12 @@ class Services:
         self.runtime = load_runtime(settings, self.registry)
         self.db = Database(settings.database_url)
         self.store = OrderStore(self.db)
+        self.apps = AppStore(self.db)
+        self.ledger = Ledger(self.db)
         self.dispatcher = Dispatcher(self.store, lambda: self.runtime)
+        self.notifier = Notifier(
+            Outbox(self.db), self.apps, self.store, lambda: self.runtime.config.notify
+        )
         self.desk: PartnerDesk | None = None
         self._background: set[asyncio.Task] = set()
 
@@ -49,13 +57,15 @@ class Services:
         await ensure_schema(self.db)
         tokens = TokenIssuer(await token_key(self.db))
         self.desk = PartnerDesk(
-            AppStore(self.db),
+            self.apps,
             tokens,
             self.store,
+            self.ledger,
             lambda: self.runtime,
             on_accepted=self.dispatcher.wake,
         )
         self.dispatcher.start()
+        self.notifier.start()
         self._spawn(self._watch_config(await read_counter(self.db, CONFIG_GENERATION)))
         log.info(
             "topup started: database %s, suppliers %s",
@@ -67,6 +77,7 @@ class Services:
         for task in list(self._background):
             task.cancel()
         await self.dispatcher.stop()
+        await self.notifier.stop()
         await self.runtime.aclose()
         await self.db.dispose()
 

@@ -26,10 +26,15 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess
     proc.stop()
 
 
-def new_partner(service: ServiceProcess, sign_type: str = "hmac-sha256") -> Partner:
+def new_partner(
+    service: ServiceProcess, sign_type: str = "hmac-sha256", funds: str | None = "100000"
+) -> Partner:
+    """A registered partner app; with ``funds`` yuan on its prepaid account."""
     app_id = f"app{next(_app_numbers)}"
     company = f"彩生活{app_id}"
     secret = service.add_app(app_id, company, sign_type)
+    if funds is not None:
+        service.cli("app", "credit", app_id, funds, "--reason", "test funds")
     return Partner(service.url, app_id, secret, company, sign_type=sign_type)
 
 

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from core.apps import AppStore
 from core.db import Database
+from core.ledger import Ledger
 from core.ids import OrderNumbers, new_order_id
 from core.migrate import ensure_schema
 from core.orders import NewOrder, OrderStore, State
@@ -18,6 +20,8 @@ from core.suppliers import SupplierResult
 async def store(tmp_path: Path) -> AsyncIterator[OrderStore]:
     db = Database(f"sqlite+aiosqlite:///{tmp_path}/store.db")
     await ensure_schema(db)
+    await AppStore(db).add("app", "co")
+    await Ledger(db).credit("app", 1_000_000, "test funds", "test")
     yield OrderStore(db)
     await db.dispose()
 

@@ -22,12 +22,14 @@ from core.suppliers import (
     ErrorClass,
     NoSettings,
     Outcome,
+    StatementLine,
     Supplier,
     SupplierConfigError,
     SupplierResult,
     UpstreamOrder,
     alerts,
     classify_error,
+    read_statement_csv,
     secret_from_env,
 )
 
@@ -38,6 +40,7 @@ __all__ = [
     "ErrorClass",
     "NoSettings",
     "Outcome",
+    "StatementLine",
     "Supplier",
     "SupplierConfigError",
     "SupplierResult",
@@ -45,5 +48,6 @@ __all__ = [
     "alerts",
     "classify_error",
     "hookimpl",
+    "read_statement_csv",
     "secret_from_env",
 ]

@@ -1,0 +1,104 @@
+"""The outbox of partner notifications.
+
+When an order reaches its final state, a row is written here in the same transaction
+(if the app has a notify URL), so the notification survives any crash; a notifier
+claims due rows with a lease, delivers them and records the outcome, retrying on a
+growing schedule until the partner acknowledges.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from core.clock import now_ms
+from core.db import Database, apps, insert_ignoring_conflicts, notifications
+
+
+class Notification(msgspec.Struct, frozen=True):
+    id: int
+    order_no: str
+    app_id: str
+    url: str
+    attempts: int
+
+
+async def enqueue(conn: AsyncConnection, db: Database, app_id: str, order_no: str) -> None:
+    """Call in the transaction that makes the order final."""
+    url = (await conn.execute(select(apps.c.notify_url).where(apps.c.app_id == app_id))).scalar()
+    if not url:
+        return
+    now = now_ms()
+    await conn.execute(
+        insert_ignoring_conflicts(db, notifications, ["order_no"]).values(
+            order_no=order_no,
+            app_id=app_id,
+            url=url,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
+    )
+
+
+class Outbox:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def claim_due(self, owner: str, lease_ms: int, limit: int) -> list[Notification]:
+        now = now_ms()
+        due = (
+            select(notifications.c.id)
+            .where(
+                notifications.c.next_attempt_at <= now,
+                or_(notifications.c.lease_until.is_(None), notifications.c.lease_until < now),
+            )
+            .order_by(notifications.c.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        async with self.db.write() as conn:
+            rows = (
+                await conn.execute(
+                    update(notifications)
+                    .where(notifications.c.id.in_(due.scalar_subquery()))
+                    .values(lease_owner=owner, lease_until=now + lease_ms)
+                    .returning(
+                        notifications.c.id,
+                        notifications.c.order_no,
+                        notifications.c.app_id,
+                        notifications.c.url,
+                        notifications.c.attempts,
+                    )
+                )
+            ).all()
+        return [Notification(r.id, r.order_no, r.app_id, r.url, r.attempts) for r in rows]
+
+    async def delivered(self, notification_id: int) -> None:
+        now = now_ms()
+        await self._update(
+            notification_id,
+            attempts=notifications.c.attempts + 1,
+            delivered_at=now,
+            next_attempt_at=None,
+            last_error=None,
+        )
+
+    async def failed(self, notification_id: int, error: str, retry_in_ms: int | None) -> None:
+        """Record a failed delivery; ``retry_in_ms`` None gives up."""
+        next_at = None if retry_in_ms is None else now_ms() + retry_in_ms
+        await self._update(
+            notification_id,
+            attempts=notifications.c.attempts + 1,
+            next_attempt_at=next_at,
+            last_error=error[:500],
+        )
+
+    async def _update(self, notification_id: int, **values) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                update(notifications)
+                .where(notifications.c.id == notification_id)
+                .values(**values, lease_owner=None, lease_until=None)
+            )
