@@ -30,7 +30,9 @@ from service import payloads
 
 log = logging.getLogger("topup.notifier")
 
-LEASE_MS = 120_000
+# A claim outlives one delivery (bounded by notify.timeout) by this much; after a crash the
+# notification is free again once it runs out.
+LEASE_MARGIN_SECONDS = 10.0
 
 
 class Acknowledgement(msgspec.Struct):
@@ -98,7 +100,8 @@ class Notifier:
             free = settings.concurrency - len(self._in_flight)
             try:
                 if free > 0:
-                    claimed = await self._outbox.claim_due(self.owner, LEASE_MS, free)
+                    lease_ms = int((settings.timeout + LEASE_MARGIN_SECONDS) * 1000)
+                    claimed = await self._outbox.claim_due(self.owner, lease_ms, free)
             except Exception:
                 log.exception("could not claim notifications; retrying")
             for notification in claimed:

@@ -8,14 +8,14 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from core.db import Database, metadata
-from core.migrate import current_revision, head_revision, upgrade
+from core.migrate import HEAD_REVISION, current_revision, head_revision, upgrade
 
 
 async def test_migrations_match_the_declared_schema(tmp_path: Path) -> None:
     db = Database(f"sqlite+aiosqlite:///{tmp_path}/m.db")
     try:
         await upgrade(db)
-        assert await current_revision(db) == head_revision()
+        assert await current_revision(db) == head_revision() == HEAD_REVISION
         async with db.read() as conn:
             diff = await conn.run_sync(
                 lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)

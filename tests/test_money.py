@@ -22,7 +22,9 @@ def balance(partner: Partner) -> dict[str, Decimal]:
 
 
 def ledger_of(service: ServiceProcess, app_id: str) -> dict[str, int]:
-    rows = service.sql("SELECT kind, sum(amount) FROM ledger WHERE app_id = ? GROUP BY kind", app_id)
+    rows = service.sql(
+        "SELECT kind, sum(amount) FROM ledger WHERE app_id = ? GROUP BY kind", app_id
+    )
     return {"credit": 0, "hold": 0, "capture": 0, "release": 0} | dict(rows)
 
 
@@ -66,7 +68,9 @@ def test_hold_then_capture_on_success(service: ServiceProcess) -> None:
     assert partner.wait_status(cstm, {"2"})["data"]["fundStatus"] == "captured"
     after = balance(partner)
     assert (after["balance"], after["held"], after["available"]) == (
-        Decimal("10.05"), Decimal("0.00"), Decimal("10.05"),
+        Decimal("10.05"),
+        Decimal("0.00"),
+        Decimal("10.05"),
     )
     assert_books_balance(service, partner)
 
@@ -123,10 +127,12 @@ def test_operator_views_and_refusals(service: ServiceProcess) -> None:
     shown = service.cli("app", "show", partner.app_id).stdout
     assert "balance:      20.05" in shown and "ledger:       consistent" in shown
     assert "credit" in shown and "capture" in shown and "test funds" in shown
-    for bad in (["app", "credit", partner.app_id, "-5", "--reason", "x"],
-                ["app", "credit", partner.app_id, "1.001", "--reason", "x"],
-                ["app", "credit", partner.app_id, "5"],
-                ["app", "credit", "nobody", "5", "--reason", "x"]):
+    for bad in (
+        ["app", "credit", partner.app_id, "-5", "--reason", "x"],
+        ["app", "credit", partner.app_id, "1.001", "--reason", "x"],
+        ["app", "credit", partner.app_id, "5"],
+        ["app", "credit", "nobody", "5", "--reason", "x"],
+    ):
         result = service.cli(*bad, check=False)
         assert result.returncode != 0 and "Traceback" not in result.stderr, bad
 
@@ -155,7 +161,7 @@ def test_random_histories_keep_the_books_balanced(service: ServiceProcess) -> No
             cstms = [fresh_order_no() for _ in range(rng.randint(2, 8))]
             batch = cstms + rng.sample(cstms, k=len(cstms) // 2)  # with concurrent duplicates
             with ThreadPoolExecutor(max_workers=len(batch)) as pool:
-                replies = list(pool.map(lambda c: order(c, phone), batch))
+                replies = list(pool.map(order, batch, [phone] * len(batch)))
             placed += [c for c, r in zip(batch, replies, strict=True) if r["code"] == "0"]
             assert {r.get("errorCode") for r in replies} <= {None, "INSUFFICIENT_BALANCE"}
         else:
@@ -206,8 +212,19 @@ async def test_random_concurrent_histories_in_the_core(tmp_path, seed: int) -> N
     references: list[str] = []
 
     async def place(cstm: str) -> None:
-        new = NewOrder(numbers.next(), new_order_id(), "app", cstm, "n", "co", "中国移动",
-                       "13800138000", "YD10", 1000, rng.choice([995, 1990, 4975]))
+        new = NewOrder(
+            numbers.next(),
+            new_order_id(),
+            "app",
+            cstm,
+            "n",
+            "co",
+            "中国移动",
+            "13800138000",
+            "YD10",
+            1000,
+            rng.choice([995, 1990, 4975]),
+        )
         try:
             await store.insert_or_get(new)
         except Exception as exc:  # only a refusal for lack of funds is acceptable
@@ -220,11 +237,18 @@ async def test_random_concurrent_histories_in_the_core(tmp_path, seed: int) -> N
                 references.append(upstream.reference)
         outcome = rng.choice([SupplierResult.succeeded(), SupplierResult.failed("9", "x")])
         chosen = rng.sample(references, k=min(len(references), rng.randint(0, 4)))
-        await asyncio.gather(*(
-            store.apply(ref, outcome, retry_elsewhere=False, next_query_delay_ms=1000,
-                        counts_as_query=True)
-            for ref in chosen + chosen  # every result delivered twice, concurrently
-        ))
+        await asyncio.gather(
+            *(
+                store.apply(
+                    ref,
+                    outcome,
+                    retry_elsewhere=False,
+                    next_query_delay_ms=1000,
+                    counts_as_query=True,
+                )
+                for ref in chosen + chosen  # every result delivered twice, concurrently
+            )
+        )
 
     try:
         for _ in range(30):

@@ -9,8 +9,8 @@ import pytest
 
 from core.apps import AppStore
 from core.db import Database
-from core.ledger import Ledger
 from core.ids import OrderNumbers, new_order_id
+from core.ledger import Ledger
 from core.migrate import ensure_schema
 from core.orders import NewOrder, OrderStore, State
 from core.suppliers import SupplierResult

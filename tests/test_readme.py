@@ -42,7 +42,8 @@ def test_walkthrough_runs_against_a_fresh_service(tmp_path: Path) -> None:
             timeout=60,
         )
         assert result.returncode == 0, result.stderr
-        order, status = (json.loads(line) for line in result.stdout.split("\n") if line.strip())
+        replies = [line for line in result.stdout.splitlines() if line.startswith("{")]
+        order, status = (json.loads(line) for line in replies)
         assert order["code"] == "0" and order["data"]["status"] == "0", order
         assert status["code"] == "0", status
         assert status["data"]["orderNo"] == order["data"]["orderNo"]

@@ -1,0 +1,203 @@
+"""Partner notifications, against a real receiving HTTP server that fails, times out and
+then accepts."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+import pytest
+
+from core.signing import verify_sign
+from tests.conftest import new_partner
+from tests.support import Partner, ServiceProcess, fresh_order_no, sandbox_config
+
+SCHEDULE = [0.3, 0.6, 1.2, 2.4]
+NOTIFY = f"""
+[notify]
+schedule = {SCHEDULE}
+timeout = 0.5
+scan_interval = 0.1
+"""
+
+
+class Receiver:
+    """A partner's notification endpoint. Answers each order's deliveries from a script:
+    ``fail`` (HTTP 500), ``timeout`` (answers too late), ``wrong`` (200 but not "success"),
+    ``accept`` ("success"); after the script, accepts."""
+
+    def __init__(self) -> None:
+        self.scripts: dict[str, list[str]] = {}
+        self.default = "accept"
+        self.received: dict[str, list[tuple[float, dict[str, str], str]]] = defaultdict(list)
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                params = dict(parse_qsl(body.decode()))
+                cstm = params.get("cstmOrderNo", "")
+                script = receiver.scripts.get(cstm) or []
+                behaviour = script.pop(0) if script else receiver.default
+                receiver.received[cstm].append((time.monotonic(), params, behaviour))
+                if behaviour == "timeout":
+                    time.sleep(1.5)
+                status, reply = {"fail": (500, b"oops"), "wrong": (200, b"ok")}.get(
+                    behaviour, (200, b"success")
+                )
+                try:
+                    self.send_response(status)
+                    self.end_headers()
+                    self.wfile.write(reply)
+                except OSError:
+                    pass  # the service gave up waiting, as it should
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/topup/notify"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def wait(self, cstm: str, deliveries: int, within: float = 20.0) -> list:
+        deadline = time.monotonic() + within
+        while len(self.received[cstm]) < deliveries:
+            assert time.monotonic() < deadline, f"{cstm}: {len(self.received[cstm])} deliveries"
+            time.sleep(0.05)
+        return self.received[cstm]
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="module")
+def notifying_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    service = ServiceProcess(tmp_path_factory.mktemp("notify"), sandbox_config(extra=NOTIFY))
+    service.start()
+    yield service
+    service.stop()
+
+
+def subscribed(service: ServiceProcess, receiver: Receiver) -> Partner:
+    partner = new_partner(service)
+    service.cli("app", "set", partner.app_id, "--notify-url", receiver.url)
+    return partner
+
+
+def test_each_final_state_is_delivered_signed_and_retried_until_accepted(
+    notifying_service: ServiceProcess, receiver: Receiver
+) -> None:
+    partner = subscribed(notifying_service, receiver)
+    succeeded, failed = fresh_order_no("ok"), fresh_order_no("ko")
+    receiver.scripts[succeeded] = ["fail", "timeout", "wrong", "accept"]
+    partner.order(succeeded, phone="13800138000")
+    partner.order(failed, phone="13800138004")
+
+    deliveries = receiver.wait(succeeded, 4)
+    [only] = receiver.wait(failed, 1)
+    for _at, params, _behaviour in [*deliveries, only]:
+        assert verify_sign(params, partner.secret, partner.sign_type), params
+        assert params["appID"] == partner.app_id and params["company"] == partner.company
+        assert params["Supplier"] == "中国移动" and params["ts"]
+    assert {p["status"] for _at, p, _b in deliveries} == {"2"}
+    assert deliveries[0][1]["fundStatus"] == "captured"
+    assert only[1]["status"] == "3" and only[1]["fundStatus"] == "released"
+    assert only[1]["failReason"]
+    # The waits grow with the schedule (each at least its delay after the previous answer).
+    gaps = [later[0] - earlier[0] for earlier, later in itertools.pairwise(deliveries)]
+    for gap, delay in zip(gaps, SCHEDULE, strict=False):
+        assert gap >= delay * 0.9, (gaps, SCHEDULE)
+    time.sleep(SCHEDULE[-1])
+    assert len(receiver.received[succeeded]) == 4, "delivered again after it was accepted"
+    order_no = deliveries[0][1]["orderNo"]
+    [(attempts, delivered)] = notifying_service.sql(
+        "SELECT attempts, delivered_at IS NOT NULL FROM notifications WHERE order_no = ?", order_no
+    )
+    assert (attempts, delivered) == (4, 1)
+
+
+def test_the_status_query_agrees_with_the_notification(
+    notifying_service: ServiceProcess, receiver: Receiver
+) -> None:
+    partner = subscribed(notifying_service, receiver)
+    cstm = fresh_order_no()
+    partner.order(cstm, phone="13800138007")  # settles only after a timeout and a query
+    [(_at, params, _behaviour)] = receiver.wait(cstm, 1)
+    queried = partner.status(cstm)["data"]
+    for field in ("orderNo", "cstmOrderNo", "orderId", "status", "phoneNo", "finishTime"):
+        assert params[field] == queried[field]
+
+
+def test_an_app_without_a_notify_url_is_not_notified(notifying_service: ServiceProcess) -> None:
+    partner = new_partner(notifying_service)
+    cstm = fresh_order_no()
+    partner.order(cstm)
+    partner.wait_status(cstm, {"2"})
+    rows = notifying_service.sql(
+        "SELECT count(*) FROM notifications WHERE app_id = ?", partner.app_id
+    )
+    assert rows == [(0,)]
+
+
+def test_a_notification_is_given_up_after_the_schedule(
+    notifying_service: ServiceProcess, receiver: Receiver
+) -> None:
+    partner = subscribed(notifying_service, receiver)
+    cstm = fresh_order_no()
+    receiver.scripts[cstm] = ["fail"] * 10
+    order_no = partner.order(cstm)["data"]["orderNo"]
+    receiver.wait(cstm, len(SCHEDULE) + 1)
+    deadline = time.monotonic() + 5
+    while notifying_service.sql(
+        "SELECT next_attempt_at IS NULL AND lease_owner IS NULL FROM notifications "
+        "WHERE order_no = ?",
+        order_no,
+    ) != [(1,)]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(SCHEDULE[-1])
+    assert len(receiver.received[cstm]) == len(SCHEDULE) + 1
+    assert "given up" in notifying_service.log()
+
+
+def test_a_stuck_receiver_does_not_hold_up_orders(
+    notifying_service: ServiceProcess, receiver: Receiver
+) -> None:
+    partner = subscribed(notifying_service, receiver)
+    receiver.default = "timeout"
+    cstms = [fresh_order_no() for _ in range(20)]
+    for cstm in cstms:
+        assert partner.order(cstm)["code"] == "0"
+    for cstm in cstms:
+        assert partner.wait_status(cstm, {"2"})["data"]["status"] == "2"
+
+
+def test_pending_notifications_survive_a_crash(tmp_path: Path, receiver: Receiver) -> None:
+    service = ServiceProcess(tmp_path, sandbox_config(extra=NOTIFY)).start()
+    try:
+        partner = subscribed(service, receiver)
+        cstm = fresh_order_no()
+        receiver.default = "fail"
+        partner.order(cstm)
+        receiver.wait(cstm, 1)
+        service.kill9()
+        receiver.default = "accept"
+        service.start()
+        deliveries = receiver.wait(cstm, 2, within=30)
+        assert deliveries[-1][2] == "accept" and deliveries[-1][1]["status"] == "2"
+    finally:
+        service.stop()
