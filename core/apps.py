@@ -7,10 +7,11 @@ import secrets
 import time
 
 import msgspec
-from sqlalchemy import select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from core.clock import now_ms
 from core.db import Database, apps, insert_ignoring_conflicts, server_keys
+from core.fastsql import fetch_one
 from core.ledger import open_account
 from core.signing import SignType
 
@@ -49,12 +50,10 @@ class AppStore:
         cached = self._cache.get(app_id)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
-        async with self._db.read() as conn:
-            row = (await conn.execute(select(apps).where(apps.c.app_id == app_id))).first()
-        if row is None:
+        app = await self._db.read(lambda conn: _find(conn, app_id))
+        if app is None:
             self._cache.pop(app_id, None)
             return None
-        app = _app(row)
         self._cache[app_id] = (time.monotonic() + self._cache_seconds, app)
         return app
 
@@ -66,9 +65,10 @@ class AppStore:
         sign_type: SignType = SignType.HMAC_SHA256,
     ) -> App:
         app = App(app_id, company, secret or secrets.token_hex(24), sign_type, now_ms())
-        async with self._db.write() as conn:
-            inserted = await conn.execute(
-                insert_ignoring_conflicts(self._db, apps, ["app_id"]).values(
+
+        def add(conn: Connection) -> None:
+            inserted = conn.execute(
+                insert_ignoring_conflicts(conn, apps, ["app_id"]).values(
                     app_id=app.app_id,
                     company=app.company,
                     secret=app.secret,
@@ -78,21 +78,35 @@ class AppStore:
             )
             if inserted.rowcount != 1:
                 raise AppExistsError(f"an app named {app_id!r} already exists")
-            await open_account(conn, self._db, app_id)
+            open_account(conn, app_id)
+
+        await self._db.write(add)
         return app
 
     async def all(self) -> list[App]:
-        async with self._db.read() as conn:
-            rows = (await conn.execute(select(apps).order_by(apps.c.app_id))).all()
-        return [_app(row) for row in rows]
+        def everyone(conn: Connection) -> list[App]:
+            return [_app(row) for row in conn.execute(select(apps).order_by(apps.c.app_id))]
+
+        return await self._db.read(everyone)
 
     async def set_notify_url(self, app_id: str, url: str | None) -> bool:
-        async with self._db.write() as conn:
-            changed = await conn.execute(
+        def change(conn: Connection) -> bool:
+            changed = conn.execute(
                 update(apps).where(apps.c.app_id == app_id).values(notify_url=url or None)
             )
+            return changed.rowcount == 1
+
+        found = await self._db.write(change)
         self._cache.pop(app_id, None)
-        return changed.rowcount == 1
+        return found
+
+
+_BY_APP_ID = select(apps).where(apps.c.app_id == bindparam("app_id"))
+
+
+def _find(conn: Connection, app_id: str) -> App | None:
+    row = fetch_one(conn, _BY_APP_ID, {"app_id": app_id})
+    return None if row is None else App(*row[:3], SignType(row[3]), *row[4:])
 
 
 def _app(row) -> App:
@@ -111,13 +125,15 @@ async def token_key(db: Database) -> bytes:
     configured = os.environ.get(TOKEN_SECRET_ENV)
     if configured:
         return configured.encode()
-    async with db.write() as conn:
-        await conn.execute(
-            insert_ignoring_conflicts(db, server_keys, ["name"]).values(
+
+    def key(conn: Connection) -> str:
+        conn.execute(
+            insert_ignoring_conflicts(conn, server_keys, ["name"]).values(
                 name="token", value=secrets.token_hex(32)
             )
         )
-        value = (
-            await conn.execute(select(server_keys.c.value).where(server_keys.c.name == "token"))
+        return conn.execute(
+            select(server_keys.c.value).where(server_keys.c.name == "token")
         ).scalar_one()
-    return value.encode()
+
+    return (await db.write(key)).encode()

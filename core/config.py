@@ -56,8 +56,8 @@ class DispatchConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # How long a worker owns an order it is working on; another worker (or this one
     # after a crash) takes an order over only once its lease has run out.
     lease_seconds: float = 60.0
-    # Upstream calls in flight at once, per service process.
-    concurrency: int = 200
+    # Orders worked on at once (upstream calls in flight), per background process.
+    concurrency: int = 500
     # How often the dispatcher looks for due work when nothing woke it.
     scan_interval: float = 0.5
     # Unanswered status queries (pending or unknown) before an order goes to manual review.

@@ -6,7 +6,7 @@ within a second and reloads its own ``plugins.toml``.
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 
 from core.clock import now_ms
 from core.db import Database, control, insert_ignoring_conflicts
@@ -14,24 +14,26 @@ from core.db import Database, control, insert_ignoring_conflicts
 CONFIG_GENERATION = "config_generation"
 
 
+def _value(conn: Connection, name: str) -> int:
+    return conn.execute(select(control.c.value).where(control.c.name == name)).scalar() or 0
+
+
 async def read_counter(db: Database, name: str) -> int:
-    async with db.read() as conn:
-        value = (await conn.execute(select(control.c.value).where(control.c.name == name))).scalar()
-    return value or 0
+    return await db.read(lambda conn: _value(conn, name))
 
 
 async def bump_counter(db: Database, name: str) -> int:
-    async with db.write() as conn:
-        await conn.execute(
-            insert_ignoring_conflicts(db, control, ["name"]).values(
+    def bump(conn: Connection) -> int:
+        conn.execute(
+            insert_ignoring_conflicts(conn, control, ["name"]).values(
                 name=name, value=0, updated_at=now_ms()
             )
         )
-        await conn.execute(
+        conn.execute(
             update(control)
             .where(control.c.name == name)
             .values(value=control.c.value + 1, updated_at=now_ms())
         )
-        return (
-            await conn.execute(select(control.c.value).where(control.c.name == name))
-        ).scalar_one()
+        return _value(conn, name)
+
+    return await db.write(bump)

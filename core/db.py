@@ -1,24 +1,25 @@
 """Storage: the schema (SQLAlchemy Core) and the database handle.
 
-SQLite (the default, via aiosqlite) runs in WAL mode with ``synchronous=FULL``, so a
-committed transaction is on disk before the commit returns. Within one process all
-writes go through one connection, one transaction at a time: SQLite has one writer
-anyway, and queueing in Python is cheaper than spinning on SQLITE_BUSY. PostgreSQL
-uses the pool for both.
+SQLite (the default) runs in WAL mode with ``synchronous=FULL``, so a committed
+transaction is on disk before the commit returns. Within one process all writes go
+through one group-committing writer (core/writer.py) on one connection: SQLite has one
+writer anyway. Point reads and the writer's statements run in place on the event loop
+(microseconds each); what can block (the write lock, the fsync of COMMIT) and long
+reads (aiosqlite) run on other threads. PostgreSQL uses the asyncpg pool for reads and
+the same writer for writes.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Connection,
     Index,
     Integer,
     MetaData,
@@ -30,8 +31,13 @@ from sqlalchemy import (
     false,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.engine import URL, Engine, create_engine, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import SingletonThreadPool
+
+from core.writer import AsyncTransactions, GroupWriter, LoopTransactions
+
+T = TypeVar("T")
 
 metadata = MetaData()
 
@@ -182,71 +188,129 @@ control = Table(
 )
 
 
-def insert_ignoring_conflicts(db: Database, table: Table, conflict_columns: list[str]):
+def insert_ignoring_conflicts(db: Database | Connection, table: Table, conflict_columns: list[str]):
     """INSERT ... ON CONFLICT DO NOTHING in the dialect at hand."""
-    dialect_insert = postgresql.insert if db.is_postgres else sqlite.insert
+    dialect = db.dialect.name if isinstance(db, Connection) else db.url.get_backend_name()
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return dialect_insert(table).on_conflict_do_nothing(index_elements=conflict_columns)
 
 
 class Database:
+    """The configured database: reads on a pool, writes through one group-committing writer.
+
+    Storage code is written as synchronous SQLAlchemy Core functions over a Connection
+    ("jobs") and handed to ``read`` or ``write``, so that one function serves SQLite and
+    PostgreSQL alike and many writes can share a commit.
+    """
+
     def __init__(self, url: str) -> None:
         self.url = make_url(url)
         self.is_postgres = self.url.get_backend_name() == "postgresql"
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         if self.is_sqlite:
             _ensure_parent_directory(self.url.database)
-            self.engine = _sqlite_engine(url, begin="BEGIN")
-            self._write_engine = _sqlite_engine(url, begin="BEGIN IMMEDIATE", pool_size=1)
+            self.engine = _sqlite_engine(url)
+            self._reader = _sqlite_sync_engine(self.url, begin=None)
+            self._transactions = LoopTransactions(
+                _sqlite_sync_engine(self.url, begin="BEGIN IMMEDIATE")
+            )
         else:
             self.engine = create_async_engine(url, pool_size=20, max_overflow=20)
-            self._write_engine = self.engine
-        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+            self._transactions = AsyncTransactions(self.engine)
+        self._writer: GroupWriter | None = None
 
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
+    @property
+    def writer(self) -> GroupWriter:
+        if self._writer is None:
+            self._writer = GroupWriter(self._transactions)
+        return self._writer
+
+    async def read(self, job: Callable[[Connection], T]) -> T:
+        if self.is_sqlite:
+            # A point read from SQLite's page cache takes microseconds: cheaper in place
+            # than a hop to aiosqlite's thread and back (see LoopTransactions).
+            with self._reader.connect() as conn:
+                return job(conn)
         async with self.engine.connect() as conn:
-            yield conn
+            return await conn.run_sync(job)
 
-    @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction that commits when the block ends, durably, or rolls back."""
-        if self._write_lock is None:
-            async with self._write_engine.begin() as conn:
-                yield conn
-            return
-        async with self._write_lock, self._write_engine.begin() as conn:
-            yield conn
+    async def read_in_thread(self, job: Callable[[Connection], T]) -> T:
+        """For reads too long to run on the event loop (statements, reports)."""
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(job)
+
+    async def write(self, job: Callable[[Connection], T]) -> T:
+        """Run ``job`` in the next group transaction; returns once it is committed."""
+        return await self.writer.run(job)
+
+    async def batched(self, kind: str, item: Any) -> Any:
+        return await self.writer.batched(kind, item)
+
+    async def exclusive(self, job: Callable[[Connection], T]) -> T:
+        """Run ``job`` in a transaction of its own, off the event loop (schema migrations)."""
+        return await self._transactions.run_in_thread(job)
 
     async def dispose(self) -> None:
+        if self._writer is not None:
+            await self._writer.stop()
         await self.engine.dispose()
-        if self._write_engine is not self.engine:
-            await self._write_engine.dispose()
+        if isinstance(self._transactions, LoopTransactions):
+            self._transactions.close()
+            self._reader.dispose()
 
 
-def _sqlite_engine(url: str, begin: str, pool_size: int = 5) -> AsyncEngine:
-    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=300)
+_PRAGMAS = (
+    "journal_mode=WAL",
+    "synchronous=FULL",
+    "foreign_keys=ON",
+    # 64 MiB of page cache per connection (the default is 2 MiB): a database of a
+    # million orders keeps its indexes in memory.
+    "cache_size=-65536",
+    # Read pages through a memory map rather than a read() call each.
+    "mmap_size=1073741824",
+)
 
-    @event.listens_for(engine.sync_engine, "connect")
+
+def _sqlite_engine(url: str) -> AsyncEngine:
+    """Readers, through aiosqlite."""
+    engine = create_async_engine(url, pool_size=5, max_overflow=0, pool_timeout=300)
+    _take_transaction_control(engine.sync_engine, begin="BEGIN")
+    return engine
+
+
+def _sqlite_sync_engine(url: URL, begin: str | None) -> Engine:
+    """A synchronous connection for the event loop's own use (see LoopTransactions).
+
+    ``begin``: the statement that opens a transaction; BEGIN IMMEDIATE for the writer
+    takes the write lock up front, so a transaction never fails with SQLITE_BUSY
+    half-way when another process writes. None: each statement commits by itself
+    (readers).
+    """
+    engine = create_engine(
+        url.set(drivername="sqlite+pysqlite"),
+        poolclass=SingletonThreadPool,
+        connect_args={"check_same_thread": False},
+    )
+    # The writer waits for the write lock itself, in finer steps (LoopTransactions).
+    _take_transaction_control(engine, begin=begin, busy_ms=0 if begin else 30000)
+    return engine
+
+
+def _take_transaction_control(engine: Engine, begin: str | None, busy_ms: int = 30000) -> None:
+    @event.listens_for(engine, "connect")
     def _configure(dbapi_connection: Any, _record: Any) -> None:
-        # Take transaction control from the driver so that BEGIN is ours to choose:
-        # writers use BEGIN IMMEDIATE and wait for the lock up front instead of
-        # failing with SQLITE_BUSY when a read transaction upgrades.
+        # Take transaction control from the driver so that BEGIN is ours to choose.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        for pragma in (
-            "journal_mode=WAL",
-            "synchronous=FULL",
-            "busy_timeout=30000",
-            "foreign_keys=ON",
-        ):
+        for pragma in (*_PRAGMAS, f"busy_timeout={busy_ms}"):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _begin(conn: Any) -> None:
-        conn.exec_driver_sql(begin)
+    if begin is not None:
 
-    return engine
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            conn.exec_driver_sql(begin)
 
 
 def _ensure_parent_directory(database: str | None) -> None:

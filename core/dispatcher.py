@@ -21,7 +21,8 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 
-from core.orders import READY_TO_SUBMIT, OrderRecord, OrderStore, State
+from core.order_store import OrderStore
+from core.orders import READY_TO_SUBMIT, OrderRecord, State
 from core.routing import CircuitBreaker
 from core.runtime import Runtime
 from core.suppliers import (
@@ -35,6 +36,7 @@ from core.suppliers import (
 
 log = logging.getLogger("topup.dispatcher")
 
+ROUTINE = frozenset({State.SUBMITTING, State.PENDING, State.SUCCEEDED})
 NO_SUCH_PLUGIN = CallbackReply(404, b"no such supplier plugin")
 UNREADABLE_CALLBACK = CallbackReply(400, b"callback could not be read")
 
@@ -83,12 +85,25 @@ class Dispatcher:
         if free <= 0:
             await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
             return len(self._in_flight)
-        due = await self._store.claim_due(self.owner, int(settings.lease_seconds * 1000), free)
-        for order in due:
-            task = asyncio.create_task(self._work(order))
+        due = await self._store.claim_due(
+            self.owner, int(settings.lease_seconds * 1000), free, plan=self._plan
+        )
+        for order, started in due:
+            task = asyncio.create_task(self._work(order, started))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
         return len(due)
+
+    def _plan(self, order: OrderRecord) -> tuple[str, int | None] | None:
+        """The plugin and expected cost of an order's first attempt, if one can take it."""
+        runtime = self._runtime()
+        plugin = runtime.router.next_plugin(
+            order.supplier, order.order_no, [], self.breaker.available
+        )
+        if plugin is None or plugin not in runtime.suppliers:
+            return None
+        product = runtime.catalog.product(order.supplier, order.product_id)
+        return plugin, product.costs.get(plugin) if product else None
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -96,9 +111,11 @@ class Dispatcher:
                 await self._wake.wait()
         self._wake.clear()
 
-    async def _work(self, order: OrderRecord) -> None:
+    async def _work(self, order: OrderRecord, started: tuple[UpstreamOrder, str] | None) -> None:
         try:
-            if order.state in READY_TO_SUBMIT:
+            if started is not None:
+                await self._send(*started, self._runtime())
+            elif order.state in READY_TO_SUBMIT:
                 await self._submit(order)
             else:
                 await self._query(order)
@@ -108,7 +125,7 @@ class Dispatcher:
 
     async def _submit(self, order: OrderRecord) -> None:
         runtime = self._runtime()
-        tried = await self._store.tried_plugins(order.order_no)
+        tried = await self._store.tried_plugins(order.order_no) if order.attempts else []
         plugin = runtime.router.next_plugin(
             order.supplier, order.order_no, tried, self.breaker.available
         )
@@ -126,7 +143,16 @@ class Dispatcher:
         product = runtime.catalog.product(order.supplier, order.product_id)
         cost = product.costs.get(plugin) if product else None
         upstream = await self._store.start_attempt(order.order_no, self.owner, plugin, cost)
-        if upstream is None:
+        if upstream is not None:
+            await self._send(upstream, plugin, runtime)
+
+    async def _send(self, upstream: UpstreamOrder, plugin: str, runtime: Runtime) -> None:
+        """Submit a recorded attempt, once, and apply the answer."""
+        supplier = runtime.suppliers.get(plugin)
+        if supplier is None:
+            # Disabled between the attempt's record and now: it was never sent, but the
+            # attempt exists, so the lease runs out and the order is queried (unknown).
+            log.error("attempt %s: plugin %r is not enabled", upstream.reference, plugin)
             return
         result = await self._call(supplier.submit, upstream, plugin)
         await self._apply(plugin, upstream, result, runtime, queries_done=0, is_query=False)
@@ -219,7 +245,10 @@ class Dispatcher:
             counts_as_query=is_query,
         )
         if applied is not None and applied.changed:
-            log.info(
+            # Routine progress is DEBUG: at thousands of orders a second, INFO is for news.
+            level = logging.DEBUG if applied.state in ROUTINE else logging.INFO
+            log.log(
+                level,
                 "order %s -> %s (%s %s)",
                 upstream.order_no,
                 applied.state,

@@ -87,9 +87,14 @@ ERROR_DOCS: dict[ErrorCode, str] = {
 
 
 class TopupError(Exception):
-    """A refusal with a partner-facing code and message."""
+    """A refusal with a partner-facing code and message.
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    ``http_status`` stays 200 for business refusals (the seed's convention); protocol
+    errors (a body too large, a wrong method) carry their own.
+    """
+
+    def __init__(self, code: ErrorCode, message: str, http_status: int = 200) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.http_status = http_status

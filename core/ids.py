@@ -7,9 +7,10 @@ numbers only ever grow, even if the wall clock steps back.
 
 from __future__ import annotations
 
+import os
+import random
 import secrets
 import threading
-import uuid
 from datetime import UTC, datetime
 
 from core.clock import BEIJING, now_ms
@@ -23,6 +24,8 @@ class OrderNumbers:
         self._last_ms = 0
         self._sequence = 0
         self._lock = threading.Lock()
+        self._second = -1
+        self._second_text = ""
 
     def next(self) -> str:
         with self._lock:
@@ -35,15 +38,37 @@ class OrderNumbers:
                 self._sequence = 0
             self._last_ms = ms
             sequence = self._sequence
-        stamp = datetime.fromtimestamp(ms / 1000, UTC).astimezone(BEIJING)
-        return f"TP{stamp:%Y%m%d%H%M%S}{ms % 1000:03d}{self.node:04d}{sequence:04d}"
+        return f"TP{self._stamp(ms // 1000)}{ms % 1000:03d}{self.node:04d}{sequence:04d}"
+
+    def _stamp(self, second: int) -> str:
+        # Formatting a date costs more than the rest of the number: once a second will do.
+        if second != self._second:
+            stamp = datetime.fromtimestamp(second, UTC).astimezone(BEIJING)
+            self._second, self._second_text = second, f"{stamp:%Y%m%d%H%M%S}"
+        return self._second_text
+
+
+_ids = random.SystemRandom(), random.Random()
 
 
 def new_order_id() -> str:
-    """The seed's orderId shape: ``Y`` and 29 hex digits."""
-    return "Y" + uuid.uuid4().hex[:29]
+    """The seed's orderId shape: ``Y`` and 29 hex digits.
+
+    An identifier, not a secret (every call is signed), so a fast generator seeded from
+    the OS is enough; it is reseeded in each process.
+    """
+    return f"Y{_ids[1].getrandbits(116):029x}"
+
+
+def reseed_ids() -> None:
+    _ids[1].seed(_ids[0].getrandbits(128))
 
 
 def attempt_reference(order_no: str, attempt: int) -> str:
     """Letters and digits only, at most 32 characters: fits every supplier's reference field."""
     return f"{order_no}A{attempt}"
+
+
+# A forked worker must not repeat its parent's sequence of ids.
+reseed_ids()
+os.register_at_fork(after_in_child=reseed_ids)

@@ -1,7 +1,8 @@
 """Partner money: a prepaid account per app, booked on an append-only ledger.
 
 - a credit adds funds (``topup app credit``);
-- accepting an order holds its price, in the same transaction that stores the order;
+- accepting an order holds its price, in the same transaction that stores the order
+  (core/order_batches.py);
 - the order's final state settles the hold once: captured on success, released on failure.
 
 ``balance = credited - captured - held``; an order may be held while
@@ -13,14 +14,15 @@
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 
 import msgspec
-from sqlalchemy import case, func, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, case, func, select, update
 
 from core.clock import now_ms
 from core.db import Database, accounts, insert_ignoring_conflicts, ledger
 from core.errors import ErrorCode, TopupError
+from core.fastsql import add_to_columns, insert_rows
 from core.money import fen_to_yuan
 
 
@@ -61,65 +63,85 @@ def _account(row) -> Account:
     return Account(row.app_id, row.credited, row.captured, row.held, row.credit_limit)
 
 
-async def open_account(conn: AsyncConnection, db: Database, app_id: str) -> None:
-    await conn.execute(
-        insert_ignoring_conflicts(db, accounts, ["app_id"]).values(
+def open_account(conn: Connection, app_id: str) -> None:
+    conn.execute(
+        insert_ignoring_conflicts(conn, accounts, ["app_id"]).values(
             app_id=app_id, credited=0, captured=0, held=0, credit_limit=0, updated_at=now_ms()
         )
     )
 
 
-async def hold(
-    conn: AsyncConnection, db: Database, app_id: str, order_no: str, amount: int
-) -> None:
-    """Hold an order's price, or refuse the order; call inside the transaction storing it."""
-    now = now_ms()
-    remaining = accounts.c.credited - accounts.c.captured - accounts.c.held
-    held = await conn.execute(
-        update(accounts)
-        .where(accounts.c.app_id == app_id, remaining + accounts.c.credit_limit >= amount)
-        .values(held=accounts.c.held + amount, updated_at=now)
+def insufficient(available: int, amount: int) -> TopupError:
+    return TopupError(
+        ErrorCode.INSUFFICIENT_BALANCE,
+        f"余额不足: 可用 {fen_to_yuan(available)} 元, 本单需 {fen_to_yuan(amount)} 元",
     )
-    if held.rowcount != 1:
-        account = await _account_in(conn, app_id)
-        available = 0 if account is None else account.available
-        raise TopupError(
-            ErrorCode.INSUFFICIENT_BALANCE,
-            f"余额不足: 可用 {fen_to_yuan(available)} 元, 本单需 {fen_to_yuan(amount)} 元",
-        )
-    await _book(conn, db, app_id, "hold", amount, order_no, f"hold:{order_no}", "下单冻结")
 
 
-async def settle(
-    conn: AsyncConnection, db: Database, app_id: str, order_no: str, captured: bool
-) -> None:
-    """Capture (success) or release (failure) the order's hold, once, in the caller's transaction.
+def settle_many(conn: Connection, settlements: list[tuple[str, str, bool]]) -> None:
+    """Capture or release the holds of orders that just became final, in their transaction.
 
-    Orders without a hold (accepted before accounts existed) have nothing to settle.
+    ``settlements``: (app_id, order_no, captured). Each order settles once: the entry's
+    key ``settle:<orderNo>`` is unique, so a second settlement fails the transaction
+    rather than booking twice. Orders without a hold (accepted before accounts existed)
+    have nothing to settle.
     """
-    amount = (
-        await conn.execute(select(ledger.c.amount).where(ledger.c.event_key == f"hold:{order_no}"))
-    ).scalar()
-    if amount is None:
+    if not settlements:
         return
-    kind, reason = ("capture", "充值成功扣款") if captured else ("release", "充值失败解冻退回")
-    booked = await _book(conn, db, app_id, kind, amount, order_no, f"settle:{order_no}", reason)
-    if not booked:
-        return
-    await conn.execute(
-        update(accounts)
-        .where(accounts.c.app_id == app_id)
-        .values(
-            held=accounts.c.held - amount,
-            captured=accounts.c.captured + (amount if captured else 0),
-            updated_at=now_ms(),
+    now = now_ms()
+    holds = {
+        row.order_no: row.amount
+        for row in conn.execute(
+            select(ledger.c.order_no, ledger.c.amount).where(
+                ledger.c.event_key.in_([f"hold:{order_no}" for _, order_no, _ in settlements])
+            )
         )
+    }
+    entries, held, captured = [], defaultdict(int), defaultdict(int)
+    for app_id, order_no, success in settlements:
+        amount = holds.get(order_no)
+        if amount is None:
+            continue
+        kind, reason = ("capture", "充值成功扣款") if success else ("release", "充值失败解冻退回")
+        entries.append(_entry(app_id, kind, amount, order_no, f"settle:{order_no}", reason, now))
+        held[app_id] += amount
+        captured[app_id] += amount if success else 0
+    if not entries:
+        return
+    insert_rows(conn, ledger, tuple(entries[0]), [tuple(entry.values()) for entry in entries])
+    add_to_columns(
+        conn,
+        accounts,
+        "app_id",
+        ("held", "captured"),
+        [(-held[app], captured[app], app) for app in held],
     )
 
 
-async def _book(
-    conn: AsyncConnection,
-    db: Database,
+def _entry(
+    app_id: str,
+    kind: str,
+    amount: int,
+    order_no: str | None,
+    event_key: str,
+    reason: str,
+    now: int,
+    actor: str = "system",
+) -> dict:
+    return {
+        "app_id": app_id,
+        "kind": kind,
+        "amount": amount,
+        "order_no": order_no,
+        "event_key": event_key,
+        "reason": reason,
+        "actor": actor,
+        "created_at": now,
+    }
+
+
+def book(
+    conn: Connection,
     app_id: str,
     kind: str,
     amount: int,
@@ -129,23 +151,13 @@ async def _book(
     actor: str = "system",
 ) -> bool:
     """Append one entry; False when its event was booked already."""
-    inserted = await conn.execute(
-        insert_ignoring_conflicts(db, ledger, ["event_key"]).values(
-            app_id=app_id,
-            kind=kind,
-            amount=amount,
-            order_no=order_no,
-            event_key=event_key,
-            reason=reason,
-            actor=actor,
-            created_at=now_ms(),
-        )
-    )
+    entry = _entry(app_id, kind, amount, order_no, event_key, reason, now_ms(), actor)
+    inserted = conn.execute(insert_ignoring_conflicts(conn, ledger, ["event_key"]).values(entry))
     return inserted.rowcount == 1
 
 
-async def _account_in(conn: AsyncConnection, app_id: str) -> Account | None:
-    row = (await conn.execute(select(accounts).where(accounts.c.app_id == app_id))).first()
+def account_of(conn: Connection, app_id: str) -> Account | None:
+    row = conn.execute(select(accounts).where(accounts.c.app_id == app_id)).first()
     return None if row is None else _account(row)
 
 
@@ -156,8 +168,7 @@ class Ledger:
         self.db = db
 
     async def account(self, app_id: str) -> Account | None:
-        async with self.db.read() as conn:
-            return await _account_in(conn, app_id)
+        return await self.db.read(lambda conn: account_of(conn, app_id))
 
     async def credit(
         self, app_id: str, amount: int, reason: str, actor: str, event_id: str | None = None
@@ -166,41 +177,45 @@ class Ledger:
         if amount <= 0:
             raise ValueError("a credit must be a positive amount")
         key = f"credit:{event_id or uuid.uuid4().hex}"
-        async with self.db.write() as conn:
-            account = await _account_in(conn, app_id)
-            if account is None:
+
+        def credit(conn: Connection) -> Account:
+            if account_of(conn, app_id) is None:
                 raise LookupError(f"no app {app_id!r}")
-            if await _book(conn, self.db, app_id, "credit", amount, None, key, reason, actor):
-                await conn.execute(
+            if book(conn, app_id, "credit", amount, None, key, reason, actor):
+                conn.execute(
                     update(accounts)
                     .where(accounts.c.app_id == app_id)
                     .values(credited=accounts.c.credited + amount, updated_at=now_ms())
                 )
-            return await _account_in(conn, app_id)
+            return account_of(conn, app_id)
+
+        return await self.db.write(credit)
 
     async def set_credit_limit(self, app_id: str, limit: int) -> None:
         if limit < 0:
             raise ValueError("a credit limit cannot be negative")
-        async with self.db.write() as conn:
-            await conn.execute(
+        await self.db.write(
+            lambda conn: conn.execute(
                 update(accounts)
                 .where(accounts.c.app_id == app_id)
                 .values(credit_limit=limit, updated_at=now_ms())
             )
+        )
 
     async def entries(self, app_id: str, limit: int = 20) -> list[Entry]:
-        async with self.db.read() as conn:
-            rows = (
-                await conn.execute(
-                    select(ledger)
-                    .where(ledger.c.app_id == app_id)
-                    .order_by(ledger.c.id.desc())
-                    .limit(limit)
-                )
-            ).all()
-        return [
-            Entry(r.id, r.kind, r.amount, r.order_no, r.reason, r.actor, r.created_at) for r in rows
-        ]
+        def latest(conn: Connection) -> list[Entry]:
+            rows = conn.execute(
+                select(ledger)
+                .where(ledger.c.app_id == app_id)
+                .order_by(ledger.c.id.desc())
+                .limit(limit)
+            )
+            return [
+                Entry(r.id, r.kind, r.amount, r.order_no, r.reason, r.actor, r.created_at)
+                for r in rows
+            ]
+
+        return await self.db.read(latest)
 
     async def sums(self, app_id: str) -> LedgerSums:
         """The account recomputed from the ledger alone."""
@@ -208,22 +223,22 @@ class Ledger:
         def total(kind: str):
             return func.coalesce(func.sum(case((ledger.c.kind == kind, ledger.c.amount))), 0)
 
-        async with self.db.read() as conn:
-            row = (
-                await conn.execute(
-                    select(
-                        total("credit").label("credit"),
-                        total("hold").label("hold"),
-                        total("capture").label("capture"),
-                        total("release").label("release"),
-                        (func.count() - func.count(func.distinct(ledger.c.event_key))).label(
-                            "duplicates"
-                        ),
-                    ).where(ledger.c.app_id == app_id)
-                )
+        def sums(conn: Connection) -> LedgerSums:
+            row = conn.execute(
+                select(
+                    total("credit").label("credit"),
+                    total("hold").label("hold"),
+                    total("capture").label("capture"),
+                    total("release").label("release"),
+                    (func.count() - func.count(func.distinct(ledger.c.event_key))).label(
+                        "duplicates"
+                    ),
+                ).where(ledger.c.app_id == app_id)
             ).one()
-        held = row.hold - row.capture - row.release
-        return LedgerSums(row.credit, row.capture, held, row.duplicates)
+            held = row.hold - row.capture - row.release
+            return LedgerSums(row.credit, row.capture, held, row.duplicates)
+
+        return await self.db.read(sums)
 
     async def verify(self, app_id: str) -> bool:
         account, sums = await self.account(app_id), await self.sums(app_id)

@@ -34,17 +34,20 @@ def _alembic_config(connection: Connection | None = None) -> AlembicConfig:
 async def upgrade(db: Database, revision: str = "head") -> None:
     from alembic import command
 
-    async with db.write() as conn:
+    def migrate(conn: Connection) -> None:
         if db.is_postgres:
             # Instances starting together must not race each other through the DDL.
-            await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7317001)")
-        await conn.run_sync(lambda sync: command.upgrade(_alembic_config(sync), revision))
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7317001)")
+        command.upgrade(_alembic_config(conn), revision)
+
+    await db.exclusive(migrate)
 
 
 async def current_revision(db: Database) -> str | None:
     try:
-        async with db.read() as conn:
-            return (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+        return await db.read(
+            lambda conn: conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        )
     except DBAPIError:
         return None  # no alembic_version table: an empty database
 

@@ -9,8 +9,7 @@ growing schedule until the partner acknowledges.
 from __future__ import annotations
 
 import msgspec
-from sqlalchemy import or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, or_, select, update
 
 from core.clock import now_ms
 from core.db import Database, apps, insert_ignoring_conflicts, notifications
@@ -24,22 +23,35 @@ class Notification(msgspec.Struct, frozen=True):
     attempts: int
 
 
-async def enqueue(conn: AsyncConnection, db: Database, app_id: str, order_no: str) -> None:
-    """Call in the transaction that makes the order final."""
-    url = (await conn.execute(select(apps.c.notify_url).where(apps.c.app_id == app_id))).scalar()
-    if not url:
+def enqueue_many(conn: Connection, finished: list[tuple[str, str]]) -> None:
+    """Queue a notification for each (app_id, order_no) just made final, in that transaction,
+    if the app has a notify URL."""
+    if not finished:
         return
-    now = now_ms()
-    await conn.execute(
-        insert_ignoring_conflicts(db, notifications, ["order_no"]).values(
-            order_no=order_no,
-            app_id=app_id,
-            url=url,
-            attempts=0,
-            next_attempt_at=now,
-            created_at=now,
+    urls = {
+        row.app_id: row.notify_url
+        for row in conn.execute(
+            select(apps.c.app_id, apps.c.notify_url).where(
+                apps.c.app_id.in_({app_id for app_id, _ in finished}),
+                apps.c.notify_url.is_not(None),
+            )
         )
-    )
+    }
+    now = now_ms()
+    rows = [
+        {
+            "order_no": order_no,
+            "app_id": app_id,
+            "url": urls[app_id],
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+        }
+        for app_id, order_no in finished
+        if urls.get(app_id)
+    ]
+    if rows:
+        conn.execute(insert_ignoring_conflicts(conn, notifications, ["order_no"]), rows)
 
 
 class Outbox:
@@ -47,40 +59,39 @@ class Outbox:
         self.db = db
 
     async def claim_due(self, owner: str, lease_ms: int, limit: int) -> list[Notification]:
-        now = now_ms()
-        due = (
-            select(notifications.c.id)
-            .where(
-                notifications.c.next_attempt_at <= now,
-                or_(notifications.c.lease_until.is_(None), notifications.c.lease_until < now),
-            )
-            .order_by(notifications.c.next_attempt_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        async with self.db.write() as conn:
-            rows = (
-                await conn.execute(
-                    update(notifications)
-                    .where(notifications.c.id.in_(due.scalar_subquery()))
-                    .values(lease_owner=owner, lease_until=now + lease_ms)
-                    .returning(
-                        notifications.c.id,
-                        notifications.c.order_no,
-                        notifications.c.app_id,
-                        notifications.c.url,
-                        notifications.c.attempts,
-                    )
+        def claim(conn: Connection) -> list[Notification]:
+            now = now_ms()
+            due = (
+                select(notifications.c.id)
+                .where(
+                    notifications.c.next_attempt_at <= now,
+                    or_(notifications.c.lease_until.is_(None), notifications.c.lease_until < now),
                 )
-            ).all()
-        return [Notification(r.id, r.order_no, r.app_id, r.url, r.attempts) for r in rows]
+                .order_by(notifications.c.next_attempt_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            rows = conn.execute(
+                update(notifications)
+                .where(notifications.c.id.in_(due.scalar_subquery()))
+                .values(lease_owner=owner, lease_until=now + lease_ms)
+                .returning(
+                    notifications.c.id,
+                    notifications.c.order_no,
+                    notifications.c.app_id,
+                    notifications.c.url,
+                    notifications.c.attempts,
+                )
+            )
+            return [Notification(r.id, r.order_no, r.app_id, r.url, r.attempts) for r in rows]
+
+        return await self.db.write(claim)
 
     async def delivered(self, notification_id: int) -> None:
-        now = now_ms()
         await self._update(
             notification_id,
             attempts=notifications.c.attempts + 1,
-            delivered_at=now,
+            delivered_at=now_ms(),
             next_attempt_at=None,
             last_error=None,
         )
@@ -96,9 +107,10 @@ class Outbox:
         )
 
     async def _update(self, notification_id: int, **values) -> None:
-        async with self.db.write() as conn:
-            await conn.execute(
+        await self.db.write(
+            lambda conn: conn.execute(
                 update(notifications)
                 .where(notifications.c.id == notification_id)
                 .values(**values, lease_owner=None, lease_until=None)
             )
+        )

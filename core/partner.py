@@ -19,7 +19,8 @@ from core.config import Product
 from core.errors import ErrorCode, TopupError
 from core.ids import OrderNumbers, new_order_id
 from core.ledger import Account, Ledger
-from core.orders import NewOrder, OrderRecord, OrderStore
+from core.order_store import OrderStore
+from core.orders import NewOrder, OrderRecord
 from core.runtime import Runtime
 from core.signing import verify_sign
 from core.tokens import TokenIssuer

@@ -64,9 +64,7 @@ async def partner_statement(db: Database, day: date, app_id: str | None) -> list
     )
     if app_id is not None:
         query = query.where(orders.c.app_id == app_id)
-    async with db.read() as conn:
-        rows = (await conn.execute(query)).all()
-    return [_statement_row(row) for row in rows]
+    return await db.read(lambda conn: [_statement_row(row) for row in conn.execute(query)])
 
 
 def _statement_row(row) -> StatementRow:
@@ -122,16 +120,15 @@ async def our_attempts(
     """The plugin's attempts of the day, and any the statement names from another day."""
     start, end = day_bounds(day)
     of_the_day = and_(attempts.c.created_at >= start, attempts.c.created_at < end)
-    async with db.read() as conn:
-        rows = (
-            await conn.execute(
-                select(attempts).where(
-                    attempts.c.plugin == plugin,
-                    or_(of_the_day, attempts.c.reference.in_(references)),
-                )
-            )
-        ).all()
-    return [OurAttempt(r.reference, r.order_no, State(r.state), r.cost, r.refused) for r in rows]
+    query = select(attempts).where(
+        attempts.c.plugin == plugin, or_(of_the_day, attempts.c.reference.in_(references))
+    )
+    return await db.read(
+        lambda conn: [
+            OurAttempt(r.reference, r.order_no, State(r.state), r.cost, r.refused)
+            for r in conn.execute(query)
+        ]
+    )
 
 
 _OUTCOME_OF = {State.SUCCEEDED: Outcome.SUCCEEDED, State.FAILED: Outcome.FAILED}

@@ -16,10 +16,9 @@ async def test_migrations_match_the_declared_schema(tmp_path: Path) -> None:
     try:
         await upgrade(db)
         assert await current_revision(db) == head_revision() == HEAD_REVISION
-        async with db.read() as conn:
-            diff = await conn.run_sync(
-                lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)
-            )
+        diff = await db.read(
+            lambda conn: compare_metadata(MigrationContext.configure(conn), metadata)
+        )
         assert diff == []
     finally:
         await db.dispose()

@@ -201,7 +201,8 @@ async def test_random_concurrent_histories_in_the_core(tmp_path, seed: int) -> N
     from core.ids import OrderNumbers, new_order_id
     from core.ledger import Ledger
     from core.migrate import ensure_schema
-    from core.orders import NewOrder, OrderStore
+    from core.order_store import OrderStore
+    from core.orders import NewOrder
     from core.suppliers import SupplierResult
 
     rng = random.Random(seed)
@@ -231,7 +232,7 @@ async def test_random_concurrent_histories_in_the_core(tmp_path, seed: int) -> N
             assert getattr(exc, "code", None) == "INSUFFICIENT_BALANCE", exc
 
     async def settle_some() -> None:
-        for order in await store.claim_due("w", 60_000, rng.randint(1, 5)):
+        for order, _started in await store.claim_due("w", 60_000, rng.randint(1, 5)):
             upstream = await store.start_attempt(order.order_no, "w", "sandbox")
             if upstream is not None:
                 references.append(upstream.reference)

@@ -12,7 +12,8 @@ from core.db import Database
 from core.ids import OrderNumbers, new_order_id
 from core.ledger import Ledger
 from core.migrate import ensure_schema
-from core.orders import NewOrder, OrderStore, State
+from core.order_store import OrderStore
+from core.orders import NewOrder, State
 from core.suppliers import SupplierResult
 
 
@@ -48,7 +49,7 @@ def new_order(cstm: str) -> NewOrder:
 async def submitted(store: OrderStore, cstm: str = "c1") -> str:
     _order, created = await store.insert_or_get(new_order(cstm))
     assert created
-    [claimed] = await store.claim_due("me", 60_000, 10)
+    [(claimed, _started)] = await store.claim_due("me", 60_000, 10)
     upstream = await store.start_attempt(claimed.order_no, "me", "sandbox")
     assert upstream is not None
     return upstream.reference
@@ -115,3 +116,13 @@ def test_order_numbers_grow_and_are_unique() -> None:
     produced = [generator.next() for _ in range(20_000)]
     assert produced == sorted(produced)
     assert len(set(produced)) == len(produced)
+
+
+async def test_a_first_attempt_can_be_recorded_with_its_claim(store: OrderStore) -> None:
+    await store.insert_or_get(new_order("c4"))
+    [(order, started)] = await store.claim_due("a", 60_000, 10, plan=lambda order: ("sandbox", 990))
+    upstream, plugin = started
+    assert plugin == "sandbox" and upstream.reference == f"{order.order_no}A1"
+    [attempt] = await store.attempts_of(order.order_no)
+    assert (attempt.state, attempt.plugin, attempt.cost) == ("submitting", "sandbox", 990)
+    assert (await store.get(order.order_no)).state is State.SUBMITTING
