@@ -35,31 +35,63 @@ def main() -> None:
 @main.command()
 @click.option("--host", help="Address to listen on [TOPUP_HOST, default 127.0.0.1].")
 @click.option("--port", type=int, help="Port [TOPUP_PORT, default 8000].")
-@click.option("--workers", type=int, default=1, show_default=True, help="Server processes.")
-def serve(host: str | None, port: int | None, workers: int) -> None:
-    """Run the service (HTTP API, callbacks and background dispatch)."""
-    from granian import Granian
-    from granian.constants import Interfaces, Loops
+@click.option("--workers", type=int, default=1, show_default=True, help="HTTP processes.")
+@click.option(
+    "--background/--no-background",
+    default=True,
+    show_default=True,
+    help="Also run the dispatcher and notifier (in a process of their own).",
+)
+def serve(host: str | None, port: int | None, workers: int, background: bool) -> None:
+    """Run the service: the HTTP API and callbacks, and the background worker."""
+    import multiprocessing
+
+    import uvicorn
+
+    from service.background import run_background
+    from service.wiring import BACKGROUND_ENV
 
     settings = Settings.from_env()
     check_config(settings)
-    run_with_db(lambda db: asyncio.sleep(0))  # apply SQLite migrations once, before workers fork
+    run_with_db(lambda db: asyncio.sleep(0))  # apply SQLite migrations once, up front
     host = host or settings.host
     port = port or settings.port
     # Workers read their settings from the environment, so pass the CLI overrides on.
     os.environ["TOPUP_HOST"], os.environ["TOPUP_PORT"] = host, str(port)
+    os.environ[BACKGROUND_ENV] = "0"
+    worker = None
+    if background:
+        worker = multiprocessing.get_context("spawn").Process(
+            target=run_background, kwargs={"watch_parent": True}, name="topup-background"
+        )
+        worker.start()
     click.echo(f"topup serving on http://{host}:{port} (config {settings.config_path})", err=True)
-    Granian(
-        "service.app:create_app",
-        factory=True,
-        address=host,
-        port=port,
-        interface=Interfaces.ASGI,
-        workers=workers,
-        loop=Loops.uvloop if sys.platform != "win32" else Loops.auto,
-        websockets=False,
-        log_access=False,
-    ).serve()
+    try:
+        uvicorn.run(
+            "service.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            loop="uvloop" if sys.platform != "win32" else "auto",
+            http="httptools",
+            access_log=False,
+            log_level="info",
+        )
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.join(10)
+
+
+@main.command()
+def worker() -> None:
+    """Run only the background worker (dispatcher and notifier), e.g. on another host."""
+    from service.background import run_background
+
+    check_config(Settings.from_env())
+    run_with_db(lambda db: asyncio.sleep(0))
+    run_background()
 
 
 @main.command()

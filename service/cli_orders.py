@@ -8,7 +8,7 @@ import click
 
 from core.clock import beijing_time
 from core.db import Database
-from core.orders import OrderStore
+from core.order_store import OrderStore
 from service.cli_support import operator_option, run_with_db
 
 

@@ -23,7 +23,8 @@ import msgspec
 from core.apps import App, AppStore
 from core.config import NotifyConfig
 from core.notify import Notification, Outbox
-from core.orders import OrderRecord, OrderStore
+from core.order_store import OrderStore
+from core.orders import OrderRecord
 from core.signing import compute_sign
 from core.suppliers import alerts
 from service import payloads

@@ -3,7 +3,8 @@
 Accepted: the query string (any method), and for POST a body that is form data
 (``application/x-www-form-urlencoded``, the default when no type is given,
 or ``multipart/form-data``) or a JSON object whose values are strings (numbers are
-taken as their decimal text, so ``"ts": 1700000000`` works).
+taken as their decimal text, so ``"ts": 1700000000`` works). Works on the raw ASGI
+scope and receive channel: the partner API is the hot path.
 """
 
 from __future__ import annotations
@@ -13,21 +14,53 @@ from urllib.parse import parse_qsl
 
 import msgspec
 from litestar import Request
+from litestar.types import Receive, Scope
 
 from core.errors import ErrorCode, TopupError
 
 MAX_PARAMETERS = 64
+MAX_BODY_BYTES = 64 * 1024
 
 
 def _undecodable(detail: str) -> TopupError:
     return TopupError(ErrorCode.UNDECODABLE_BODY, f"请求无法解析: {detail}")
 
 
-async def request_params(request: Request) -> dict[str, str]:
-    pairs = list(_query_pairs(request.scope.get("query_string", b"")))
-    if request.method == "POST":
-        pairs.extend(await _body_pairs(request))
+async def read_params(scope: Scope, receive: Receive) -> dict[str, str]:
+    query = scope.get("query_string", b"")
+    pairs = _query_pairs(query) if query else []
+    if scope["method"] == "POST":
+        media_type = _media_type(scope)
+        if media_type == "multipart/form-data":
+            form = await Request(scope, receive).form()
+            pairs += [(name, value) for name, value in form.multi_items() if isinstance(value, str)]
+        else:
+            pairs += _body_pairs(media_type, await _read_body(receive))
     return _merge(pairs)
+
+
+def _media_type(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return value.decode("latin-1").split(";")[0].strip().lower()
+    return ""
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise TopupError(
+                ErrorCode.UNDECODABLE_BODY, f"请求体过大: 最多 {MAX_BODY_BYTES} 字节", 413
+            )
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
 
 
 def _query_pairs(raw: bytes) -> list[tuple[str, str]]:
@@ -37,12 +70,7 @@ def _query_pairs(raw: bytes) -> list[tuple[str, str]]:
         raise _undecodable("查询字符串不是 UTF-8 URL 编码") from exc
 
 
-async def _body_pairs(request: Request) -> list[tuple[str, str]]:
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type == "multipart/form-data":
-        form = await request.form()
-        return [(name, value) for name, value in form.multi_items() if isinstance(value, str)]
-    body = await request.body()
+def _body_pairs(media_type: str, body: bytes) -> list[tuple[str, str]]:
     if not body.strip():
         return []
     if media_type in ("", "application/x-www-form-urlencoded", "text/plain"):

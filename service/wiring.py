@@ -15,7 +15,7 @@ from core.dispatcher import Dispatcher
 from core.ledger import Ledger
 from core.migrate import ensure_schema
 from core.notify import Outbox
-from core.orders import OrderStore
+from core.order_store import OrderStore
 from core.partner import PartnerDesk
 from core.registry import Registry
 from core.runtime import Runtime
@@ -27,6 +27,8 @@ from service.settings import Settings
 log = logging.getLogger("topup.service")
 
 RELOAD_POLL_SECONDS = 1.0
+# "0" in an API process tells it that background work runs in a process of its own.
+BACKGROUND_ENV = "TOPUP_BACKGROUND"
 
 
 def build_registry(extra_plugins: Iterable[object] = ()) -> Registry:
@@ -38,8 +40,20 @@ def load_runtime(settings: Settings, registry: Registry) -> Runtime:
 
 
 class Services:
-    def __init__(self, settings: Settings, extra_plugins: Iterable[object] = ()) -> None:
+    """What one process runs. ``api``: the HTTP side (partner calls, supplier callbacks);
+    ``background``: the dispatcher and the notifier. ``topup serve`` runs one of each, as
+    two processes, so each gets a core of its own."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        extra_plugins: Iterable[object] = (),
+        api: bool = True,
+        background: bool = True,
+    ) -> None:
         self.settings = settings
+        self.api = api
+        self.background = background
         self.registry = build_registry(extra_plugins)
         self.runtime = load_runtime(settings, self.registry)
         self.db = Database(settings.database_url)
@@ -64,11 +78,15 @@ class Services:
             lambda: self.runtime,
             on_accepted=self.dispatcher.wake,
         )
-        self.dispatcher.start()
-        self.notifier.start()
+        if self.background:
+            self.dispatcher.start()
+            self.notifier.start()
         self._spawn(self._watch_config(await read_counter(self.db, CONFIG_GENERATION)))
         log.info(
-            "topup started: database %s, suppliers %s",
+            "topup %s started: database %s, suppliers %s",
+            "+".join(
+                role for role, on in (("api", self.api), ("background", self.background)) if on
+            ),
             self.db.url.render_as_string(hide_password=True),
             ", ".join(self.runtime.suppliers) or "none",
         )

@@ -84,8 +84,7 @@ def simulate(
     TOPUP_RELOADLY_* and TOPUP_ACME_API_KEY variables; missing ones are generated and
     printed as export lines on stderr.
     """
-    from granian import Granian
-    from granian.constants import Interfaces, Loops
+    import uvicorn
 
     options = SimulatorOptions(
         host=host,
@@ -98,24 +97,23 @@ def simulate(
         callback_retries=callback_retries,
         callback_interval=callback_interval,
     )
-    # The worker process imports the app and inherits this environment.
+    # The app factory reads its options from the environment.
     for name, value in fill_missing_credentials(os.environ).items():
         click.echo(f"export {name}={shlex.quote(value)}", err=True)
     os.environ[OPTIONS_ENV] = options.to_env()
     click.echo(f"supplier simulator on http://{host}:{port}", err=True)
-    Granian(
+    uvicorn.run(
         "service.simulator.app:app_from_env",
         factory=True,
-        address=host,
+        host=host,
         port=port,
-        interface=Interfaces.ASGI,
-        workers=1,
-        loop=Loops.uvloop if sys.platform != "win32" else Loops.auto,
-        websockets=False,
-        log_access=False,
+        loop="uvloop" if sys.platform != "win32" else "auto",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
         # A held `timeout` answer must not keep a stopping simulator alive for an hour.
-        workers_kill_timeout=2,
-    ).serve()
+        timeout_graceful_shutdown=2,
+    )
 
 
 if __name__ == "__main__":
