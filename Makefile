@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test install lint format clean
+.PHONY: run test install lint format clean bench
 
 run: $(INSTALLED)
 	$(BIN)/topup serve
@@ -19,6 +19,15 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
+
+# Measures throughput and latency against a bare Litestar handler; writes BENCHMARKS.md.
+bench: $(INSTALLED) bench/.build/loadgen
+	@command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
+	$(BIN)/python bench/run.py
+
+bench/.build/loadgen: bench/loadgen.c
+	mkdir -p bench/.build
+	cc -O2 -Wall -o $@ $<
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

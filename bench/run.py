@@ -1,0 +1,663 @@
+"""``make bench``: topup against a bare Litestar handler, on this machine, in one run.
+
+Phases (each on the server settings of ``make run``: uvicorn with uvloop and
+httptools, one HTTP process plus the background worker, the shipped plugins.toml):
+
+1. baseline: minimal Litestar JSON handlers (bench/baseline.py), GET and POST;
+2. order acceptance: distinct cstmOrderNo, signatures and tokens prepared ahead,
+   closed loop (wrk); afterwards the database must hold exactly the acknowledged orders;
+3. status query against a database holding 1,000,000 orders;
+4. end to end: orders per second reaching a terminal state through the sandbox;
+5. latency of acceptance at a fixed arrival rate of half the measured maximum
+   (bench/loadgen.c, open loop);
+6. resident memory over a sustained run at a fixed rate;
+7. PostgreSQL acceptance with one and two instances (when a server answers).
+
+Prints each figure and writes BENCHMARKS.md. Environment: BENCH_SECONDS (length of
+the throughput phases, default 15), BENCH_SUSTAIN_SECONDS (memory phase, default 300),
+BENCH_STATUS_ORDERS (default 1000000).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlencode
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from core.signing import SignType, compute_sign  # noqa: E402
+from topup.testing import free_port, wait_until_healthy  # noqa: E402
+
+BIN = Path(sys.executable).parent
+SECONDS = float(os.environ.get("BENCH_SECONDS", "15"))
+SUSTAIN_SECONDS = float(os.environ.get("BENCH_SUSTAIN_SECONDS", "300"))
+STATUS_ORDERS = int(os.environ.get("BENCH_STATUS_ORDERS", "1000000"))
+CONNECTIONS = 256
+PG_URL = os.environ.get(
+    "TOPUP_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+APP, COMPANY, CARRIER, PRODUCT = "bench", "基准测试", "中国移动", "YD10"
+
+
+@dataclass
+class Results:
+    figures: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def record(self, name: str, value: float, unit: str = "") -> None:
+        self.figures[name] = value
+        print(f"  {name}: {value:,.1f} {unit}".rstrip(), flush=True)
+
+
+# -- processes -----------------------------------------------------------------------------
+
+
+class Server:
+    def __init__(self, command: list[str], env: dict[str, str], port: int, health: str) -> None:
+        self.port = port
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (lives as long as the server)
+            prefix="bench-", suffix=".log", delete=False
+        )
+        self.proc = subprocess.Popen(
+            command,
+            env=env,
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_until_healthy(
+            f"http://127.0.0.1:{port}{health}",
+            self.proc,
+            lambda: Path(self.log.name).read_text(errors="replace")[-3000:],
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def pids(self) -> list[int]:
+        children = subprocess.run(
+            ["pgrep", "-g", str(self.proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+        return [int(pid) for pid in children] or [self.proc.pid]
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def topup_env(database_url: str, port: int, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "TOPUP_DATABASE_URL": database_url,
+        "TOPUP_CONFIG": str(ROOT / "plugins.toml"),
+        "TOPUP_PORT": str(port),
+        **extra,
+    }
+
+
+def topup(*args: str, env: dict[str, str]) -> str:
+    return subprocess.run(
+        [str(BIN / "topup"), *args], env=env, cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+@contextlib.contextmanager
+def service(
+    database_url: str,
+    *,
+    serve_args: tuple[str, ...] = (),
+    fund: bool = True,
+    port: int | None = None,
+) -> Iterator[tuple[Server, str]]:
+    """A running ``topup serve`` with the bench app registered; yields it and the secret."""
+    port = port or free_port()
+    env = topup_env(database_url, port)
+    secret = ""
+    if fund:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            secret = topup("app", "add", APP, "--company", COMPANY, env=env)
+        if not secret:  # already registered in this database
+            secret = app_secret(database_url)
+        topup("app", "credit", APP, "100000000", "--reason", "bench", env=env)
+    server = Server([str(BIN / "topup"), "serve", *serve_args], env, port, "/healthz")
+    try:
+        yield server, secret
+    finally:
+        server.stop()
+
+
+def app_secret(database_url: str) -> str:
+    path = database_url.split("///", 1)[1]
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT secret FROM apps WHERE app_id = ?", (APP,)).fetchone()[0]
+
+
+# -- requests --------------------------------------------------------------------------------
+
+
+def token(base_url: str, secret: str) -> str:
+    params = {"appID": APP, "ts": str(int(time.time()))}
+    params["sign"] = compute_sign(params, secret, SignType.HMAC_SHA256)
+    return httpx.post(f"{base_url}/sign/api/token", data=params).json()["data"]["access_token"]
+
+
+def order_bodies(base_url: str, secret: str, count: int, ts_offset: int = 0) -> list[str]:
+    """Signed order bodies, each with its own cstmOrderNo (numbers never ending in 4 or 7:
+    every order succeeds at once, so end to end measures the pipeline, not the sandbox)."""
+    access = token(base_url, secret)
+    ts = str(int(time.time()) + ts_offset)
+    run = f"{time.time_ns():x}"
+    bodies = []
+    for i in range(count):
+        params = {
+            "access_token": access,
+            "appID": APP,
+            "company": COMPANY,
+            "Supplier": CARRIER,
+            "phoneNo": f"1380{i % 1_000_000:06d}{random.choice('0123568')}",
+            "productId": PRODUCT,
+            "cstmOrderName": "bench",
+            "cstmOrderNo": f"b{run}-{i}",
+            "ts": ts,
+        }
+        params["sign"] = compute_sign(params, secret, SignType.HMAC_SHA256)
+        bodies.append(urlencode(params))
+    return bodies
+
+
+def write_lines(lines: list[str]) -> Path:
+    path = Path(tempfile.mkstemp(prefix="bench-", suffix=".txt")[1])
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_http_requests(host_port: str, bodies: list[str]) -> Path:
+    path = Path(tempfile.mkstemp(prefix="bench-", suffix=".bin")[1])
+    with path.open("wb") as out:
+        for body in bodies:
+            raw = body.encode()
+            request = (
+                f"POST /sign/api/order HTTP/1.1\r\nHost: {host_port}\r\n"
+                "Content-Type: application/x-www-form-urlencoded\r\n"
+                f"Content-Length: {len(raw)}\r\n\r\n"
+            ).encode() + raw
+            out.write(struct.pack("<I", len(request)) + request)
+    return path
+
+
+# -- load -----------------------------------------------------------------------------------
+
+
+def wrk(
+    url: str,
+    seconds: float,
+    lines: Path | None = None,
+    method: str = "POST",
+    path: str = "/sign/api/order",
+    connections: int = CONNECTIONS,
+) -> tuple[float, int]:
+    """Closed-loop maximum; returns (requests per second, answers with code "0")."""
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds:.0f}s", "--timeout", "10s"]
+    env = {**os.environ, "THREADS": "2", "METHOD": method, "REQUEST_PATH": path}
+    if lines is not None:
+        command += ["-s", str(ROOT / "bench" / "orders.lua")]
+        env["BODIES"] = str(lines)
+    out = subprocess.run(
+        [*command, url + (path if lines is None else "")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    ok = re.search(r"ok=(\d+)", out)
+    return rate, int(ok.group(1)) if ok else 0
+
+
+def loadgen(port: int, rate: float, seconds: float, requests: Path) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            str(LOADGEN),
+            "127.0.0.1",
+            str(port),
+            f"{rate:.0f}",
+            f"{seconds:.0f}",
+            "256",
+            str(requests),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {key: float(value) for key, value in re.findall(r"(\w+)=([\d.]+)", out)}
+
+
+# -- phases -----------------------------------------------------------------------------------
+
+
+def baseline(results: Results, bodies: Path) -> None:
+    port = free_port()
+    server = Server(
+        [
+            str(BIN / "python"),
+            "-m",
+            "uvicorn",
+            "bench.baseline:app",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        dict(os.environ),
+        port,
+        "/",
+    )
+    try:
+        results.record("baseline GET req/s", wrk(server.url, SECONDS, method="GET", path="/")[0])
+        results.record("baseline POST req/s", wrk(server.url, SECONDS, bodies, path="/")[0])
+    finally:
+        server.stop()
+
+
+def acceptance(results: Results, workdir: Path) -> None:
+    url = f"sqlite+aiosqlite:///{workdir}/accept.db"
+    with service(url) as (server, secret):
+        bodies = write_lines(order_bodies(server.url, secret, int(SECONDS * 6000)))
+        _rate, ok = wrk(server.url, SECONDS, bodies)
+    with sqlite3.connect(f"{workdir}/accept.db") as conn:
+        stored = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
+    results.record("accepted orders/s", ok / SECONDS)
+    results.record("acknowledged orders", ok)
+    results.record("orders in the database", stored)
+    # More stored than acknowledged: orders committed while wrk stopped reading answers.
+    if stored < ok:
+        results.notes.append(f"DURABILITY FAILED: {ok} acknowledged but only {stored} stored")
+    else:
+        results.notes.append(
+            f"durability: all {ok:,} acknowledged orders are in the database "
+            f"({stored - ok} more were committed as the load stopped, their answers unread)"
+        )
+
+
+def end_to_end(results: Results, workdir: Path) -> None:
+    url = f"sqlite+aiosqlite:///{workdir}/e2e.db"
+    with service(url) as (server, secret):
+        bodies = write_lines(order_bodies(server.url, secret, int(SECONDS * 6000)))
+        started = time.monotonic()
+        _rate, ok = wrk(server.url, SECONDS, bodies)
+        accepted_for = time.monotonic() - started
+        with sqlite3.connect(f"{workdir}/e2e.db", timeout=30) as conn:
+            while conn.execute(
+                "SELECT count(*) FROM orders WHERE state NOT IN ('succeeded', 'failed')"
+            ).fetchone()[0]:
+                time.sleep(0.1)
+        finished_for = time.monotonic() - started
+    results.record("end-to-end accepted orders/s", ok / accepted_for)
+    results.record("end-to-end completed orders/s", ok / finished_for)
+
+
+def latency(results: Results, workdir: Path, maximum: float) -> None:
+    url = f"sqlite+aiosqlite:///{workdir}/latency.db"
+    rate = maximum / 2
+    with service(url) as (server, secret):
+        bodies = order_bodies(server.url, secret, int(rate * 20) + 100)
+        measured = loadgen(
+            server.port, rate, 20, write_http_requests(f"127.0.0.1:{server.port}", bodies)
+        )
+    results.record("latency rate req/s", measured["rate"])
+    for key in ("p50", "p99", "max"):
+        results.record(f"latency {key} ms", measured[key], "ms")
+    if measured["ok"] != measured["completed"]:
+        results.notes.append(f"latency phase: {measured['completed'] - measured['ok']:.0f} refused")
+
+
+def memory(results: Results, workdir: Path, maximum: float) -> None:
+    url = f"sqlite+aiosqlite:///{workdir}/memory.db"
+    rate = maximum * 0.4
+    with service(url) as (server, secret):
+        half = int(SUSTAIN_SECONDS / 2)
+        bodies = order_bodies(server.url, secret, int(rate * SUSTAIN_SECONDS) + 100, ts_offset=half)
+        requests = write_http_requests(f"127.0.0.1:{server.port}", bodies)
+        samples: list[int] = []
+        load = subprocess.Popen(
+            [
+                str(LOADGEN),
+                "127.0.0.1",
+                str(server.port),
+                f"{rate:.0f}",
+                f"{SUSTAIN_SECONDS:.0f}",
+                "256",
+                str(requests),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        while load.poll() is None:
+            samples.append(sum(rss_kib(pid) for pid in server.pids()))
+            time.sleep(5)
+        load.communicate()
+    warm = samples[len(samples) // 5 :] or samples
+    first, last = warm[: max(1, len(warm) // 4)], warm[-max(1, len(warm) // 4) :]
+    start, end = sum(first) / len(first), sum(last) / len(last)
+    results.record("memory start MiB", start / 1024, "MiB")
+    results.record("memory end MiB", end / 1024, "MiB")
+    results.record("memory growth %", (end - start) / start * 100, "%")
+
+
+def rss_kib(pid: int) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def status_query(results: Results, workdir: Path) -> None:
+    path = workdir / "status.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    env = topup_env(url, 0)
+    secret = topup("app", "add", APP, "--company", COMPANY, env=env)
+    numbers = populate(path, STATUS_ORDERS)
+    with service(url, fund=False) as (server, _):
+        access = token(server.url, secret)
+        ts = str(int(time.time()))
+        paths = []
+        for cstm in random.sample(numbers, min(len(numbers), 200_000)):
+            params = {
+                "access_token": access,
+                "appID": APP,
+                "company": COMPANY,
+                "Supplier": CARRIER,
+                "cstmOrderNo": cstm,
+                "ts": ts,
+            }
+            params["sign"] = compute_sign(params, secret, SignType.HMAC_SHA256)
+            paths.append("/sign/api/order/status?" + urlencode(params))
+        rate, ok = wrk(server.url, SECONDS, write_lines(paths), method="GET")
+    results.record("orders in the status database", STATUS_ORDERS)
+    results.record("status queries/s", rate)
+    if ok < rate * SECONDS * 0.99:
+        results.notes.append(f"status phase: only {ok} answers with code 0")
+
+
+def populate(path: Path, count: int) -> list[str]:
+    """A million finished orders, written straight into the schema the service created."""
+    now = int(time.time() * 1000)
+    numbers = []
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA synchronous=OFF")
+        for start in range(0, count, 100_000):
+            rows = []
+            for i in range(start, min(count, start + 100_000)):
+                cstm = f"s{i}"
+                numbers.append(cstm)
+                rows.append(
+                    (
+                        f"TP{now:017d}{i:08d}",
+                        f"Y{i:029x}",
+                        APP,
+                        cstm,
+                        "bench",
+                        COMPANY,
+                        CARRIER,
+                        f"138{i:08d}",
+                        PRODUCT,
+                        1000,
+                        995,
+                        "succeeded",
+                        1,
+                        None,
+                        None,
+                        now,
+                        now,
+                        now,
+                        None,
+                        None,
+                        None,
+                    )
+                )
+            conn.executemany(
+                "INSERT INTO orders (order_no, order_id, app_id, cstm_order_no, cstm_order_name,"
+                " company, supplier, phone_no, product_id, face_value, price, state, attempts,"
+                " fail_code, fail_reason, created_at, updated_at, finished_at, next_run_at,"
+                " lease_owner, lease_until) VALUES (" + ",".join("?" * 21) + ")",
+                rows,
+            )
+        conn.commit()
+    return numbers
+
+
+def postgres(results: Results) -> None:
+    try:
+        import asyncpg  # noqa: F401
+
+        httpx_ok = subprocess.run(["pg_isready", "-h", "127.0.0.1"], capture_output=True).returncode
+    except (ImportError, FileNotFoundError):
+        httpx_ok = 1
+    if httpx_ok != 0:
+        results.notes.append("PostgreSQL: no server answered on 127.0.0.1:5432; skipped")
+        return
+    for instances in (1, 2):
+        reset_postgres()
+        env = topup_env(PG_URL, 0)
+        topup("db", "upgrade", env=env)
+        secret = topup("app", "add", APP, "--company", COMPANY, env=env)
+        topup("app", "credit", APP, "100000000", "--reason", "bench", env=env)
+        servers = [
+            Server([str(BIN / "topup"), "serve"], topup_env(PG_URL, port), port, "/healthz")
+            for port in (free_port() for _ in range(instances))
+        ]
+        try:
+            files = [write_lines(order_bodies(s.url, secret, int(SECONDS * 3000))) for s in servers]
+            procs = [
+                subprocess.Popen(
+                    [
+                        "wrk",
+                        "-t1",
+                        f"-c{CONNECTIONS // instances}",
+                        f"-d{SECONDS:.0f}s",
+                        "-s",
+                        str(ROOT / "bench" / "orders.lua"),
+                        s.url,
+                    ],
+                    env={**os.environ, "THREADS": "1", "BODIES": str(f)},
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                for s, f in zip(servers, files, strict=True)
+            ]
+            ok = sum(int(re.search(r"ok=(\d+)", p.communicate()[0]).group(1)) for p in procs)
+        finally:
+            for server in servers:
+                server.stop()
+        results.record(f"PostgreSQL accepted orders/s, {instances} instance(s)", ok / SECONDS)
+
+
+def reset_postgres() -> None:
+    subprocess.run(
+        [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-q",
+            "-c",
+            "DROP SCHEMA public CASCADE; CREATE SCHEMA public;",
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "CPU": f"{cpu}, {os.cpu_count()} cores",
+        "memory": f"{memory_kib / 1024 / 1024:.0f} GiB",
+        "disk": subprocess.run(["df", "-h", str(ROOT)], capture_output=True, text=True)
+        .stdout.splitlines()[-1]
+        .split()[0],
+        "OS": platform.platform(),
+        "Python": platform.python_version(),
+        "SQLite": sqlite3.sqlite_version,
+        "load generators": "wrk (closed loop, 2 threads, 256 connections); bench/loadgen.c "
+        "(open loop, fixed rate)",
+    }
+
+
+TARGETS = [
+    ("accepted orders/s ≥ 50% of the baseline", "accepted orders/s", "baseline GET req/s", 0.5),
+    (
+        "status query at 1M orders ≥ 70% of the baseline",
+        "status queries/s",
+        "baseline GET req/s",
+        0.7,
+    ),
+    (
+        "end-to-end completion ≥ 80% of acceptance",
+        "end-to-end completed orders/s",
+        "end-to-end accepted orders/s",
+        0.8,
+    ),
+]
+
+
+def verdicts(figures: dict[str, float]) -> list[tuple[str, str, bool]]:
+    rows = []
+    for label, value, reference, share in TARGETS:
+        if value in figures and reference in figures:
+            ratio = figures[value] / figures[reference]
+            rows.append((label, f"{ratio:.0%}", ratio >= share))
+    if "latency p99 ms" in figures:
+        rows.append(
+            (
+                "acceptance p99 ≤ 25 ms at half the maximum rate",
+                f"{figures['latency p99 ms']:.1f} ms",
+                figures["latency p99 ms"] <= 25,
+            )
+        )
+    if "memory growth %" in figures:
+        rows.append(
+            (
+                "resident memory flat (within 10%) over the sustained run",
+                f"{figures['memory growth %']:+.1f}%",
+                abs(figures["memory growth %"]) <= 10,
+            )
+        )
+    return rows
+
+
+def report(results: Results) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Run with `make bench` on {time.strftime('%Y-%m-%d %H:%M %Z')}.",
+        "",
+        "## Machine",
+        "",
+    ]
+    lines += [f"- {key}: {value}" for key, value in machine().items()]
+    lines += ["", "## Figures", "", "| figure | value |", "| --- | --- |"]
+    lines += [f"| {name} | {value:,.1f} |" for name, value in results.figures.items()]
+    figures = results.figures
+    if "accepted orders/s" in figures:
+        for reference in ("baseline GET req/s", "baseline POST req/s"):
+            if reference in figures:
+                share = figures["accepted orders/s"] / figures[reference]
+                lines.append(f"| accepted orders/s ÷ {reference} | {share:.0%} |")
+    lines += ["", "## Targets", "", "| target | measured | met |", "| --- | --- | --- |"]
+    lines += [
+        f"| {label} | {value} | {'yes' if met else '**no**'} |"
+        for label, value, met in verdicts(figures)
+    ]
+    if results.notes:
+        lines += ["", "## Notes from this run", ""] + [f"- {note}" for note in results.notes]
+    explanation = ROOT / "bench" / "ANALYSIS.md"
+    if explanation.exists():
+        lines += ["", explanation.read_text().strip()]
+    return "\n".join(lines) + "\n"
+
+
+LOADGEN = ROOT / "bench" / ".build" / "loadgen"
+
+
+def main() -> None:
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed: `make bench` installs it (apt-get install wrk)")
+    results = Results()
+    with tempfile.TemporaryDirectory(prefix="topup-bench-") as tmp:
+        workdir = Path(tmp)
+        print("baseline", flush=True)
+        with service(f"sqlite+aiosqlite:///{workdir}/bodies.db") as (server, secret):
+            sample = write_lines(order_bodies(server.url, secret, 50_000))
+        baseline(results, sample)
+        print("order acceptance", flush=True)
+        acceptance(results, workdir)
+        print("end to end", flush=True)
+        end_to_end(results, workdir)
+        print("latency at half the maximum rate", flush=True)
+        latency(results, workdir, results.figures["accepted orders/s"])
+        print(f"status query at {STATUS_ORDERS:,} orders", flush=True)
+        status_query(results, workdir)
+        print(f"memory over {SUSTAIN_SECONDS:.0f} s", flush=True)
+        memory(results, workdir, results.figures["accepted orders/s"])
+        print("PostgreSQL", flush=True)
+        postgres(results)
+    (ROOT / "BENCHMARKS.md").write_text(report(results))
+    (ROOT / "bench" / "results.json").write_text(json.dumps(results.figures, indent=2))
+    print(
+        "\n".join(
+            f"{label}: {value} ({'met' if met else 'NOT met'})"
+            for label, value, met in verdicts(results.figures)
+        )
+    )
+    print("written to BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()
