@@ -58,6 +58,9 @@ class DispatchConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     lease_seconds: float = 60.0
     # Orders worked on at once (upstream calls in flight), per background process.
     concurrency: int = 500
+    # Orders claimed per transaction: small claims keep the write lock short, which is
+    # what other writers (order acceptance) wait on.
+    claim_batch: int = 64
     # How often the dispatcher looks for due work when nothing woke it.
     scan_interval: float = 0.5
     # Unanswered status queries (pending or unknown) before an order goes to manual review.

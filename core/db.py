@@ -215,7 +215,7 @@ class Database:
                 _sqlite_sync_engine(self.url, begin="BEGIN IMMEDIATE")
             )
         else:
-            self.engine = create_async_engine(url, pool_size=20, max_overflow=20)
+            self.engine = create_async_engine(url, pool_size=10, max_overflow=10)
             self._transactions = AsyncTransactions(self.engine)
         self._writer: GroupWriter | None = None
 

@@ -86,7 +86,10 @@ class Dispatcher:
             await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
             return len(self._in_flight)
         due = await self._store.claim_due(
-            self.owner, int(settings.lease_seconds * 1000), free, plan=self._plan
+            self.owner,
+            int(settings.lease_seconds * 1000),
+            min(free, settings.claim_batch),
+            plan=self._plan,
         )
         for order, started in due:
             task = asyncio.create_task(self._work(order, started))

@@ -1,8 +1,10 @@
 """Order numbers: unique and time-ordered across processes, readable by operators.
 
-``TP`` + Beijing time to the millisecond (17 digits) + a 4-digit node number picked
-per process + a 4-digit sequence within the millisecond. Within one process the
-numbers only ever grow, even if the wall clock steps back.
+``TP`` + Beijing time to the millisecond (17 digits) + a 4-digit node number + a
+4-digit sequence within the millisecond. Each serving process takes its node number
+from a counter in the shared database (``take_node_number``), so no two running
+processes share one; within a process the numbers only ever grow, even if the wall
+clock steps back.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import UTC, datetime
 from core.clock import BEIJING, now_ms
 
 _SEQUENCE_LIMIT = 10_000
+NODE_COUNTER = "order_number_node"
 
 
 class OrderNumbers:

@@ -40,13 +40,19 @@ def main() -> None:
     "--background/--no-background",
     default=True,
     show_default=True,
-    help="Also run the dispatcher and notifier (in a process of their own).",
+    help="Also run the dispatcher and notifier.",
 )
 def serve(host: str | None, port: int | None, workers: int, background: bool) -> None:
-    """Run the service: the HTTP API and callbacks, and the background worker."""
+    """Run the service: the HTTP API and callbacks, and the background worker.
+
+    On SQLite the background worker runs inside the HTTP process: SQLite has one
+    writer, and two processes taking turns at it cost more than they gain. On
+    PostgreSQL it runs as a process of its own, on another core.
+    """
     import multiprocessing
 
     import uvicorn
+    from sqlalchemy.engine import make_url
 
     from service.background import run_background
     from service.wiring import BACKGROUND_ENV
@@ -58,9 +64,10 @@ def serve(host: str | None, port: int | None, workers: int, background: bool) ->
     port = port or settings.port
     # Workers read their settings from the environment, so pass the CLI overrides on.
     os.environ["TOPUP_HOST"], os.environ["TOPUP_PORT"] = host, str(port)
-    os.environ[BACKGROUND_ENV] = "0"
+    inline = background and make_url(settings.database_url).get_backend_name() == "sqlite"
+    os.environ[BACKGROUND_ENV] = "1" if inline else "0"
     worker = None
-    if background:
+    if background and not inline:
         worker = multiprocessing.get_context("spawn").Process(
             target=run_background, kwargs={"watch_parent": True}, name="topup-background"
         )

@@ -9,9 +9,10 @@ from collections.abc import Iterable
 
 from core.apps import AppStore, token_key
 from core.config import ConfigError, load_config
-from core.control import CONFIG_GENERATION, read_counter
+from core.control import CONFIG_GENERATION, bump_counter, read_counter
 from core.db import Database
 from core.dispatcher import Dispatcher
+from core.ids import NODE_COUNTER, OrderNumbers
 from core.ledger import Ledger
 from core.migrate import ensure_schema
 from core.notify import Outbox
@@ -70,6 +71,8 @@ class Services:
     async def start(self) -> None:
         await ensure_schema(self.db)
         tokens = TokenIssuer(await token_key(self.db))
+        # A node number no other running process holds keeps order numbers unique.
+        node = await bump_counter(self.db, NODE_COUNTER)
         self.desk = PartnerDesk(
             self.apps,
             tokens,
@@ -77,6 +80,7 @@ class Services:
             self.ledger,
             lambda: self.runtime,
             on_accepted=self.dispatcher.wake,
+            order_numbers=OrderNumbers(node),
         )
         if self.background:
             self.dispatcher.start()
