@@ -9,8 +9,10 @@ INSTALLED := $(VENV)/.installed
 run: $(INSTALLED)
 	$(BIN)/topup serve
 
+# Every storage and API test runs on SQLite and on the PostgreSQL at 127.0.0.1:5432
+# (TOPUP_TEST_POSTGRES); without one those runs are skipped, each with the reason.
 test: $(INSTALLED)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n 3 $(PYTEST_ARGS)
 
 install: $(INSTALLED)
 

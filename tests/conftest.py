@@ -1,29 +1,94 @@
 from __future__ import annotations
 
+import fcntl
 import importlib
 import importlib.metadata
 import itertools
+import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, Partner, ServiceProcess, sandbox_config
+from tests.support import (
+    REPO,
+    SQLITE,
+    Backend,
+    Partner,
+    ServiceProcess,
+    postgres_or_reason,
+    sandbox_config,
+)
 
 TOKEN_SECRET = "test-token-key-known-to-the-tests"
 _app_numbers = itertools.count(1)
 
 
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Every storage and API test runs on both: SQLite, and the machine's PostgreSQL."""
+    if request.param == "sqlite":
+        return SQLITE
+    found = postgres_or_reason()
+    if isinstance(found, str):
+        pytest.skip(found)
+    return found
+
+
+@pytest.fixture
+def empty_database_url(tmp_path: Path, backend: Backend) -> Iterator[str]:
+    """A new, empty database on the current backend, dropped after the test."""
+    url = backend.new_database(tmp_path)
+    yield url
+    backend.drop(url)
+
+
+@pytest.fixture
+def database_url(empty_database_url: str, backend: Backend) -> str:
+    """A new database with the schema in place (PostgreSQL is migrated deliberately)."""
+    backend.migrate({**os.environ, "TOPUP_DATABASE_URL": empty_database_url})
+    return empty_database_url
+
+
+@pytest.fixture
+def services(tmp_path: Path, backend: Backend) -> Iterator:
+    """Starts services for one test on the current backend; stops them and drops their data."""
+    started: list[ServiceProcess] = []
+
+    def start(
+        config: str,
+        env: dict[str, str] | None = None,
+        begin: bool = True,
+        workdir: Path | None = None,
+        database_url: str | None = None,
+    ) -> ServiceProcess:
+        where = workdir or tmp_path / f"s{len(started)}"
+        where.mkdir(exist_ok=True)
+        proc = ServiceProcess(where, config, env=env, backend=backend, database_url=database_url)
+        started.append(proc)
+        return proc.start() if begin else proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+    for url in {proc.database_url for proc in started}:
+        backend.drop(url)
+
+
 @pytest.fixture(scope="session")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+def service(tmp_path_factory: pytest.TempPathFactory, backend: Backend) -> Iterator[ServiceProcess]:
     """One running service shared by the contract tests (each uses its own apps)."""
-    workdir = tmp_path_factory.mktemp("service")
-    proc = ServiceProcess(workdir, sandbox_config(), env={"TOPUP_TOKEN_SECRET": TOKEN_SECRET})
+    workdir = tmp_path_factory.mktemp(f"service-{backend.name}")
+    proc = ServiceProcess(
+        workdir, sandbox_config(), env={"TOPUP_TOKEN_SECRET": TOKEN_SECRET}, backend=backend
+    )
     proc.start()
     yield proc
     proc.stop()
+    proc.drop_database()
 
 
 def new_partner(
@@ -32,9 +97,10 @@ def new_partner(
     """A registered partner app; with ``funds`` yuan on its prepaid account."""
     app_id = f"app{next(_app_numbers)}"
     company = f"彩生活{app_id}"
-    secret = service.add_app(app_id, company, sign_type)
+    commands = [["app", "add", app_id, "--company", company, "--sign-type", sign_type]]
     if funds is not None:
-        service.cli("app", "credit", app_id, funds, "--reason", "test funds")
+        commands.append(["app", "credit", app_id, funds, "--reason", "test funds"])
+    secret = service.cli_many(commands).splitlines()[0].strip()
     return Partner(service.url, app_id, secret, company, sign_type=sign_type)
 
 
@@ -49,6 +115,12 @@ def partner(service: ServiceProcess) -> Iterator[Partner]:
 @pytest.fixture(scope="session")
 def example_plugin() -> None:
     """Installs tests/example_plugin, a third-party plugin package, as a partner would pip it."""
+    with (Path(tempfile.gettempdir()) / "topup-example-plugin.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # several test workers may get here at once
+        _install_example_plugin()
+
+
+def _install_example_plugin() -> None:
     source = REPO / "tests" / "example_plugin" / "topup_acme.py"
     try:
         installed = importlib.metadata.distribution("topup-acme").locate_file("topup_acme.py")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -70,19 +71,107 @@ def topup_cli(
     )
 
 
+class Backend:
+    """Where a test service keeps its data: a fresh database per service."""
+
+    name = "sqlite"
+
+    def new_database(self, workdir: Path) -> str:
+        return f"sqlite+aiosqlite:///{workdir}/topup.db"
+
+    def sql(self, url: str, query: str, *args: Any) -> list[tuple]:
+        with sqlite3.connect(url.split("///", 1)[1], timeout=30) as conn:
+            return conn.execute(query, args).fetchall()
+
+    def migrate(self, env: Mapping[str, str]) -> None:
+        """SQLite services migrate by themselves."""
+
+    def drop(self, url: str) -> None:
+        pass
+
+
+class PostgresBackend(Backend):
+    """A database of its own per service on the PostgreSQL the machine runs."""
+
+    name = "postgres"
+
+    def __init__(self, admin_dsn: str) -> None:
+        self.admin_dsn = admin_dsn
+
+    def new_database(self, workdir: Path) -> str:
+        name = f"topup_t_{os.getpid()}_{time.time_ns() % 10**12}"
+        self._run(self.admin_dsn, f'CREATE DATABASE "{name}"')
+        return f"postgresql+asyncpg://{self._dsn(name).split('://', 1)[1]}"
+
+    def sql(self, url: str, query: str, *args: Any) -> list[tuple]:
+        numbered, count = query, 0
+        while "?" in numbered:
+            count += 1
+            numbered = numbered.replace("?", f"${count}", 1)
+        return self._run(url.replace("postgresql+asyncpg", "postgresql"), numbered, *args)
+
+    def migrate(self, env: Mapping[str, str]) -> None:
+        topup_cli("db", "upgrade", env=env)
+
+    def drop(self, url: str) -> None:
+        name = url.rsplit("/", 1)[1]
+        self._run(self.admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def _dsn(self, database: str) -> str:
+        return self.admin_dsn.rsplit("/", 1)[0] + "/" + database
+
+    @staticmethod
+    def _run(dsn: str, query: str, *args: Any) -> list[tuple]:
+        import asyncio
+
+        import asyncpg
+
+        async def run() -> list[tuple]:
+            conn = await asyncpg.connect(dsn, timeout=5)
+            try:
+                return [tuple(row) for row in await conn.fetch(query, *args)]
+            finally:
+                await conn.close()
+
+        return asyncio.run(run())
+
+
+POSTGRES_DSN = os.environ.get("TOPUP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+SQLITE = Backend()
+
+
+def postgres_or_reason() -> PostgresBackend | str:
+    """The PostgreSQL backend, or why it cannot be had here."""
+    backend = PostgresBackend(POSTGRES_DSN)
+    try:
+        backend._run(POSTGRES_DSN, "SELECT 1")
+    except Exception as exc:
+        return f"no PostgreSQL at {POSTGRES_DSN}: {type(exc).__name__}: {exc}"
+    return backend
+
+
 class ServiceProcess:
     """``topup serve`` in its own process group, so kill -9 takes all of it down."""
 
-    def __init__(self, workdir: Path, config: str, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: str,
+        env: Mapping[str, str] | None = None,
+        backend: Backend = SQLITE,
+        database_url: str | None = None,
+    ) -> None:
         self.workdir = workdir
-        self.db_path = workdir / "topup.db"
+        self.backend = backend
+        self.database_url = database_url or backend.new_database(workdir)
         self.config_path = workdir / "plugins.toml"
         self.config_path.write_text(config, encoding="utf-8")
         self.port = free_port()
         self.log_path = workdir / f"service-{self.port}.log"
+        self._migrated = False
         self.env = {
             **os.environ,
-            "TOPUP_DATABASE_URL": f"sqlite+aiosqlite:///{self.db_path}",
+            "TOPUP_DATABASE_URL": self.database_url,
             "TOPUP_CONFIG": str(self.config_path),
             "TOPUP_HOST": "127.0.0.1",
             "TOPUP_PORT": str(self.port),
@@ -96,6 +185,9 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ServiceProcess:
+        if not self._migrated:
+            self.backend.migrate(self.env)
+            self._migrated = True
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [TOPUP, "serve"],
@@ -136,13 +228,34 @@ class ServiceProcess:
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return topup_cli(*args, env=self.env, check=check)
 
+    def cli_many(self, commands: list[list[str]]) -> str:
+        """Several ``topup`` commands in one interpreter (each start costs a second)."""
+        script = (
+            "import json, sys\n"
+            "from service.cli import main\n"
+            "for args in json.loads(sys.argv[1]):\n"
+            "    main(args, standalone_mode=False)\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", script, json.dumps(commands)],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return result.stdout
+
     def add_app(self, app_id: str, company: str, sign_type: str = "hmac-sha256") -> str:
         result = self.cli("app", "add", app_id, "--company", company, "--sign-type", sign_type)
         return result.stdout.strip()
 
     def sql(self, query: str, *args: Any) -> list[tuple]:
-        with sqlite3.connect(self.db_path, timeout=30) as conn:
-            return conn.execute(query, args).fetchall()
+        """Run SQL on the service's database (``?`` placeholders, portable SQL only)."""
+        return self.backend.sql(self.database_url, query, *args)
+
+    def drop_database(self) -> None:
+        self.backend.drop(self.database_url)
 
     def count_orders(self) -> int:
         return self.sql("SELECT count(*) FROM orders")[0][0]

@@ -38,20 +38,16 @@ route = {json.dumps(route)}
 
 
 @pytest.fixture
-def scripted_service(tmp_path: Path) -> Iterator[ScriptedFactory]:
+def scripted_service(tmp_path: Path, services) -> Iterator[ScriptedFactory]:
     """Starts a service whose supplier is the scripted fake plugin (one per test)."""
-    started: list[ServiceProcess] = []
 
     def start(script: dict[str, str], route: list[str] | None = None):
         journal = tmp_path / "journal.jsonl"
         config = scripted_config(journal, script, route or ["scripted"])
-        service = ServiceProcess(tmp_path, config, env={"TOPUP_PLUGINS": "tests.fake_suppliers"})
-        started.append(service.start())
+        service = services(config, env={"TOPUP_PLUGINS": "tests.fake_suppliers"})
         return service, new_partner(service), str(journal)
 
     yield start
-    for service in started:
-        service.stop()
 
 
 def calls(journal: str, call: str, order_no: str) -> list[dict]:
@@ -163,10 +159,10 @@ def test_failure_after_acceptance_is_final(scripted_service) -> None:
 # -- durability --------------------------------------------------------------------------
 
 
-def test_acknowledged_orders_survive_kill_9(tmp_path: Path) -> None:
+def test_acknowledged_orders_survive_kill_9(services) -> None:
     from tests.support import sandbox_config
 
-    service = ServiceProcess(tmp_path, sandbox_config()).start()
+    service = services(sandbox_config())
     partner = new_partner(service)
     token = partner.token()
     acknowledged: dict[str, str] = {}
@@ -196,32 +192,23 @@ def test_acknowledged_orders_survive_kill_9(tmp_path: Path) -> None:
         thread.join()
 
     service.start()
-    try:
-        stored = dict(service.sql("SELECT cstm_order_no, order_no FROM orders"))
-        missing = {c: o for c, o in acknowledged.items() if stored.get(c) != o}
-        assert not missing, f"{len(missing)} acknowledged orders lost: {list(missing)[:5]}"
-        sample = list(acknowledged)[-5:]
-        for cstm in sample:
-            assert partner.status(cstm)["data"]["orderNo"] == acknowledged[cstm]
-    finally:
-        service.stop()
+    stored = dict(service.sql("SELECT cstm_order_no, order_no FROM orders"))
+    missing = {c: o for c, o in acknowledged.items() if stored.get(c) != o}
+    assert not missing, f"{len(missing)} acknowledged orders lost: {list(missing)[:5]}"
+    for cstm in list(acknowledged)[-5:]:
+        assert partner.status(cstm)["data"]["orderNo"] == acknowledged[cstm]
 
 
-def test_tokens_survive_a_restart_and_work_on_every_instance(tmp_path: Path) -> None:
+def test_tokens_survive_a_restart_and_work_on_every_instance(services) -> None:
     from tests.support import sandbox_config
 
-    first = ServiceProcess(tmp_path, sandbox_config()).start()
+    first = services(sandbox_config())
     partner = new_partner(first)
     token = partner.token()
     first.stop()
     first.start()
-    second = ServiceProcess(tmp_path, sandbox_config()).start()  # same database
-    try:
-        for instance in (first, second):
-            partner.http = httpx.Client(base_url=instance.url, timeout=10)
-            cstm = fresh_order_no()
-            reply = partner.order(cstm, access_token=token)
-            assert reply["code"] == "0", reply
-    finally:
-        second.stop()
-        first.stop()
+    second = services(sandbox_config(), database_url=first.database_url)  # same database
+    for instance in (first, second):
+        partner.http = httpx.Client(base_url=instance.url, timeout=10)
+        reply = partner.order(fresh_order_no(), access_token=token)
+        assert reply["code"] == "0", reply

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
@@ -11,8 +9,8 @@ from core.db import Database, metadata
 from core.migrate import HEAD_REVISION, current_revision, head_revision, upgrade
 
 
-async def test_migrations_match_the_declared_schema(tmp_path: Path) -> None:
-    db = Database(f"sqlite+aiosqlite:///{tmp_path}/m.db")
+async def test_migrations_match_the_declared_schema(empty_database_url: str) -> None:
+    db = Database(empty_database_url)
     try:
         await upgrade(db)
         assert await current_revision(db) == head_revision() == HEAD_REVISION

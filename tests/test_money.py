@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import new_partner
-from tests.support import Partner, ServiceProcess, fresh_order_no
+from tests.support import Partner, ServiceProcess, fresh_order_no, sandbox_config
 
 
 def balance(partner: Partner) -> dict[str, Decimal]:
@@ -29,27 +29,54 @@ def ledger_of(service: ServiceProcess, app_id: str) -> dict[str, int]:
 
 
 def assert_books_balance(service: ServiceProcess, partner: Partner) -> None:
-    """The account the partner sees is exactly the sum of its ledger, each event booked once."""
-    sums = ledger_of(service, partner.app_id)
-    held = sums["hold"] - sums["capture"] - sums["release"]
-    seen = balance(partner)
-    assert seen["held"] * 100 == held
-    assert seen["balance"] * 100 == sums["credit"] - sums["capture"] - held
-    assert seen["available"] == seen["balance"] + seen["creditLimit"]
-    [(entries, events)] = service.sql(
-        "SELECT count(*), count(DISTINCT event_key) FROM ledger WHERE app_id = ?", partner.app_id
+    """The account is exactly the sum of its ledger, each event booked once, and the
+    partner sees that account. Orders may be settling meanwhile, so each comparison is
+    made within one snapshot (one statement), or repeated until nothing moved."""
+    [row] = service.sql(
+        "SELECT a.credited, a.captured, a.held,"
+        " coalesce(sum(CASE WHEN l.kind = 'credit' THEN l.amount ELSE 0 END), 0),"
+        " coalesce(sum(CASE WHEN l.kind = 'hold' THEN l.amount ELSE 0 END), 0),"
+        " coalesce(sum(CASE WHEN l.kind = 'capture' THEN l.amount ELSE 0 END), 0),"
+        " coalesce(sum(CASE WHEN l.kind = 'release' THEN l.amount ELSE 0 END), 0),"
+        " count(l.id), count(DISTINCT l.event_key)"
+        " FROM accounts a LEFT JOIN ledger l ON l.app_id = a.app_id WHERE a.app_id = ?"
+        " GROUP BY a.credited, a.captured, a.held",
+        partner.app_id,
     )
+    credited, captured, held, credits, holds, captures, releases, entries, events = row
+    assert (credited, captured, held) == (credits, captures, holds - captures - releases)
     assert entries == events, "an event was booked twice"
     # Every order holds once; a final order is settled once, an open one not yet.
     [(orders, holds, settled, finals)] = service.sql(
         "SELECT count(*), "
-        " sum(EXISTS (SELECT 1 FROM ledger l WHERE l.event_key = 'hold:' || o.order_no)), "
-        " sum(EXISTS (SELECT 1 FROM ledger l WHERE l.event_key = 'settle:' || o.order_no)), "
-        " sum(o.state IN ('succeeded', 'failed')) "
+        " sum(CASE WHEN EXISTS (SELECT 1 FROM ledger l WHERE l.event_key = 'hold:' || o.order_no)"
+        "     THEN 1 ELSE 0 END), "
+        " sum(CASE WHEN EXISTS (SELECT 1 FROM ledger l"
+        "     WHERE l.event_key = 'settle:' || o.order_no) THEN 1 ELSE 0 END), "
+        " sum(CASE WHEN o.state IN ('succeeded', 'failed') THEN 1 ELSE 0 END) "
         "FROM orders o WHERE o.app_id = ?",
         partner.app_id,
     )
     assert (holds or 0) == orders and (settled or 0) == (finals or 0)
+    for _ in range(100):
+        before, seen, after = account(service, partner), balance(partner), account(service, partner)
+        if before == after:
+            credited, captured, held, limit = before
+            assert seen["held"] * 100 == held
+            assert seen["balance"] * 100 == credited - captured - held
+            assert seen["creditLimit"] * 100 == limit
+            assert seen["available"] == seen["balance"] + seen["creditLimit"]
+            return
+        time.sleep(0.05)
+    raise AssertionError("the account never stood still long enough to compare")
+
+
+def account(service: ServiceProcess, partner: Partner) -> tuple:
+    [row] = service.sql(
+        "SELECT credited, captured, held, credit_limit FROM accounts WHERE app_id = ?",
+        partner.app_id,
+    )
+    return row
 
 
 def test_an_order_beyond_the_balance_is_refused_and_leaves_nothing(service: ServiceProcess) -> None:
@@ -87,16 +114,19 @@ def test_hold_then_release_on_failure(service: ServiceProcess) -> None:
     assert_books_balance(service, partner)
 
 
-def test_money_is_held_while_the_order_is_open(service: ServiceProcess) -> None:
-    partner = new_partner(service, funds="15")
+def test_money_is_held_while_the_order_is_open(services) -> None:
+    # A sandbox that takes a minute to settle: the order stays 充值中 throughout.
+    slow = services(sandbox_config(extra="settle_seconds = 60"))
+    partner = new_partner(slow, funds="15")
     cstm = fresh_order_no()
     assert partner.order(cstm)["code"] == "0"
-    data = partner.status(cstm)["data"]
-    if data["status"] in ("0", "1"):
-        assert data["fundStatus"] == "held"
-        assert balance(partner)["held"] == Decimal("9.95")
-    refused = partner.order(fresh_order_no())  # 15 - 9.95 < 9.95
+    data = partner.wait_status(cstm, {"1"})["data"]
+    assert data["fundStatus"] == "held"
+    seen = balance(partner)
+    assert (seen["held"], seen["balance"]) == (Decimal("9.95"), Decimal("5.05"))
+    refused = partner.order(fresh_order_no())  # 5.05 left < 9.95
     assert refused["errorCode"] == "INSUFFICIENT_BALANCE"
+    assert_books_balance(slow, partner)
 
 
 def test_a_repeated_order_holds_nothing_more(service: ServiceProcess) -> None:
@@ -191,7 +221,7 @@ def test_random_histories_keep_the_books_balanced(service: ServiceProcess) -> No
 
 
 @pytest.mark.parametrize("seed", range(6))
-async def test_random_concurrent_histories_in_the_core(tmp_path, seed: int) -> None:
+async def test_random_concurrent_histories_in_the_core(database_url: str, seed: int) -> None:
     """The same identity driven hard in-process: many concurrent holds, duplicates and
     settlements against one SQLite database."""
     import asyncio
@@ -206,7 +236,7 @@ async def test_random_concurrent_histories_in_the_core(tmp_path, seed: int) -> N
     from core.suppliers import SupplierResult
 
     rng = random.Random(seed)
-    db = Database(f"sqlite+aiosqlite:///{tmp_path}/money.db")
+    db = Database(database_url)
     await ensure_schema(db)
     await AppStore(db).add("app", "co")
     ledger, store, numbers = Ledger(db), OrderStore(db), OrderNumbers()

@@ -9,14 +9,13 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import parse_qsl
 
 import pytest
 
 from core.signing import verify_sign
 from tests.conftest import new_partner
-from tests.support import Partner, ServiceProcess, fresh_order_no, sandbox_config
+from tests.support import Backend, Partner, ServiceProcess, fresh_order_no, sandbox_config
 
 SCHEDULE = [0.3, 0.6, 1.2, 2.4]
 NOTIFY = f"""
@@ -85,11 +84,15 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def notifying_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    service = ServiceProcess(tmp_path_factory.mktemp("notify"), sandbox_config(extra=NOTIFY))
+def notifying_service(
+    tmp_path_factory: pytest.TempPathFactory, backend: Backend
+) -> Iterator[ServiceProcess]:
+    workdir = tmp_path_factory.mktemp(f"notify-{backend.name}")
+    service = ServiceProcess(workdir, sandbox_config(extra=NOTIFY), backend=backend)
     service.start()
     yield service
     service.stop()
+    service.drop_database()
 
 
 def subscribed(service: ServiceProcess, receiver: Receiver) -> Partner:
@@ -186,18 +189,15 @@ def test_a_stuck_receiver_does_not_hold_up_orders(
         assert partner.wait_status(cstm, {"2"})["data"]["status"] == "2"
 
 
-def test_pending_notifications_survive_a_crash(tmp_path: Path, receiver: Receiver) -> None:
-    service = ServiceProcess(tmp_path, sandbox_config(extra=NOTIFY)).start()
-    try:
-        partner = subscribed(service, receiver)
-        cstm = fresh_order_no()
-        receiver.default = "fail"
-        partner.order(cstm)
-        receiver.wait(cstm, 1)
-        service.kill9()
-        receiver.default = "accept"
-        service.start()
-        deliveries = receiver.wait(cstm, 2, within=30)
-        assert deliveries[-1][2] == "accept" and deliveries[-1][1]["status"] == "2"
-    finally:
-        service.stop()
+def test_pending_notifications_survive_a_crash(services, receiver: Receiver) -> None:
+    service = services(sandbox_config(extra=NOTIFY))
+    partner = subscribed(service, receiver)
+    cstm = fresh_order_no()
+    receiver.default = "fail"
+    partner.order(cstm)
+    receiver.wait(cstm, 1)
+    service.kill9()
+    receiver.default = "accept"
+    service.start()
+    deliveries = receiver.wait(cstm, 2, within=30)
+    assert deliveries[-1][2] == "accept" and deliveries[-1][1]["status"] == "2"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -18,8 +17,8 @@ from core.suppliers import SupplierResult
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[OrderStore]:
-    db = Database(f"sqlite+aiosqlite:///{tmp_path}/store.db")
+async def store(database_url: str) -> AsyncIterator[OrderStore]:
+    db = Database(database_url)
     await ensure_schema(db)
     await AppStore(db).add("app", "co")
     await Ledger(db).credit("app", 1_000_000, "test funds", "test")

@@ -15,7 +15,7 @@ import pytest
 
 from core.clock import BEIJING
 from tests.conftest import new_partner
-from tests.support import FAST_DISPATCH, Partner, ServiceProcess, fresh_order_no
+from tests.support import FAST_DISPATCH, Backend, Partner, ServiceProcess, fresh_order_no
 from tests.test_conformance import CREDENTIALS
 from topup.testing import running_simulator
 
@@ -84,10 +84,11 @@ class Books:
 
 
 @pytest.fixture(scope="module")
-def books(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Books]:
-    workdir = tmp_path_factory.mktemp("reconcile")
+def books(tmp_path_factory: pytest.TempPathFactory, backend: Backend) -> Iterator[Books]:
+    workdir = tmp_path_factory.mktemp(f"reconcile-{backend.name}")
     with running_simulator("--settle", "0.2", env=CREDENTIALS) as simulator:
-        service = ServiceProcess(workdir, config(simulator), env=CREDENTIALS).start()
+        service = ServiceProcess(workdir, config(simulator), env=CREDENTIALS, backend=backend)
+        service.start()
         try:
             partner = new_partner(service)
             books = Books(service, simulator, partner)
@@ -103,6 +104,7 @@ def books(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Books]:
             yield books
         finally:
             service.stop()
+            service.drop_database()
 
 
 def test_a_clean_day_reconciles(books: Books, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import new_partner
-from tests.support import Partner, ServiceProcess, fresh_order_no
+from tests.support import Backend, Partner, ServiceProcess, fresh_order_no
 from tests.test_conformance import CREDENTIALS
 from topup.testing import running_simulator
 
@@ -128,10 +128,13 @@ def phone(last: str = "1") -> str:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, example_plugin: None) -> Iterator[Stack]:
-    workdir = tmp_path_factory.mktemp("e2e")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, example_plugin: None, backend: Backend
+) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp(f"e2e-{backend.name}")
     with ExitStack() as resources:
-        service = ServiceProcess(workdir, "", env=CREDENTIALS)
+        service = ServiceProcess(workdir, "", env=CREDENTIALS, backend=backend)
+        resources.callback(service.drop_database)
         callback_base = service.url
         common = ["--settle", "0.3", "--callback-interval", "0.3", "--token-ttl", "3"]
         sim_a = resources.enter_context(

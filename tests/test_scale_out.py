@@ -1,0 +1,190 @@
+"""Several instances on one PostgreSQL: shared work, duplicate orders across instances,
+and an instance killed mid-run. Every acknowledged order reaches exactly one final
+state, none is paid twice, and the books agree."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from core.clock import BEIJING
+from tests.conftest import new_partner
+from tests.support import Partner, ServiceProcess, postgres_or_reason
+from tests.test_conformance import CREDENTIALS
+from topup.testing import running_simulator
+
+ORDERS = 2000
+SHARED = 100  # cstmOrderNos sent to several instances at once
+
+
+def config(simulator: str) -> str:
+    return f"""
+enabled = ["juhe"]
+
+[dispatch]
+query_delays = [0.3, 0.5, 1.0]
+max_queries = 5
+call_timeout = 2
+lease_seconds = 4
+scan_interval = 0.1
+
+[plugin.juhe]
+base_url = "{simulator}"
+timeout = 1.0
+
+[suppliers."中国移动"]
+route = ["juhe"]
+products = [
+  {{ product_id = "YD10", face_value = "10", price = "9.95", cost = {{ juhe = "9.97" }} }},
+]
+"""
+
+
+@pytest.fixture
+def postgres():
+    found = postgres_or_reason()
+    if isinstance(found, str):
+        pytest.skip(found)
+    return found
+
+
+def test_three_instances_one_killed_mid_run(tmp_path: Path, postgres) -> None:
+    database_url = postgres.new_database(tmp_path)
+    instances: list[ServiceProcess] = []
+    try:
+        with running_simulator(
+            "--settle", "0.2", "--callback-interval", "0.2", env=CREDENTIALS
+        ) as simulator:
+            for n in range(3):
+                workdir = tmp_path / f"instance{n}"
+                workdir.mkdir()
+                instances.append(
+                    ServiceProcess(
+                        workdir,
+                        config(simulator),
+                        env=CREDENTIALS,
+                        backend=postgres,
+                        database_url=database_url,
+                    ).start()
+                )
+            partner = new_partner(instances[0], funds="30000")
+            acknowledged = fire(partner, instances)
+            settle_everything(instances[1], len(acknowledged), simulator)
+            check_outcomes(instances[1], partner, acknowledged, simulator)
+    finally:
+        for instance in instances:
+            instance.stop()
+        postgres.drop(database_url)
+
+
+def fire(partner: Partner, instances: list[ServiceProcess]) -> dict[str, str]:
+    """2,000 orders round-robin, some sent to several instances at once; kills one instance
+    after a third of them. Returns cstmOrderNo -> orderNo for every acknowledged order."""
+    token = partner.token()
+    acknowledged: dict[str, set[str]] = {}
+    lock = threading.Lock()
+    victim = instances[2]
+    sent = itertools.count()
+
+    def send(cstm: str, phone: str, instance: ServiceProcess) -> None:
+        params = partner.signed(partner.order_params(cstm, phone=phone, access_token=token))
+        try:
+            reply = httpx.post(f"{instance.url}/sign/api/order", data=params, timeout=30).json()
+        except (httpx.TransportError, ValueError):
+            return  # the killed instance; the partner would retry elsewhere
+        if reply["code"] == "0":
+            with lock:
+                acknowledged.setdefault(cstm, set()).add(reply["data"]["orderNo"])
+        if next(sent) == ORDERS // 3 and victim.proc is not None:
+            victim.kill9()
+
+    jobs = []
+    for i in range(ORDERS):
+        cstm = f"so-{time.time_ns()}-{i}"
+        phone = f"1390000{i:04d}"[:10] + random.choice("1111111114")
+        targets = instances if i < SHARED else [instances[i % 3]]
+        jobs += [(cstm, phone, target) for target in targets]
+    random.shuffle(jobs)
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        list(pool.map(lambda job: send(*job), jobs))
+    duplicates = {cstm: numbers for cstm, numbers in acknowledged.items() if len(numbers) > 1}
+    assert not duplicates, f"one cstmOrderNo, several orders: {list(duplicates.items())[:3]}"
+    assert len(acknowledged) > ORDERS // 2
+    return {cstm: numbers.pop() for cstm, numbers in acknowledged.items()}
+
+
+def settle_everything(survivor: ServiceProcess, expected: int, simulator: str) -> None:
+    """Wait until every order is final or in review, then settle the reviews as an operator
+    would: an attempt recorded by the killed instance but never sent is unknown forever to
+    the service (it never guesses), and the supplier's records show it was not made."""
+    deadline = time.monotonic() + 120
+    open_states = "('accepted', 'submitting', 'pending', 'unknown', 'retrying')"
+    while survivor.sql(f"SELECT count(*) FROM orders WHERE state IN {open_states}") != [(0,)]:
+        assert time.monotonic() < deadline, survivor.sql(
+            "SELECT state, count(*) FROM orders GROUP BY state"
+        )
+        time.sleep(0.5)
+    transactions = httpx.get(f"{simulator}/_sim/transactions", timeout=10).json()
+    known = {t["reference"].rsplit("A", 1)[0] for t in transactions}
+    for (order_no,) in survivor.sql("SELECT order_no FROM orders WHERE state = 'review'"):
+        assert order_no not in known, f"{order_no} is in review, yet the supplier has it"
+        survivor.cli(
+            "orders",
+            "review",
+            order_no,
+            "--resolve",
+            "failed",
+            "--reason",
+            "the supplier has no record of it",
+        )
+    [(stored,)] = survivor.sql("SELECT count(*) FROM orders")
+    assert stored >= expected
+    assert survivor.sql(
+        "SELECT count(*) FROM orders WHERE state NOT IN ('succeeded', 'failed')"
+    ) == [(0,)]
+
+
+def check_outcomes(
+    survivor: ServiceProcess, partner: Partner, acknowledged: dict[str, str], simulator: str
+) -> None:
+    stored = {
+        cstm: (no, state, price)
+        for cstm, no, state, price in survivor.sql(
+            "SELECT cstm_order_no, order_no, state, price FROM orders"
+        )
+    }
+    for cstm, order_no in acknowledged.items():
+        assert stored[cstm][0] == order_no, f"{cstm}: acknowledged order not stored"
+    paid: dict[str, int] = {}
+    for transaction in httpx.get(f"{simulator}/_sim/transactions", timeout=10).json():
+        order_no = transaction["reference"].rsplit("A", 1)[0]
+        paid[order_no] = paid.get(order_no, 0) + transaction["paid"]
+    for _cstm, (order_no, state, _price) in stored.items():
+        assert paid.get(order_no, 0) <= 1, f"{order_no} paid {paid[order_no]} times"
+        assert paid.get(order_no, 0) == (1 if state == "succeeded" else 0), (order_no, state)
+    # The books: what succeeded was captured, nothing is held, the ledger adds up.
+    captured = sum(price for _no, state, price in stored.values() if state == "succeeded")
+    [(account_captured, held)] = survivor.sql(
+        "SELECT captured, held FROM accounts WHERE app_id = ?", partner.app_id
+    )
+    assert (account_captured, held) == (captured, 0)
+    assert "ledger:       consistent" in survivor.cli("app", "show", partner.app_id).stdout
+    # Order numbers from three instances carry the time each order was accepted, so they
+    # sort in time order: each one's time is shortly before its row was stored.
+    for order_no, created_at in survivor.sql("SELECT order_no, created_at FROM orders"):
+        numbered_at = number_time(order_no)
+        assert created_at - 5000 <= numbered_at <= created_at, (order_no, created_at)
+
+
+def number_time(order_no: str) -> int:
+    """Unix milliseconds from an order number's ``TP`` + Beijing time prefix."""
+    stamp = datetime.strptime(order_no[2:16], "%Y%m%d%H%M%S").replace(tzinfo=BEIJING)
+    return int(stamp.timestamp()) * 1000 + int(order_no[16:19])
