@@ -9,10 +9,11 @@ growing schedule until the partner acknowledges.
 from __future__ import annotations
 
 import msgspec
-from sqlalchemy import Connection, or_, select, update
+from sqlalchemy import Connection, select, update
 
 from core.clock import now_ms
 from core.db import Database, apps, insert_ignoring_conflicts, notifications
+from core.leases import lease_due
 
 
 class Notification(msgspec.Struct, frozen=True):
@@ -60,30 +61,22 @@ class Outbox:
 
     async def claim_due(self, owner: str, lease_ms: int, limit: int) -> list[Notification]:
         def claim(conn: Connection) -> list[Notification]:
-            now = now_ms()
-            due = (
-                select(notifications.c.id)
-                .where(
-                    notifications.c.next_attempt_at <= now,
-                    or_(notifications.c.lease_until.is_(None), notifications.c.lease_until < now),
-                )
-                .order_by(notifications.c.next_attempt_at)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-            rows = conn.execute(
-                update(notifications)
-                .where(notifications.c.id.in_(due.scalar_subquery()))
-                .values(lease_owner=owner, lease_until=now + lease_ms)
-                .returning(
+            rows = lease_due(
+                conn,
+                notifications,
+                notifications.c.next_attempt_at,
+                owner,
+                lease_ms,
+                limit,
+                returning=(
                     notifications.c.id,
                     notifications.c.order_no,
                     notifications.c.app_id,
                     notifications.c.url,
                     notifications.c.attempts,
-                )
+                ),
             )
-            return [Notification(r.id, r.order_no, r.app_id, r.url, r.attempts) for r in rows]
+            return [Notification(*row) for row in rows]
 
         return await self.db.write(claim)
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, func, select, update
 
 from core.clock import now_ms
 from core.db import Database, attempts, order_events, orders
 from core.fastsql import fetch_one
+from core.leases import lease_due
 from core.ledger import settle_many
 from core.notify import enqueue_many
 from core.order_batches import (
@@ -112,24 +113,7 @@ class OrderStore:
         """
 
         def claim(conn: Connection) -> list[tuple[OrderRecord, tuple[UpstreamOrder, str] | None]]:
-            now = now_ms()
-            until = now + lease_ms
-            due = (
-                select(orders.c.order_no)
-                .where(
-                    orders.c.next_run_at <= now,
-                    or_(orders.c.lease_until.is_(None), orders.c.lease_until < now),
-                )
-                .order_by(orders.c.next_run_at)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-            rows = conn.execute(
-                update(orders)
-                .where(orders.c.order_no.in_(due.scalar_subquery()))
-                .values(lease_owner=owner, lease_until=until, next_run_at=until)
-                .returning(*orders.c)
-            )
+            rows = lease_due(conn, orders, orders.c.next_run_at, owner, lease_ms, limit, orders.c)
             claimed = [order_from_row(row) for row in rows]
             first = [
                 (order, *planned)

@@ -165,6 +165,8 @@ def check_outcomes(
         assert stored[cstm][0] == order_no, f"{cstm}: acknowledged order not stored"
     paid: dict[str, int] = {}
     for transaction in httpx.get(f"{simulator}/_sim/transactions", timeout=10).json():
+        # Taken over after the crash by querying, never by sending the attempt again.
+        assert transaction["submits"] == 1, transaction
         order_no = transaction["reference"].rsplit("A", 1)[0]
         paid[order_no] = paid.get(order_no, 0) + transaction["paid"]
     for _cstm, (order_no, state, _price) in stored.items():

@@ -478,7 +478,9 @@ def test_juhe_submit_query_balance_and_callback(sim: SimulatorProcess, receiver:
     assert result["game_userid"] == phone
     assert result["game_state"] == "0"
     assert result["ordercash"] == pytest.approx(9.97)
-    assert juhe.query(reference)["result"]["game_state"] == "0"
+    # 充值中 until it settles ("1" already when a loaded machine is slower than --settle;
+    # test_digit_6_never_settles pins the in-progress answer down).
+    assert juhe.query(reference)["result"]["game_state"] in ("0", "1")
     callback = eventually(lambda: juhe.callbacks(reference))[0]
     form = callback.form()
     assert form["sta"] == "1"
