@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from typing import Any
 import httpx
 
 from core.signing import SignType, compute_sign
-from topup.testing import wait_until_healthy
+from topup.testing import free_port, wait_until_healthy
 
 REPO = Path(__file__).resolve().parent.parent
 TOPUP = str(Path(sys.executable).with_name("topup"))
@@ -55,12 +54,6 @@ route = {route}
 route = {route}
 products = [{{ product_id = "LT10", face_value = "10", price = "9.95" }}]
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def topup_cli(
