@@ -39,9 +39,14 @@ def update_rows(
 def add_to_columns(
     conn: Connection, table: Table, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> None:
-    """UPDATE ``table`` SET column = column + value ... WHERE key = ..., per row."""
+    """UPDATE ``table`` SET column = column + value ... WHERE key = ..., per row.
+
+    Each row is (value per column..., key). Rows are updated in key order, so that two
+    transactions touching the same rows lock them in the same order and cannot deadlock.
+    """
     if rows:
-        _run(conn, _increment_sql(conn.dialect, table, key, tuple(columns)), rows)
+        ordered = sorted(rows, key=lambda row: row[-1])
+        _run(conn, _increment_sql(conn.dialect, table, key, tuple(columns)), ordered)
 
 
 def fetch_one(conn: Connection, statement, params: dict[str, Any]) -> tuple | None:

@@ -87,9 +87,12 @@ def _chunks(values: list) -> list[list]:
 
 
 def _in_chunks(conn: Connection, query, column, keys) -> list:
+    # Rows come (and, FOR UPDATE, are locked) in key order, so that two batches on
+    # PostgreSQL touching the same rows take their locks in the same order: no deadlock.
+    ordered = query.order_by(column)
     rows = []
-    for chunk in _chunks(list(keys)):
-        rows += conn.execute(query.where(column.in_(chunk))).all()
+    for chunk in _chunks(sorted(keys)):
+        rows += conn.execute(ordered.where(column.in_(chunk))).all()
     return rows
 
 
@@ -147,7 +150,10 @@ def _existing_orders(conn: Connection, keys: set[tuple[str, str]]) -> dict:
 
 def _available(conn: Connection, app_ids: set[str]) -> dict[str, int]:
     rows = conn.execute(
-        select(accounts).where(accounts.c.app_id.in_(list(app_ids))).with_for_update()
+        select(accounts)
+        .where(accounts.c.app_id.in_(list(app_ids)))
+        .order_by(accounts.c.app_id)  # one lock order everywhere: see add_to_columns
+        .with_for_update()
     )
     return {row.app_id: row.credited - row.captured - row.held + row.credit_limit for row in rows}
 
