@@ -14,6 +14,7 @@ import random
 import secrets
 import threading
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from core.clock import BEIJING, now_ms
 
@@ -49,6 +50,21 @@ class OrderNumbers:
             stamp = datetime.fromtimestamp(second, UTC).astimezone(BEIJING)
             self._second, self._second_text = second, f"{stamp:%Y%m%d%H%M%S}"
         return self._second_text
+
+
+def taken_at(order_no: str) -> int:
+    """The Unix millisecond at which ``order_no`` was taken: the order's acceptance time.
+
+    Stored as the order's ``created_at``, so that the day in an order number is always
+    the day of the partner statement that lists it, even for an order taken just before
+    midnight and committed just after.
+    """
+    return _unix_second(order_no[2:16]) * 1000 + int(order_no[16:19])
+
+
+@lru_cache(maxsize=64)
+def _unix_second(stamp: str) -> int:
+    return int(datetime.strptime(stamp, "%Y%m%d%H%M%S").replace(tzinfo=BEIJING).timestamp())
 
 
 _ids = random.SystemRandom(), random.Random()

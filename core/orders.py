@@ -24,6 +24,7 @@ from enum import StrEnum
 
 import msgspec
 
+from core.ids import taken_at
 from core.suppliers import Outcome, SupplierResult
 
 
@@ -147,14 +148,14 @@ class Applied(msgspec.Struct, frozen=True):
 
 
 def new_record(new: NewOrder, now: int) -> OrderRecord:
-    """The stored form of a just-accepted order."""
+    """The stored form of a just-accepted order, created when its number was taken."""
     return OrderRecord(
         **msgspec.structs.asdict(new),
         state=State.ACCEPTED,
         attempts=0,
         fail_code=None,
         fail_reason=None,
-        created_at=now,
+        created_at=taken_at(new.order_no),
         updated_at=now,
         finished_at=None,
         next_run_at=now,

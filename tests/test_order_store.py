@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import date
 
+import msgspec
 import pytest
 
 from core.apps import AppStore
@@ -13,6 +15,7 @@ from core.ledger import Ledger
 from core.migrate import ensure_schema
 from core.order_store import OrderStore
 from core.orders import NewOrder, State
+from core.reconcile import partner_statement
 from core.suppliers import SupplierResult
 
 
@@ -115,6 +118,19 @@ def test_order_numbers_grow_and_are_unique() -> None:
     produced = [generator.next() for _ in range(20_000)]
     assert produced == sorted(produced)
     assert len(set(produced)) == len(produced)
+
+
+async def test_an_order_numbered_before_midnight_is_on_that_days_statement(
+    store: OrderStore,
+) -> None:
+    # Taken at 23:59:59.999 Beijing time, stored (in this test) long after.
+    number = "TP20261125235959999" + "00420000"
+    late = msgspec.structs.replace(new_order("c-midnight"), order_no=number)
+    order, created = await store.insert_or_get(late)
+    assert created
+    [listed] = await partner_statement(store.db, date(2026, 11, 25), "app")
+    assert listed.order_no == number and listed.created_at == order.created_at
+    assert await partner_statement(store.db, date(2026, 11, 26), "app") == []
 
 
 async def test_a_first_attempt_can_be_recorded_with_its_claim(store: OrderStore) -> None:
