@@ -4,7 +4,6 @@ import fcntl
 import importlib
 import importlib.metadata
 import itertools
-import os
 import subprocess
 import sys
 import tempfile
@@ -47,10 +46,11 @@ def empty_database_url(tmp_path: Path, backend: Backend) -> Iterator[str]:
 
 
 @pytest.fixture
-def database_url(empty_database_url: str, backend: Backend) -> str:
+def database_url(tmp_path: Path, backend: Backend) -> Iterator[str]:
     """A new database with the schema in place (PostgreSQL is migrated deliberately)."""
-    backend.migrate({**os.environ, "TOPUP_DATABASE_URL": empty_database_url})
-    return empty_database_url
+    url = backend.migrated_database(tmp_path)
+    yield url
+    backend.drop(url)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -139,10 +138,7 @@ def test_an_order_settled_by_hand_against_the_supplier_is_caught(
 ) -> None:
     books.place("stuck", "13900000066")  # the supplier never settles it
     order_no = books.orders["stuck"]
-    deadline = time.monotonic() + 20
-    while order_no not in books.service.cli("orders", "review").stdout:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    books.service.wait_for_state(order_no, "review")
     books.service.cli("orders", "review", order_no, "--resolve", "failed", "--reason", "guess")
     result = books.reconcile(books.statement(tmp_path / "stuck.csv"))
     assert result.returncode == 1

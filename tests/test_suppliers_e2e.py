@@ -307,10 +307,8 @@ def test_an_order_that_never_settles_goes_to_review_and_an_operator_resolves_it(
     stack: Stack,
 ) -> None:
     cstm, order_no = stack.order(phone("6"))
-    deadline = time.monotonic() + 20
-    while order_no not in stack.service.cli("orders", "review").stdout:
-        assert time.monotonic() < deadline, "never went to review"
-        time.sleep(0.2)
+    stack.service.wait_for_state(order_no, "review")
+    assert order_no in stack.service.cli("orders", "review").stdout
     assert stack.partner.status(cstm)["data"]["status"] == "1"  # 充值中 to the partner
     refused = stack.service.cli("orders", "review", order_no, "--resolve", "succeeded", check=False)
     assert refused.returncode != 0 and "--reason" in refused.stderr
@@ -338,13 +336,8 @@ def test_an_order_that_never_settles_goes_to_review_and_an_operator_resolves_it(
 def test_requery_sends_an_order_back_to_polling(stack: Stack) -> None:
     cstm, order_no = stack.order(phone("6"))
 
-    def wait_for_review() -> None:
-        deadline = time.monotonic() + 20
-        while order_no not in stack.service.cli("orders", "review").stdout:
-            assert time.monotonic() < deadline, "never went to review"
-            time.sleep(0.2)
-
-    wait_for_review()
+    stack.service.wait_for_state(order_no, "review")
+    assert order_no in stack.service.cli("orders", "review").stdout
     stack.service.cli("orders", "review", order_no, "--requery", "--reason", "API back")
     # Queried afresh, still unsettled, so it goes to review a second time.
     deadline = time.monotonic() + 20
