@@ -50,18 +50,27 @@ apps = Table(
     metadata,
     Column("app_id", String(64), primary_key=True),
     Column("company", String(128), nullable=False),
-    Column("secret", String(128), nullable=False),
+    # Sealed with the master key (core/sealing.py), never in plaintext.
+    Column("secret", Text, nullable=False),
     Column("sign_type", String(16), nullable=False),
     Column("created_at", BigInteger, nullable=False),
     # Where final order states are POSTed; NULL: the partner only polls.
     Column("notify_url", Text),
+    # After `topup app rotate-secret --grace`: the old secret (sealed) still signs until then.
+    Column("previous_secret", Text),
+    Column("previous_secret_until", BigInteger),
+    # Comma-separated CIDRs the app may call from; NULL: any address.
+    Column("allow_ips", Text),
+    # The operator allowed a notify URL on a loopback, private or link-local address.
+    Column("notify_allow_private", Boolean, nullable=False, server_default=false()),
 )
 
 server_keys = Table(
     "server_keys",
     metadata,
     Column("name", String(64), primary_key=True),
-    Column("value", String(128), nullable=False),
+    # Sealed with the master key (core/sealing.py).
+    Column("value", Text, nullable=False),
 )
 
 orders = Table(

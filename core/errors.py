@@ -22,6 +22,7 @@ class ErrorCode(StrEnum):
     DUPLICATE_PARAMETER = "DUPLICATE_PARAMETER"
     UNDECODABLE_BODY = "UNDECODABLE_BODY"
     UNKNOWN_APP = "UNKNOWN_APP"
+    IP_NOT_ALLOWED = "IP_NOT_ALLOWED"
     MALFORMED_TIMESTAMP = "MALFORMED_TIMESTAMP"
     STALE_TIMESTAMP = "STALE_TIMESTAMP"
     BAD_SIGNATURE = "BAD_SIGNATURE"
@@ -36,6 +37,7 @@ class ErrorCode(StrEnum):
     ORDER_NOT_FOUND = "ORDER_NOT_FOUND"
     ORDER_NO_MISMATCH = "ORDER_NO_MISMATCH"
     SUPPLIER_MISMATCH = "SUPPLIER_MISMATCH"
+    RATE_LIMITED = "RATE_LIMITED"
     NOT_FOUND = "NOT_FOUND"
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
@@ -53,6 +55,9 @@ ERROR_DOCS: dict[ErrorCode, str] = {
         "or its Content-Type is neither."
     ),
     ErrorCode.UNKNOWN_APP: "No partner app is registered under this appID.",
+    ErrorCode.IP_NOT_ALLOWED: (
+        "The app has an IP allowlist and the request did not come from an address on it."
+    ),
     ErrorCode.MALFORMED_TIMESTAMP: "ts is not Unix time in seconds (10 digits) or milliseconds.",
     ErrorCode.STALE_TIMESTAMP: "ts is more than 300 seconds away from the server's clock.",
     ErrorCode.BAD_SIGNATURE: "sign does not match the parameters and the app's secret.",
@@ -73,6 +78,10 @@ ERROR_DOCS: dict[ErrorCode, str] = {
     ErrorCode.ORDER_NOT_FOUND: "This app has no order with this cstmOrderNo.",
     ErrorCode.ORDER_NO_MISMATCH: "orderNo was given and is not the orderNo of this cstmOrderNo.",
     ErrorCode.SUPPLIER_MISMATCH: "The order exists but was placed with a different Supplier.",
+    ErrorCode.RATE_LIMITED: (
+        "Too many requests from this app or this address, or too many bad signatures for "
+        "this appID; wait for Retry-After seconds. Nothing was accepted."
+    ),
     ErrorCode.NOT_FOUND: "No API at this path.",
     ErrorCode.METHOD_NOT_ALLOWED: "The API exists but not with this HTTP method.",
     ErrorCode.SERVICE_UNAVAILABLE: (

@@ -40,6 +40,8 @@ def app_add(app_id: str, company: str, secret: str | None, sign_type: str) -> No
         created = run_with_db(add)
     except AppExistsError as exc:
         raise click.ClickException(str(exc)) from exc
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--secret") from exc
     click.echo(f"appID:     {created.app_id}", err=True)
     click.echo(f"company:   {created.company}", err=True)
     click.echo(f"sign type: {created.sign_type}", err=True)

@@ -199,12 +199,13 @@ def test_serve_refuses_an_invalid_config(tmp_path: Path) -> None:
 
 def test_app_add_prints_the_secret_once_and_refuses_duplicates(tmp_path: Path) -> None:
     service = ServiceProcess(tmp_path, sandbox_config())
-    created = service.cli("app", "add", "acme", "--company", "阿克米", "--secret", "s3")
-    assert created.stdout.strip() == "s3"
+    chosen = "s3cret-chosen-by-op"
+    created = service.cli("app", "add", "acme", "--company", "阿克米", "--secret", chosen)
+    assert created.stdout.strip() == chosen
     again = service.cli("app", "add", "acme", "--company", "阿克米", check=False)
     assert again.returncode != 0 and "already exists" in again.stderr
     listing = service.cli("app", "list").stdout
-    assert "acme\t阿克米\thmac-sha256" in listing and "s3" not in listing
+    assert "acme\t阿克米\thmac-sha256" in listing and chosen not in listing
 
 
 def test_generated_secrets_are_long_and_distinct(tmp_path: Path) -> None:
