@@ -210,7 +210,9 @@ class AppStore:
     async def set_notify_url(
         self, app_id: str, url: str | None, allow_private: bool = False
     ) -> bool:
-        return await self._change(app_id, notify_url=url or None, notify_allow_private=allow_private)
+        return await self._change(
+            app_id, notify_url=url or None, notify_allow_private=allow_private
+        )
 
     async def set_allow_ips(self, app_id: str, networks: Sequence[Network]) -> bool:
         text = ",".join(str(network) for network in networks)

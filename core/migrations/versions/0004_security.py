@@ -30,9 +30,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("previous_secret_until", sa.BigInteger))
         batch.add_column(sa.Column("allow_ips", sa.Text))
         batch.add_column(
-            sa.Column(
-                "notify_allow_private", sa.Boolean, nullable=False, server_default=sa.false()
-            )
+            sa.Column("notify_allow_private", sa.Boolean, nullable=False, server_default=sa.false())
         )
     with op.batch_alter_table("server_keys") as batch:
         batch.alter_column("value", type_=sa.Text, existing_nullable=False)
