@@ -90,13 +90,15 @@ class PartnerDesk:
         self._order_numbers = order_numbers or OrderNumbers()
 
     async def issue_token(self, params: Mapping[str, str]) -> TokenGrant:
-        app = await self._authenticate(params, "token")
-        token = self._tokens.issue(app.app_id, app.secret, self._clock())
-        return TokenGrant(token, self._tokens.lifetime_seconds)
+        """A token bound to the secret that signed this request; replaying the same
+        request returns the same token."""
+        app, secret = await self._authenticate(params, "token")
+        token = self._tokens.issue(app.app_id, secret, _seconds(params["ts"]), params["sign"])
+        return TokenGrant(token, self._tokens.expires_in(token, self._clock()))
 
     async def place_order(self, params: Mapping[str, str]) -> tuple[OrderRecord, bool]:
         """Accept an order durably; a repeat returns the original and creates nothing."""
-        app = await self._authenticate(params, "order")
+        app, _secret = await self._authenticate(params, "order")
         product = self._product(params)
         phone_no = params["phoneNo"]
         if not _MAINLAND_MOBILE.fullmatch(phone_no):
@@ -129,7 +131,7 @@ class PartnerDesk:
         return order, created
 
     async def order_status(self, params: Mapping[str, str]) -> OrderRecord:
-        app = await self._authenticate(params, "status")
+        app, _secret = await self._authenticate(params, "status")
         cstm_order_no = params["cstmOrderNo"]
         order = await self._store.find(app.app_id, cstm_order_no)
         if order is None:
@@ -148,7 +150,7 @@ class PartnerDesk:
         return order
 
     async def balance(self, params: Mapping[str, str]) -> Account:
-        app = await self._authenticate(params, "balance")
+        app, _secret = await self._authenticate(params, "balance")
         account = await self._ledger.account(app.app_id)
         return account or Account(app.app_id, 0, 0, 0, 0)
 
@@ -172,26 +174,31 @@ class PartnerDesk:
             )
         return product
 
-    async def _authenticate(self, params: Mapping[str, str], call: str) -> App:
+    async def _authenticate(self, params: Mapping[str, str], call: str) -> tuple[App, str]:
+        """The calling app and the secret that signed this request, once every check
+        of ``call``'s parameters, timestamp, signature, token and company has passed."""
         _check_present(params, REQUIRED[call])
         _check_shapes(params)
         app = await self._apps.get(params["appID"])
         if app is None:
             raise TopupError(ErrorCode.UNKNOWN_APP, f"appID {params['appID']} 未注册")
         self._check_timestamp(params["ts"])
-        if not verify_sign(params, app.secret, app.sign_type):
+        now = self._clock()
+        secret = _signing_secret(params, app, now)
+        if secret is None:
             raise TopupError(
                 ErrorCode.BAD_SIGNATURE,
                 f"签名错误: 请按 {app.sign_type} 规则对除 sign 外的非空参数排序后签名",
             )
         if "access_token" in REQUIRED[call]:
-            self._tokens.check(params["access_token"], app.app_id, app.secret, self._clock())
+            live_secrets = app.secrets_at(int(now * 1000))
+            self._tokens.check(params["access_token"], app.app_id, live_secrets, now)
         if "company" in REQUIRED[call] and params["company"] != app.company:
             raise TopupError(
                 ErrorCode.COMPANY_MISMATCH,
                 f"company {params['company']} 与 appID {app.app_id} 登记的公司不符",
             )
-        return app
+        return app, secret
 
     def _check_timestamp(self, raw: str) -> None:
         if not _DIGITS.fullmatch(raw):
@@ -199,14 +206,27 @@ class PartnerDesk:
                 ErrorCode.MALFORMED_TIMESTAMP,
                 f"ts 格式错误: {raw!r} 应为 Unix 时间戳 (秒或毫秒)",
             )
-        value = int(raw)
-        seconds = value / 1000 if value >= 100_000_000_000 else value
-        drift = abs(self._clock() - seconds)
+        drift = abs(self._clock() - _seconds(raw))
         if drift > TIMESTAMP_TOLERANCE_SECONDS:
             raise TopupError(
                 ErrorCode.STALE_TIMESTAMP,
                 f"ts 与服务器时间相差 {int(drift)} 秒, 超过 {TIMESTAMP_TOLERANCE_SECONDS} 秒",
             )
+
+
+def _seconds(ts: str) -> int:
+    """``ts`` in Unix seconds, whether the partner sent seconds or milliseconds."""
+    value = int(ts)
+    return value // 1000 if value >= 100_000_000_000 else value
+
+
+def _signing_secret(params: Mapping[str, str], app: App, now: float) -> str | None:
+    """The app's secret that signed ``params``: the current one, or during a rotation's
+    grace period the previous one; None if neither did."""
+    for secret in app.secrets_at(int(now * 1000)):
+        if verify_sign(params, secret, app.sign_type):
+            return secret
+    return None
 
 
 def _check_present(params: Mapping[str, str], required: tuple[str, ...]) -> None:

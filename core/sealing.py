@@ -69,7 +69,7 @@ class Sealer:
             raise SealingError("no master key")
         self._keys = {key_id(key): AESGCM(key) for key in keys}
         self.current_id = key_id(keys[0])
-        self._key_file = key_file
+        self.key_file = key_file
 
     @property
     def key_ids(self) -> list[str]:
@@ -103,9 +103,9 @@ class Sealer:
 
     def _reloaded(self, wanted: str) -> AESGCM | None:
         # `topup keys rotate` may have added a key to the file since this process started.
-        if self._key_file is None or not self._key_file.exists():
+        if self.key_file is None or not self.key_file.exists():
             return None
-        for key in _read_key_file(self._key_file):
+        for key in _read_key_file(self.key_file):
             self._keys.setdefault(key_id(key), AESGCM(key))
         return self._keys.get(wanted)
 

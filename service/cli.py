@@ -15,6 +15,7 @@ from core.control import CONFIG_GENERATION, bump_counter
 from core.migrate import current_revision, head_revision, upgrade
 from core.signing import SignType, compute_sign, string_to_sign
 from service.cli_apps import app
+from service.cli_keys import keys
 from service.cli_orders import orders
 from service.cli_reconcile import reconcile
 from service.cli_support import check_config, run_with_db
@@ -212,5 +213,5 @@ def reload() -> None:
     click.echo(f"{settings.config_path} is valid; reload requested (generation {generation})")
 
 
-for group in (app, orders, reconcile, simulate):
+for group in (app, keys, orders, reconcile, simulate):
     main.add_command(group)

@@ -23,7 +23,9 @@ def app() -> None:
 @app.command("add")
 @click.argument("app_id")
 @click.option("--company", required=True, help="The partner's company, as it sends `company`.")
-@click.option("--secret", help="The signing secret; generated when omitted.")
+@click.option(
+    "--secret", help="The signing secret (16 characters or more); 32 random bytes when omitted."
+)
 @click.option(
     "--sign-type",
     type=click.Choice([t.value for t in SignType]),
@@ -47,6 +49,33 @@ def app_add(app_id: str, company: str, secret: str | None, sign_type: str) -> No
     click.echo(f"sign type: {created.sign_type}", err=True)
     click.echo("secret:", err=True)
     click.echo(created.secret)
+
+
+@app.command("rotate-secret")
+@click.argument("app_id")
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=86400,
+    show_default=True,
+    help="Seconds the old secret keeps signing, so the partner can switch without downtime.",
+)
+@click.option("--secret", help="The new secret (16 characters or more); generated when omitted.")
+def app_rotate_secret(app_id: str, grace: float, secret: str | None) -> None:
+    """Give APP_ID a new secret and print it (shown once).
+
+    Until the grace period ends, requests signed with either secret are accepted; then
+    the old secret, and every token issued for it, stops working.
+    """
+    try:
+        new_secret = run_with_db(lambda db: AppStore(db).rotate_secret(app_id, grace, secret))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--secret") from exc
+    if new_secret is None:
+        raise click.ClickException(f"no app {app_id!r}")
+    click.echo(f"appID: {app_id}; the old secret signs for {grace:g} more seconds", err=True)
+    click.echo("new secret:", err=True)
+    click.echo(new_secret)
 
 
 @app.command("list")

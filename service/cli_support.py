@@ -14,6 +14,7 @@ from core.config import ConfigError
 from core.db import Database
 from core.migrate import SchemaOutOfDate, ensure_schema
 from core.money import yuan_to_fen
+from core.sealing import SealingError
 from service.settings import Settings
 
 T = TypeVar("T")
@@ -33,7 +34,7 @@ def run_with_db(work: Callable[[Database], Awaitable[T]], *, migrate: bool = Tru
 
     try:
         return asyncio.run(main())
-    except SchemaOutOfDate as exc:
+    except (SchemaOutOfDate, SealingError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 

@@ -20,6 +20,7 @@ from core.order_store import OrderStore
 from core.partner import PartnerDesk
 from core.registry import Registry
 from core.runtime import Runtime
+from core.sealing import load_sealer
 from core.tokens import TokenIssuer
 from plugins import BUILTIN_PLUGINS
 from service.notifier import Notifier
@@ -59,7 +60,9 @@ class Services:
         self.runtime = load_runtime(settings, self.registry)
         self.db = Database(settings.database_url)
         self.store = OrderStore(self.db)
-        self.apps = AppStore(self.db)
+        # Loaded here so that a missing or malformed master key stops the start at once.
+        self.sealer = load_sealer()
+        self.apps = AppStore(self.db, sealer=self.sealer)
         self.ledger = Ledger(self.db)
         self.dispatcher = Dispatcher(self.store, lambda: self.runtime)
         self.notifier = Notifier(
@@ -70,7 +73,7 @@ class Services:
 
     async def start(self) -> None:
         await ensure_schema(self.db)
-        tokens = TokenIssuer(await token_key(self.db))
+        tokens = TokenIssuer(await token_key(self.db, self.sealer))
         # A node number no other running process holds keeps order numbers unique.
         node = await bump_counter(self.db, NODE_COUNTER)
         self.desk = PartnerDesk(

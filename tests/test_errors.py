@@ -105,7 +105,7 @@ def test_token_of_another_app(service: ServiceProcess, partner: Partner, unchang
 def test_expired_token(partner: Partner, unchanged: None) -> None:
     # The test service's token key is known here, so a token from three hours ago can be made.
     issuer = TokenIssuer(TOKEN_SECRET.encode())
-    old = issuer.issue(partner.app_id, partner.secret, time.time() - 3 * 3600)
+    old = issuer.issue(partner.app_id, partner.secret, int(time.time()) - 3 * 3600, "f" * 64)
     params = {**partner.order_params(fresh_order_no()), "access_token": old}
     assert_refused(post_order(partner, partner.signed(params)), "EXPIRED_TOKEN", "过期")
 
