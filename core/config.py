@@ -6,9 +6,10 @@ the path of the offending key rather than discovered at the first order.
 
 from __future__ import annotations
 
+import ipaddress
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -96,12 +97,51 @@ class NotifyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     scan_interval: float = 0.5
 
 
+# Requests per second; 0 turns the limit off.
+PerSecond = Annotated[float, msgspec.Meta(ge=0)]
+AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Abuse limits on the partner API, kept by each process for itself (core/ratelimit.py).
+
+    The defaults are far above what a partner's integration sends and far below what a
+    flood does; a limit is a token bucket: ``rate`` per second, up to ``burst`` at once.
+    """
+
+    # Per client address, counted before the request body is even read.
+    ip_rate: PerSecond = 400.0
+    ip_burst: AtLeastOne = 800
+    # Per app, counted only once the signature checks out: a stranger sending requests
+    # with someone else's appID spends his address's budget, never the app's.
+    app_rate: PerSecond = 200.0
+    app_burst: AtLeastOne = 400
+    # More than ``bad_signatures`` wrong signatures for one appID within
+    # ``bad_signature_window`` seconds: for ``bad_signature_lock`` seconds its wrong
+    # signatures are answered RATE_LIMITED; its correctly signed calls are unaffected.
+    bad_signatures: AtLeastOne = 20
+    bad_signature_window: PositiveSeconds = 60.0
+    bad_signature_lock: PositiveSeconds = 300.0
+    # Addresses (CIDR blocks) of the reverse proxies in front of the service: only a
+    # request from one of them has its X-Forwarded-For believed. Default: nobody.
+    trusted_proxies: list[str] = []
+    # Buckets kept per limit; idle (full) buckets are dropped first, so memory stays
+    # bounded however many addresses call.
+    max_tracked: AtLeastOne = 100_000
+
+    @property
+    def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(block, strict=False) for block in self.trusted_proxies)
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     enabled: list[str] = []
     plugin: dict[str, dict[str, Any]] = {}
     suppliers: dict[str, SupplierConfig] = {}
     dispatch: DispatchConfig = DispatchConfig()
     notify: NotifyConfig = NotifyConfig()
+    limits: LimitsConfig = LimitsConfig()
 
 
 class Product(msgspec.Struct, frozen=True):
@@ -149,6 +189,7 @@ def _check(config: Config, source: str) -> None:
             f"dispatch.lease_seconds ({dispatch.lease_seconds}), or a slow call could outlive "
             "its lease"
         )
+    _check_limits(config.limits, source)
     for name, supplier in config.suppliers.items():
         where = f"{source}: suppliers.{name!r}"
         if not supplier.route:
@@ -173,6 +214,17 @@ def _check(config: Config, source: str) -> None:
                 raise ConfigError(f"{where}: product_id {product.product_id!r} appears twice")
             seen.add(product.product_id)
             _product(name, product, where)
+
+
+def _check_limits(limits: LimitsConfig, source: str) -> None:
+    for index, block in enumerate(limits.trusted_proxies):
+        try:
+            ipaddress.ip_network(block, strict=False)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{source}: limits.trusted_proxies[{index}]: {block!r} is not an IP address "
+                "or CIDR block"
+            ) from exc
 
 
 def _product(supplier: str, product: ProductConfig, where: str) -> Product:

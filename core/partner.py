@@ -2,8 +2,10 @@
 
 The service decodes a request into a flat ``{name: value}`` mapping of strings and
 hands it here; every refusal is a ``TopupError`` carrying its ``ErrorCode``.
-Checks run in a fixed order: presence, shape, app, timestamp, signature, token,
-company, then the business checks; nothing is written until all have passed.
+Checks run in a fixed order: presence, shape, app, the app's IP allowlist, timestamp,
+signature (then the app's rate limit), token, company, then the business checks;
+nothing is written until all have passed. ``client`` is the caller's address as the
+service determined it (a plain string; the core knows no HTTP).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from core.ids import OrderNumbers, new_order_id
 from core.ledger import Account, Ledger
 from core.order_store import OrderStore
 from core.orders import NewOrder, OrderRecord
+from core.ratelimit import AbuseGuard
 from core.runtime import Runtime
 from core.signing import verify_sign
 from core.tokens import TokenIssuer
@@ -79,6 +82,7 @@ class PartnerDesk:
         on_accepted: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
         order_numbers: OrderNumbers | None = None,
+        guard: AbuseGuard | None = None,
     ) -> None:
         self._apps = apps
         self._tokens = tokens
@@ -88,17 +92,20 @@ class PartnerDesk:
         self._on_accepted = on_accepted
         self._clock = clock
         self._order_numbers = order_numbers or OrderNumbers()
+        self._guard = guard or AbuseGuard(runtime().config.limits)
 
-    async def issue_token(self, params: Mapping[str, str]) -> TokenGrant:
+    async def issue_token(self, params: Mapping[str, str], client: str = "") -> TokenGrant:
         """A token bound to the secret that signed this request; replaying the same
         request returns the same token."""
-        app, secret = await self._authenticate(params, "token")
+        app, secret = await self._authenticate(params, "token", client)
         token = self._tokens.issue(app.app_id, secret, _seconds(params["ts"]), params["sign"])
         return TokenGrant(token, self._tokens.expires_in(token, self._clock()))
 
-    async def place_order(self, params: Mapping[str, str]) -> tuple[OrderRecord, bool]:
+    async def place_order(
+        self, params: Mapping[str, str], client: str = ""
+    ) -> tuple[OrderRecord, bool]:
         """Accept an order durably; a repeat returns the original and creates nothing."""
-        app, _secret = await self._authenticate(params, "order")
+        app, _secret = await self._authenticate(params, "order", client)
         product = self._product(params)
         phone_no = params["phoneNo"]
         if not _MAINLAND_MOBILE.fullmatch(phone_no):
@@ -130,8 +137,8 @@ class PartnerDesk:
             self._on_accepted()
         return order, created
 
-    async def order_status(self, params: Mapping[str, str]) -> OrderRecord:
-        app, _secret = await self._authenticate(params, "status")
+    async def order_status(self, params: Mapping[str, str], client: str = "") -> OrderRecord:
+        app, _secret = await self._authenticate(params, "status", client)
         cstm_order_no = params["cstmOrderNo"]
         order = await self._store.find(app.app_id, cstm_order_no)
         if order is None:
@@ -149,13 +156,13 @@ class PartnerDesk:
             )
         return order
 
-    async def balance(self, params: Mapping[str, str]) -> Account:
-        app, _secret = await self._authenticate(params, "balance")
+    async def balance(self, params: Mapping[str, str], client: str = "") -> Account:
+        app, _secret = await self._authenticate(params, "balance", client)
         account = await self._ledger.account(app.app_id)
         return account or Account(app.app_id, 0, 0, 0, 0)
 
-    async def products(self, params: Mapping[str, str]) -> list[Product]:
-        await self._authenticate(params, "products")
+    async def products(self, params: Mapping[str, str], client: str = "") -> list[Product]:
+        await self._authenticate(params, "products", client)
         supplier = params["Supplier"]
         catalog = self._runtime().catalog
         if not catalog.has_supplier(supplier):
@@ -174,22 +181,28 @@ class PartnerDesk:
             )
         return product
 
-    async def _authenticate(self, params: Mapping[str, str], call: str) -> tuple[App, str]:
+    async def _authenticate(
+        self, params: Mapping[str, str], call: str, client: str
+    ) -> tuple[App, str]:
         """The calling app and the secret that signed this request, once every check
-        of ``call``'s parameters, timestamp, signature, token and company has passed."""
+        of ``call``'s parameters, address, timestamp, signature, token and company has
+        passed."""
         _check_present(params, REQUIRED[call])
         _check_shapes(params)
         app = await self._apps.get(params["appID"])
         if app is None:
             raise TopupError(ErrorCode.UNKNOWN_APP, f"appID {params['appID']} 未注册")
+        _check_client(app, client)
         self._check_timestamp(params["ts"])
         now = self._clock()
         secret = _signing_secret(params, app, now)
         if secret is None:
-            raise TopupError(
+            raise self._guard.signature_failed(app.app_id) or TopupError(
                 ErrorCode.BAD_SIGNATURE,
                 f"签名错误: 请按 {app.sign_type} 规则对除 sign 外的非空参数排序后签名",
             )
+        # Counted only now: unsigned calls naming this appID cannot spend its budget.
+        self._guard.check_app(app.app_id)
         if "access_token" in REQUIRED[call]:
             live_secrets = app.secrets_at(int(now * 1000))
             self._tokens.check(params["access_token"], app.app_id, live_secrets, now)
@@ -227,6 +240,14 @@ def _signing_secret(params: Mapping[str, str], app: App, now: float) -> str | No
         if verify_sign(params, secret, app.sign_type):
             return secret
     return None
+
+
+def _check_client(app: App, client: str) -> None:
+    if not app.allows(client):
+        raise TopupError(
+            ErrorCode.IP_NOT_ALLOWED,
+            f"appID {app.app_id} 设置了 IP 白名单, 不接受来自 {client or '未知地址'} 的请求",
+        )
 
 
 def _check_present(params: Mapping[str, str], required: tuple[str, ...]) -> None:

@@ -83,6 +83,10 @@ def serve(host: str | None, port: int | None, workers: int, background: bool) ->
             workers=workers,
             loop="uvloop" if sys.platform != "win32" else "auto",
             http="httptools",
+            # X-Forwarded-For is believed only from [limits] trusted_proxies, by the
+            # partner API itself (core/ratelimit.py); uvicorn's own reading would trust
+            # any local caller.
+            proxy_headers=False,
             access_log=False,
             log_level="info",
         )

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from core.apps import AppExistsError, AppStore
+from core.apps import AppExistsError, AppStore, Network, parse_networks
 from core.clock import beijing_time
 from core.db import Database
 from core.ledger import Account, Ledger
@@ -110,19 +110,29 @@ def app_credit(app_id: str, amount: str, reason: str, operator: str) -> None:
 @click.argument("app_id")
 @click.option("--notify-url", help="Where final order states are POSTed ('' to stop).")
 @click.option("--credit-limit", help="How far below zero the balance may go, in yuan.")
-def app_set(app_id: str, notify_url: str | None, credit_limit: str | None) -> None:
-    """Change an app's notify URL or credit limit."""
-    if notify_url is None and credit_limit is None:
-        raise click.UsageError("give --notify-url and/or --credit-limit")
+@click.option(
+    "--allow-ip",
+    metavar="CIDR[,CIDR]",
+    help="Accept the app's calls only from these addresses or blocks ('' to accept any).",
+)
+def app_set(
+    app_id: str, notify_url: str | None, credit_limit: str | None, allow_ip: str | None
+) -> None:
+    """Change an app's notify URL, credit limit or IP allowlist."""
+    if notify_url is None and credit_limit is None and allow_ip is None:
+        raise click.UsageError("give --notify-url, --credit-limit and/or --allow-ip")
     if notify_url and not notify_url.startswith(("http://", "https://")):
         raise click.BadParameter("must be an http(s) URL", param_hint="--notify-url")
     limit = None if credit_limit is None else fen(credit_limit, "credit limit")
+    allowed = None if allow_ip is None else _allowlist(allow_ip)
 
     async def change(db: Database) -> bool:
         if await AppStore(db).get(app_id) is None:
             return False
         if notify_url is not None:
             await AppStore(db).set_notify_url(app_id, notify_url)
+        if allowed is not None:
+            await AppStore(db).set_allow_ips(app_id, allowed)
         if limit is not None:
             await Ledger(db).set_credit_limit(app_id, limit)
         return True
@@ -134,6 +144,17 @@ def app_set(app_id: str, notify_url: str | None, credit_limit: str | None) -> No
     if not found:
         raise click.ClickException(f"no app {app_id!r}")
     click.echo(f"{app_id} updated")
+
+
+def _allowlist(text: str) -> tuple[Network, ...]:
+    try:
+        return parse_networks(text)
+    except ValueError as exc:
+        raise click.BadParameter(
+            f"{exc}; give addresses or CIDR blocks separated by commas, e.g. "
+            "203.0.113.0/24,198.51.100.7",
+            param_hint="--allow-ip",
+        ) from exc
 
 
 @app.command("show")
@@ -158,6 +179,7 @@ def app_show(app_id: str, entries: int) -> None:
     click.echo(f"company:      {found.company}")
     click.echo(f"sign type:    {found.sign_type}")
     click.echo(f"notify URL:   {found.notify_url or '-'}")
+    click.echo(f"allowed IPs:  {', '.join(map(str, found.allow_ips)) or 'any'}")
     click.echo(f"credited:     {fen_to_yuan(account.credited)}")
     click.echo(f"captured:     {fen_to_yuan(account.captured)}")
     click.echo(f"held:         {fen_to_yuan(account.held)}")

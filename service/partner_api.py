@@ -5,6 +5,10 @@ and channels: Litestar still routes, runs the lifespan and maps unexpected error
 the envelope, but per request there is no signature model and no response object to
 build, which halves the framework's cost per request (see BENCHMARKS.md). Every way a
 call can end is the seed's envelope; a stack trace never reaches a partner.
+
+The limit per client address is counted first, before the body is read: a flood costs
+a dictionary lookup per request. The rest of the abuse checks (allowlist, failed
+signatures, the limit per app) run in the core, which is handed the client address.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from core.errors import ErrorCode, TopupError
 from core.partner import PartnerDesk
+from core.ratelimit import AbuseGuard, RateLimited
 from service import payloads
 from service.params import read_params
 
@@ -29,7 +34,7 @@ log = logging.getLogger("topup.api")
 JSON_HEADERS = [(b"content-type", b"application/json; charset=utf-8")]
 UNAVAILABLE = "服务暂时不可用, 请求未被受理; 请用相同的 cstmOrderNo 重试"
 
-Run = Callable[[PartnerDesk, dict[str, str]], Awaitable[Any]]
+Run = Callable[[PartnerDesk, dict[str, str], str], Awaitable[Any]]
 
 
 class PartnerCall(NamedTuple):
@@ -52,9 +57,14 @@ def refusal(params: dict[str, str], code: ErrorCode, message: str) -> payloads.E
     )
 
 
-async def send_envelope(send: Send, body: payloads.Envelope, status: int = 200) -> None:
+async def send_envelope(
+    send: Send,
+    body: payloads.Envelope,
+    status: int = 200,
+    extra_headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
     payload = msgspec.json.encode(body)
-    headers = [*JSON_HEADERS, (b"content-length", str(len(payload)).encode())]
+    headers = [*JSON_HEADERS, (b"content-length", str(len(payload)).encode()), *extra_headers]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 
@@ -65,12 +75,18 @@ async def serve(call: PartnerCall, scope: Scope, receive: Receive, send: Send) -
         await send_envelope(send, refusal({}, ErrorCode.METHOD_NOT_ALLOWED, message), 405)
         return
     params: dict[str, str] = {}
+    services = scope["app"].state.services
     try:
+        client = client_address(scope, services.guard)
+        services.guard.check_address(client)
         params = await read_params(scope, receive)
-        data = await call.run(scope["app"].state.services.desk, params)
+        data = await call.run(services.desk, params, client)
     except TopupError as refused:
         await send_envelope(
-            send, refusal(params, refused.code, refused.message), refused.http_status
+            send,
+            refusal(params, refused.code, refused.message),
+            refused.http_status,
+            _retry_after(refused),
         )
         return
     except (DBAPIError, SQLAlchemyError, TimeoutError):
@@ -80,26 +96,44 @@ async def serve(call: PartnerCall, scope: Scope, receive: Receive, send: Send) -
     await send_envelope(send, envelope(params, data))
 
 
-async def _place_order(desk: PartnerDesk, params: dict[str, str]) -> Any:
-    order, _created = await desk.place_order(params)
+def client_address(scope: Scope, guard: AbuseGuard) -> str:
+    """The caller's address: the TCP peer, or from a trusted proxy its X-Forwarded-For."""
+    peer = scope.get("client")
+    address = peer[0] if peer else ""
+    if not guard.proxies.trusted:
+        return address
+    forwarded = b",".join(
+        value for name, value in scope["headers"] if name == b"x-forwarded-for"
+    ).decode("latin-1")
+    return guard.proxies.client(address, forwarded)
+
+
+def _retry_after(refused: TopupError) -> tuple[tuple[bytes, bytes], ...]:
+    if isinstance(refused, RateLimited):
+        return ((b"retry-after", str(refused.retry_after).encode()),)
+    return ()
+
+
+async def _place_order(desk: PartnerDesk, params: dict[str, str], client: str) -> Any:
+    order, _created = await desk.place_order(params, client)
     return payloads.order_accepted(order)
 
 
-async def _order_status(desk: PartnerDesk, params: dict[str, str]) -> Any:
-    return payloads.order_status(await desk.order_status(params))
+async def _order_status(desk: PartnerDesk, params: dict[str, str], client: str) -> Any:
+    return payloads.order_status(await desk.order_status(params, client))
 
 
-async def _issue_token(desk: PartnerDesk, params: dict[str, str]) -> Any:
-    grant = await desk.issue_token(params)
+async def _issue_token(desk: PartnerDesk, params: dict[str, str], client: str) -> Any:
+    grant = await desk.issue_token(params, client)
     return payloads.TokenData(grant.access_token, grant.expires_in)
 
 
-async def _balance(desk: PartnerDesk, params: dict[str, str]) -> Any:
-    return payloads.balance(await desk.balance(params))
+async def _balance(desk: PartnerDesk, params: dict[str, str], client: str) -> Any:
+    return payloads.balance(await desk.balance(params, client))
 
 
-async def _products(desk: PartnerDesk, params: dict[str, str]) -> Any:
-    return payloads.product_list(await desk.products(params))
+async def _products(desk: PartnerDesk, params: dict[str, str], client: str) -> Any:
+    return payloads.product_list(await desk.products(params, client))
 
 
 # Stable operation ids: clients and dashboards may key on them.

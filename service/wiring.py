@@ -18,6 +18,7 @@ from core.migrate import ensure_schema
 from core.notify import Outbox
 from core.order_store import OrderStore
 from core.partner import PartnerDesk
+from core.ratelimit import AbuseGuard
 from core.registry import Registry
 from core.runtime import Runtime
 from core.sealing import load_sealer
@@ -68,6 +69,8 @@ class Services:
         self.notifier = Notifier(
             Outbox(self.db), self.apps, self.store, lambda: self.runtime.config.notify
         )
+        # Abuse limits of this process; counts survive a reload, settings follow it.
+        self.guard = AbuseGuard(self.runtime.config.limits)
         self.desk: PartnerDesk | None = None
         self._background: set[asyncio.Task] = set()
 
@@ -84,6 +87,7 @@ class Services:
             lambda: self.runtime,
             on_accepted=self.dispatcher.wake,
             order_numbers=OrderNumbers(node),
+            guard=self.guard,
         )
         if self.background:
             self.dispatcher.start()
@@ -114,6 +118,7 @@ class Services:
             log.error("configuration reload refused, the running routes stay: %s", exc)
             return False
         previous, self.runtime = self.runtime, runtime
+        self.guard.configure(runtime.config.limits)
         # Calls already under way keep the old suppliers until they finish.
         self._spawn(previous.aclose(grace=previous.config.dispatch.call_timeout + 1))
         log.info("configuration reloaded: suppliers %s", ", ".join(runtime.suppliers) or "none")
