@@ -13,6 +13,7 @@ from core.ledger import Account, Ledger
 from core.money import fen_to_yuan
 from core.signing import SignType
 from service.cli_support import fen, operator_option, run_with_db
+from service.notify_targets import TargetRefused, check_notify_url
 
 
 @click.group()
@@ -80,20 +81,38 @@ def app_credit(app_id: str, amount: str, reason: str, operator: str) -> None:
 @app.command("set")
 @click.argument("app_id")
 @click.option("--notify-url", help="Where final order states are POSTed ('' to stop).")
+@click.option(
+    "--allow-private",
+    is_flag=True,
+    help="With --notify-url: allow a loopback, private or link-local address "
+    "(a partner inside our network). Without it such URLs are refused.",
+)
 @click.option("--credit-limit", help="How far below zero the balance may go, in yuan.")
-def app_set(app_id: str, notify_url: str | None, credit_limit: str | None) -> None:
-    """Change an app's notify URL or credit limit."""
+def app_set(
+    app_id: str, notify_url: str | None, allow_private: bool, credit_limit: str | None
+) -> None:
+    """Change an app's notify URL or credit limit.
+
+    A notify URL must be http(s), without credentials, and its host must be (or resolve
+    to) public addresses only, unless --allow-private; the notifier checks again at
+    every send and never follows redirects.
+    """
     if notify_url is None and credit_limit is None:
         raise click.UsageError("give --notify-url and/or --credit-limit")
-    if notify_url and not notify_url.startswith(("http://", "https://")):
-        raise click.BadParameter("must be an http(s) URL", param_hint="--notify-url")
+    if allow_private and notify_url is None:
+        raise click.UsageError("--allow-private goes with --notify-url")
+    if notify_url:
+        try:
+            check_notify_url(notify_url, allow_private)
+        except TargetRefused as exc:
+            raise click.BadParameter(str(exc), param_hint="--notify-url") from exc
     limit = None if credit_limit is None else fen(credit_limit, "credit limit")
 
     async def change(db: Database) -> bool:
         if await AppStore(db).get(app_id) is None:
             return False
         if notify_url is not None:
-            await AppStore(db).set_notify_url(app_id, notify_url)
+            await AppStore(db).set_notify_url(app_id, notify_url, allow_private=allow_private)
         if limit is not None:
             await Ledger(db).set_credit_limit(app_id, limit)
         return True
