@@ -3,15 +3,22 @@ then accepts."""
 
 from __future__ import annotations
 
+import datetime
 import itertools
+import ssl
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qsl
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from core.signing import verify_sign
 from tests.conftest import new_partner
@@ -33,7 +40,7 @@ class Receiver:
     ``redirect`` (307 to /elsewhere, which would accept), ``accept`` ("success"); after the
     script, accepts. Requests to any path but the notify URL's are kept in ``strays``."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.scripts: dict[str, list[str]] = {}
         self.default = "accept"
         self.received: dict[str, list[tuple[float, dict[str, str], str]]] = defaultdict(list)
@@ -81,6 +88,8 @@ class Receiver:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}{NOTIFY_PATH}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -306,3 +315,55 @@ def test_the_address_is_checked_again_when_sending(
     assert "loopback" in error
     assert receiver.received[cstm] == [], "sent to an address it had refused"
     assert "not sent to" in notifying_service.log()
+
+
+def certificate_for(name: str, where: Path) -> tuple[Path, Path]:
+    """A self-signed certificate valid for the DNS name ``name`` only (no IP address)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = where / "cert.pem", where / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_https_goes_to_the_checked_address_with_the_certificate_checked_for_the_name(
+    services, tmp_path: Path
+) -> None:
+    cert, key = certificate_for("localhost", tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    receiver = Receiver(tls=tls)
+    try:
+        # The service trusts this certificate, which names localhost and no address: the
+        # delivery only succeeds if TLS checks the name while the connection goes to the IP.
+        service = services(sandbox_config(extra=NOTIFY), env={"SSL_CERT_FILE": str(cert)})
+        partner = new_partner(service)
+        url = f"https://localhost:{receiver.port}{NOTIFY_PATH}"
+        service.cli("app", "set", partner.app_id, "--notify-url", url, "--allow-private")
+        cstm = fresh_order_no()
+        partner.order(cstm)
+        [(_at, params, _behaviour)] = receiver.wait(cstm, 1)
+        assert params["status"] == "2"
+        assert receiver.hosts[-1] == f"localhost:{receiver.port}"
+    finally:
+        receiver.close()
