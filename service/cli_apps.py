@@ -112,7 +112,9 @@ def app_set(
         if await AppStore(db).get(app_id) is None:
             return False
         if notify_url is not None:
-            await AppStore(db).set_notify_url(app_id, notify_url, allow_private=allow_private)
+            await AppStore(db).set_notify_url(
+                app_id, notify_url, allow_private=allow_private and bool(notify_url)
+            )
         if limit is not None:
             await Ledger(db).set_credit_limit(app_id, limit)
         return True

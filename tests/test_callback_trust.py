@@ -195,6 +195,18 @@ def test_a_genuine_juhe_callback_settles_the_order_at_once_through_a_query(
     assert stack.transaction(reference)["submits"] == 1
 
 
+def test_a_callback_that_arrives_while_the_order_is_being_submitted_is_not_lost(
+    stack: Stack,
+) -> None:
+    number = phone("1")
+    # The supplier settles at once and calls back before answering the submit (with 充值中):
+    # the worker holding the order applies that answer after the callback woke the order.
+    stack.fault(number, "early_callback")
+    cstm, order_no = stack.order(number)
+    assert stack.final(cstm)["status"] == "2"  # the scheduled query is a minute away
+    assert stack.attempt(order_no)[2] == 1
+
+
 def test_a_forged_failure_callback_leaves_a_pending_order_pending_and_its_money_held(
     stack: Stack,
 ) -> None:
