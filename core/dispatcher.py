@@ -9,8 +9,10 @@ and for each one either starts the next attempt or queries the open one:
 - an order found in ``submitting`` after a crash is queried, never resubmitted;
 - an outcome still open after ``dispatch.max_queries`` queries goes to manual review.
 
-Supplier callbacks arrive through ``handle_callback`` and are applied by the same
-rules as query results.
+Supplier callbacks arrive through ``handle_callback``. A plugin whose callbacks are
+authoritative (their signature covers the outcome) has them applied by the same rules
+as query results; any other plugin's verified callback only makes its order due now,
+so that a worker queries the supplier and applies what the query says.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 
 from core.order_store import OrderStore
-from core.orders import READY_TO_SUBMIT, OrderRecord, State
+from core.orders import OPEN_ATTEMPT, READY_TO_SUBMIT, AttemptRecord, OrderRecord, State
 from core.routing import CircuitBreaker
 from core.runtime import Runtime
 from core.suppliers import (
@@ -193,7 +195,8 @@ class Dispatcher:
     # -- applying results -------------------------------------------------------------
 
     async def handle_callback(self, plugin: str, request: CallbackRequest) -> CallbackReply:
-        """Verify a supplier callback with its plugin and apply what it says."""
+        """Verify a supplier callback with its plugin, then apply what it says (an
+        authoritative plugin) or query the supplier about it (any other)."""
         runtime = self._runtime()
         supplier = runtime.suppliers.get(plugin)
         if supplier is None:
@@ -211,10 +214,41 @@ class Dispatcher:
             alerts.warning("%s: callback for unknown reference %r", plugin, callback.reference)
             return callback.reply
         attempt, upstream = found
-        await self._apply(
-            plugin, upstream, callback.result, runtime, queries_done=attempt.queries, is_query=False
-        )
+        if supplier.authoritative_callbacks:
+            await self._apply(
+                plugin,
+                upstream,
+                callback.result,
+                runtime,
+                queries_done=attempt.queries,
+                is_query=False,
+            )
+        else:
+            await self._query_soon(plugin, attempt, upstream, callback.result)
         return callback.reply
+
+    async def _query_soon(
+        self, plugin: str, attempt: AttemptRecord, upstream: UpstreamOrder, said: SupplierResult
+    ) -> None:
+        """A callback whose signature does not cover its outcome: believe only that
+        something happened, and have the order's status query run now. The query's
+        answer is applied like any other, so an unknown answer stays unknown and nothing
+        is sent again."""
+        if attempt.state not in OPEN_ATTEMPT:
+            log.debug("%s callback for settled attempt %s ignored", plugin, upstream.reference)
+            return
+        woken = await self._store.wake(upstream.order_no)
+        # Routine (one per order), so DEBUG, like other routine progress.
+        log.debug(
+            "order %s: %s callback says %s %s; querying the supplier%s",
+            upstream.order_no,
+            plugin,
+            said.outcome,
+            said.code,
+            "" if woken else " (a query is already under way or due)",
+        )
+        # Only reaches a dispatcher running in this process; others see it at their scan.
+        self.wake()
 
     async def _apply(
         self,

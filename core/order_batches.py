@@ -360,7 +360,7 @@ def _apply_one(item: ApplyResult, attempt: dict, order: _OrderNow, now: int):
         return Applied(order.order_no, order.state, changed=False), None, False
     before = order.state
     values = order_change(new_state, result, item.retry_elsewhere, now) or still_open(
-        order.state, new_state, item.next_query_delay_ms, now
+        order.state, new_state, _query_delay(item, order), now
     )
     for name, value in values.items():
         setattr(order, name, State(value) if name == "state" else value)
@@ -371,6 +371,19 @@ def _apply_one(item: ApplyResult, attempt: dict, order: _OrderNow, now: int):
         event = event or ("review", SYSTEM, detail)
     row = None if event is None else (order.order_no, now, *event)
     return Applied(order.order_no, order.state, order.state is not before), row, True
+
+
+def _query_delay(item: ApplyResult, order: _OrderNow) -> int | None:
+    """When to query an outcome still open: at once if a callback woke the order while a
+    worker held it (OrderStore.wake moved its next run before the lease's end)."""
+    woken = (
+        order.lease_until is not None
+        and order.next_run_at is not None
+        and order.next_run_at < order.lease_until
+    )
+    if woken and item.next_query_delay_ms is not None:
+        return 0
+    return item.next_query_delay_ms
 
 
 def _write(conn, current: dict, touched_attempts, states: dict, touched_orders, now: int) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection, and_, bindparam, func, select, update
+from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
 
 from core.clock import now_ms
 from core.db import Database, attempts, order_events, orders
@@ -250,6 +250,30 @@ class OrderStore:
                 .values(next_run_at=now + delay_ms, lease_owner=None, lease_until=None)
             )
         )
+
+    async def wake(self, order_no: str) -> bool:
+        """Make an order whose outcome is open due now, so that a worker queries it.
+
+        For a callback that cannot be believed by itself. An order a worker holds keeps
+        its lease; its next run time, now earlier than the lease's end, tells that
+        worker's result to bring the next query forward (core.order_batches). True if
+        the order was not already due.
+        """
+
+        def wake(conn: Connection) -> bool:
+            now = now_ms()
+            woken = conn.execute(
+                update(orders)
+                .where(
+                    orders.c.order_no == order_no,
+                    orders.c.state.in_([*OPEN_ATTEMPT, State.REVIEW]),
+                    or_(orders.c.next_run_at.is_(None), orders.c.next_run_at > now),
+                )
+                .values(next_run_at=now)
+            )
+            return woken.rowcount == 1
+
+        return await self.db.write(wake)
 
     # -- manual review ------------------------------------------------------------------
 

@@ -186,7 +186,9 @@ def still_open(
 ) -> dict:
     """Order columns while the supplier has not settled the attempt."""
     if order_state is State.REVIEW:
-        return {"state": State.REVIEW}  # only a settled outcome or an operator moves it on
+        # Only a settled outcome or an operator moves it on; nothing queries it again
+        # (a callback may have had it queried once: core.order_store.OrderStore.wake).
+        return {"state": State.REVIEW, "next_run_at": None}
     if next_query_delay_ms is None:
         return {"state": State.REVIEW, "next_run_at": None}
     return {"state": attempt_state, "next_run_at": now + next_query_delay_ms}

@@ -145,7 +145,9 @@ class Callback(msgspec.Struct, frozen=True):
     """A parsed callback: which attempt, what it says, and how to answer.
 
     ``result`` is None when the callback must not change anything (bad signature,
-    a status the plugin does not understand); the reply still goes back.
+    a status the plugin does not understand); the reply still goes back. With a
+    result, the core applies it if the supplier's callbacks are authoritative, and
+    otherwise queries the supplier about ``reference`` at once and applies that answer.
     """
 
     reply: CallbackReply
@@ -202,6 +204,16 @@ class Supplier:
 
     name: ClassVar[str]
     Settings: ClassVar[type[msgspec.Struct]] = NoSettings
+    authoritative_callbacks: ClassVar[bool] = False
+    """Whether the core may apply the outcome a verified callback states.
+
+    Set it True only when the callback's signature covers the outcome (and whatever
+    else the result is read from): reloadly's HMAC over the whole body is. When False,
+    the default, a verified callback only wakes its order: the core queries the
+    supplier at once, through the same path as every status query, and applies the
+    query's answer. That costs a query per callback and protects against a signature
+    that someone who saw one callback can reuse with the opposite outcome (juhe's
+    ``md5(key + sporder_id + orderid)`` signs neither ``sta`` nor a time)."""
 
     def __init__(self, settings: Any) -> None:
         self.settings = settings
@@ -226,6 +238,8 @@ class Supplier:
     def parse_callback(self, request: CallbackRequest) -> Callback:
         """Verify and read a callback sent to ``/callback/NAME``. Do no I/O here.
 
+        Return a ``Callback`` with a ``result`` only for a callback whose signature is
+        good; what the core does with it depends on ``authoritative_callbacks``.
         Suppliers without callbacks keep this default, which refuses them.
         """
         return Callback(CallbackReply(404, b"callbacks not supported"))

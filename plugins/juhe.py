@@ -1,7 +1,8 @@
 """juhe: a md5-signed form API in the style of 聚合数据 话费充值 (docs/supplier-protocols.md).
 
 Submit ``onlineorder`` with our reference as ``orderid``; query ``ordersta`` by it;
-states 0 充值中, 1 成功, 9 撤销; POST callbacks signed ``md5(key + sporder_id + orderid)``.
+states 0 充值中, 1 成功, 9 撤销; POST callbacks signed ``md5(key + sporder_id + orderid)``,
+which the core takes only as a cue to query (the sign does not cover the outcome).
 """
 
 from __future__ import annotations
@@ -80,6 +81,10 @@ class Juhe(Supplier):
     name = "juhe"
     Settings = JuheSettings
     settings: JuheSettings
+    # The callback's sign, md5(key + sporder_id + orderid), covers neither ``sta`` nor a
+    # time: anyone who saw one callback could resend it with the opposite outcome. So a
+    # callback only has the core query the order (the base class's default, said aloud).
+    authoritative_callbacks = False
 
     def __init__(self, settings: JuheSettings) -> None:
         super().__init__(settings)

@@ -2,7 +2,8 @@
 
 Client-credentials tokens that expire and are refreshed; ``POST /topups`` with our
 reference as ``customIdentifier``; status by transaction id, or by customIdentifier
-when a submit never returned one; webhooks signed with HMAC-SHA256.
+when a submit never returned one; webhooks signed with HMAC-SHA256 over the body and a
+timestamp, refused once the timestamp is more than ``webhook_tolerance`` seconds away.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ STALE_TOKEN = frozenset({"TOKEN_EXPIRED", "INVALID_TOKEN"})
 TOKEN_MARGIN_SECONDS = 30
 STATEMENT_COLUMNS = ("customIdentifier", "transactionId", "recipientPhone", "cost", "status")
 WEBHOOK_OK = CallbackReply(200, b"ok")
+# Anything but a 2xx refuses a webhook (reloadly sends it again, freshly stamped).
 WEBHOOK_REFUSED = CallbackReply(401, b"bad signature")
+WEBHOOK_STALE = CallbackReply(401, b"stale timestamp")
 
 
 class ReloadlySettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -65,6 +68,9 @@ class ReloadlySettings(msgspec.Struct, forbid_unknown_fields=True):
     # The supplier's operatorId for each Supplier (carrier) name this plugin serves.
     operators: dict[str, int] = {}
     timeout: float = 10.0
+    # Seconds a webhook's signed timestamp may be from our clock, either way: an older
+    # one is a replay (or too late to matter), a newer one a clock we cannot trust.
+    webhook_tolerance: float = 300.0
 
 
 class Transaction(msgspec.Struct):
@@ -105,6 +111,9 @@ class Reloadly(Supplier):
     name = "reloadly"
     Settings = ReloadlySettings
     settings: ReloadlySettings
+    # The webhook's HMAC covers the whole body, status included, and a timestamp whose
+    # age is checked: what a verified webhook says can be applied as it stands.
+    authoritative_callbacks = True
 
     def __init__(self, settings: ReloadlySettings) -> None:
         super().__init__(settings)
@@ -168,6 +177,10 @@ class Reloadly(Supplier):
         if not timestamp or not hmac.compare_digest(signature.lower(), expected):
             log.warning("reloadly webhook with a bad signature")
             return Callback(WEBHOOK_REFUSED)
+        if not _is_fresh(timestamp, self.settings.webhook_tolerance):
+            # Genuine once, perhaps, but a replay now: a signature cannot make it current.
+            log.warning("reloadly webhook refused: timestamp %r is not current", timestamp)
+            return Callback(WEBHOOK_STALE)
         try:
             webhook = msgspec.json.decode(request.body, type=Webhook)
         except (msgspec.DecodeError, msgspec.ValidationError):
@@ -238,6 +251,13 @@ class Reloadly(Supplier):
             # A bare 5xx (or anything without the supplier's error body) proves nothing.
             return SupplierResult.unknown(f"HTTP_{response.status_code}", error.message)
         return classify_error(self.name, ERRORS, error.errorCode, error.message)
+
+
+def _is_fresh(timestamp: str, tolerance: float) -> bool:
+    """Whether a webhook's Unix-seconds timestamp is within ``tolerance`` of our clock."""
+    if not timestamp.isascii() or not timestamp.isdigit():
+        return False
+    return abs(time.time() - int(timestamp)) <= tolerance
 
 
 def _error_reply(response: httpx.Response) -> ErrorReply:

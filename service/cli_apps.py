@@ -7,12 +7,13 @@ from typing import Any
 import click
 
 from core.apps import AppExistsError, AppStore, Network, parse_networks
-from core.clock import beijing_time
+from core.clock import beijing_time, now_ms
 from core.db import Database
 from core.ledger import Account, Ledger
 from core.money import fen_to_yuan
 from core.signing import SignType
 from service.cli_support import fen, operator_option, run_with_db
+from service.notify_targets import TargetRefused, check_notify_url
 
 
 @click.group()
@@ -109,6 +110,12 @@ def app_credit(app_id: str, amount: str, reason: str, operator: str) -> None:
 @app.command("set")
 @click.argument("app_id")
 @click.option("--notify-url", help="Where final order states are POSTed ('' to stop).")
+@click.option(
+    "--allow-private",
+    is_flag=True,
+    help="With --notify-url: allow a loopback, private or link-local address "
+    "(a partner inside our network). Without it such URLs are refused.",
+)
 @click.option("--credit-limit", help="How far below zero the balance may go, in yuan.")
 @click.option(
     "--allow-ip",
@@ -116,13 +123,27 @@ def app_credit(app_id: str, amount: str, reason: str, operator: str) -> None:
     help="Accept the app's calls only from these addresses or blocks ('' to accept any).",
 )
 def app_set(
-    app_id: str, notify_url: str | None, credit_limit: str | None, allow_ip: str | None
+    app_id: str,
+    notify_url: str | None,
+    allow_private: bool,
+    credit_limit: str | None,
+    allow_ip: str | None,
 ) -> None:
-    """Change an app's notify URL, credit limit or IP allowlist."""
+    """Change an app's notify URL, credit limit or IP allowlist.
+
+    A notify URL must be http(s), without credentials, and its host must be (or resolve
+    to) public addresses only, unless --allow-private; the notifier checks again at
+    every send and never follows redirects.
+    """
     if notify_url is None and credit_limit is None and allow_ip is None:
         raise click.UsageError("give --notify-url, --credit-limit and/or --allow-ip")
-    if notify_url and not notify_url.startswith(("http://", "https://")):
-        raise click.BadParameter("must be an http(s) URL", param_hint="--notify-url")
+    if allow_private and notify_url is None:
+        raise click.UsageError("--allow-private goes with --notify-url")
+    if notify_url:
+        try:
+            check_notify_url(notify_url, allow_private)
+        except TargetRefused as exc:
+            raise click.BadParameter(str(exc), param_hint="--notify-url") from exc
     limit = None if credit_limit is None else fen(credit_limit, "credit limit")
     allowed = None if allow_ip is None else _allowlist(allow_ip)
 
@@ -130,7 +151,9 @@ def app_set(
         if await AppStore(db).get(app_id) is None:
             return False
         if notify_url is not None:
-            await AppStore(db).set_notify_url(app_id, notify_url)
+            await AppStore(db).set_notify_url(
+                app_id, notify_url, allow_private=allow_private and bool(notify_url)
+            )
         if allowed is not None:
             await AppStore(db).set_allow_ips(app_id, allowed)
         if limit is not None:
@@ -178,7 +201,11 @@ def app_show(app_id: str, entries: int) -> None:
     click.echo(f"appID:        {found.app_id}")
     click.echo(f"company:      {found.company}")
     click.echo(f"sign type:    {found.sign_type}")
-    click.echo(f"notify URL:   {found.notify_url or '-'}")
+    private = " (private addresses allowed)" if found.notify_allow_private else ""
+    click.echo(f"notify URL:   {found.notify_url or '-'}{private}")
+    if found.previous_secret_until and found.previous_secret_until > now_ms():
+        until = beijing_time(found.previous_secret_until)
+        click.echo(f"old secret:   still signs until {until} (rotation grace)")
     click.echo(f"allowed IPs:  {', '.join(map(str, found.allow_ips)) or 'any'}")
     click.echo(f"credited:     {fen_to_yuan(account.credited)}")
     click.echo(f"captured:     {fen_to_yuan(account.captured)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import io
 import sys
 from datetime import date, datetime
 from pathlib import Path
@@ -34,6 +35,9 @@ PARTNER_COLUMNS = [
     "finishTime",
 ]
 COST_COLUMNS = ["plugin", "cost", "margin"]
+# A cell starting with one of these is a formula to a spreadsheet (=HYPERLINK(...) sends
+# the operator's click, and the row's data, anywhere): OWASP's CSV-injection list.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 @click.group()
@@ -66,10 +70,20 @@ def export(day, app_id: str | None, with_cost: bool, output: str | None) -> None
 
     Every order accepted that day, one line each, then a total line: the orders, how many
     succeeded, and their face value and price; only succeeded orders are charged.
+    A text cell that a spreadsheet would run as a formula (it starts with = + - @, a
+    tab or a carriage return) is written with a ' in front; the stored value, as the
+    status query shows it, is unchanged.
     """
     rows = run_with_db(lambda db: partner_statement(db, day.date(), app_id))
     if output is None:
-        _write_statement(sys.stdout, rows, with_cost)
+        # The BOM goes to stdout too: `topup reconcile export ... > day.csv` is the same file.
+        sys.stdout.flush()
+        stdout = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8-sig", newline="")
+        try:
+            _write_statement(stdout, rows, with_cost)
+            stdout.flush()
+        finally:
+            stdout.detach()  # leave sys.stdout open for whoever comes next
         return
     with Path(output).open("w", encoding="utf-8-sig", newline="") as target:
         _write_statement(target, rows, with_cost)
@@ -82,10 +96,10 @@ def _write_statement(target: TextIO, rows: list[StatementRow], with_cost: bool) 
     for row in rows:
         line = [
             row.order_no,
-            row.cstm_order_no,
-            row.order_id,
-            row.phone_no,
-            row.product_id,
+            inert(row.cstm_order_no),
+            inert(row.order_id),
+            inert(row.phone_no),
+            inert(row.product_id),
             fen_to_yuan(row.face_value),
             fen_to_yuan(row.price),
             row.status,
@@ -95,7 +109,7 @@ def _write_statement(target: TextIO, rows: list[StatementRow], with_cost: bool) 
         ]
         if with_cost:
             line += [
-                row.plugin or "",
+                inert(row.plugin or ""),
                 _yuan(row.cost if row.status == "2" else None),
                 _yuan(row.margin),
             ]
@@ -121,6 +135,13 @@ def _write_statement(target: TextIO, rows: list[StatementRow], with_cost: bool) 
             fen_to_yuan(sum(row.margin or 0 for row in succeeded)),
         ]
     writer.writerow(total)
+
+
+def inert(text: str) -> str:
+    """A text cell a spreadsheet shows as text: OWASP's remedy for CSV injection, a
+    single quote before a leading formula character. Amounts are ours and never passed
+    here, so a negative margin stays a number."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def _yuan(fen: int | None) -> str:

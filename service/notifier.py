@@ -6,6 +6,10 @@ the rule every request follows. The partner acknowledges with HTTP 200 and the b
 ``success`` (or a JSON ``{"code": "0"}``); anything else, or no answer within
 ``notify.timeout``, is retried after the next delay of ``notify.schedule``. Delivery
 runs apart from order acceptance and never holds it up.
+
+Each delivery first checks where the URL points now (service/notify_targets.py) and
+connects to the address it checked; redirects are not followed (a 3xx is a failed
+delivery, retried like any other).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from core.orders import OrderRecord
 from core.signing import compute_sign
 from core.suppliers import alerts
 from service import payloads
+from service.notify_targets import Target, TargetRefused, resolve_target
 
 log = logging.getLogger("topup.notifier")
 
@@ -77,12 +82,13 @@ class Notifier:
         self._store = store
         self._settings = settings
         self.owner = f"notifier-{secrets.token_hex(6)}"
-        self._http: httpx.AsyncClient | None = None
+        # One client per (scheme, host name, port): requests go to an address, so a pooled
+        # connection must never serve another name (its TLS was checked for this one).
+        self._clients: dict[tuple[str, str, int], httpx.AsyncClient] = {}
         self._loop_task: asyncio.Task | None = None
         self._in_flight: set[asyncio.Task] = set()
 
     def start(self) -> None:
-        self._http = httpx.AsyncClient(follow_redirects=False)
         self._loop_task = asyncio.create_task(self._run(), name="topup-notifier")
 
     async def stop(self) -> None:
@@ -91,8 +97,16 @@ class Notifier:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        if self._http is not None:
-            await self._http.aclose()
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+    def _client(self, target: Target) -> httpx.AsyncClient:
+        client = self._clients.get(target.origin)
+        if client is None:
+            client = httpx.AsyncClient(follow_redirects=False)
+            self._clients[target.origin] = client
+        return client
 
     async def _run(self) -> None:
         while True:
@@ -134,21 +148,50 @@ class Notifier:
 
     async def _post(self, notification: Notification, limit: httpx.Timeout) -> str | None:
         """Deliver once; None on success, else what went wrong."""
-        assert self._http is not None
         order = await self._store.get(notification.order_no)
         app = await self._apps.get(notification.app_id)
         if order is None or app is None:
             return "order or app no longer exists"
         try:
-            response = await self._http.post(
-                notification.url, data=notification_params(order, app), timeout=limit
+            target = await resolve_target(notification.url, app.notify_allow_private)
+        except TargetRefused as exc:
+            # Checked when it was set: it points elsewhere now (DNS changed, or the row did).
+            alerts.warning(
+                "notification of order %s not sent to %s: %s",
+                notification.order_no,
+                notification.url,
+                exc,
             )
-        except httpx.HTTPError as exc:
-            return f"{type(exc).__name__}: {exc}"
+            return f"refused: {exc}"
+        response = await self._send(target, notification_params(order, app), limit)
+        if isinstance(response, str):
+            return response
         if acknowledged(response):
             log.info("order %s notified to %s", order.order_no, notification.url)
             return None
         return f"HTTP {response.status_code}: {response.text[:200]!r}"
+
+    async def _send(
+        self, target: Target, params: dict[str, str], limit: httpx.Timeout
+    ) -> httpx.Response | str:
+        """POST to the checked addresses in turn until one takes the connection; the
+        response, or what went wrong."""
+        error = "no address"
+        for url in target.urls:
+            try:
+                return await self._client(target).post(
+                    url,
+                    data=params,
+                    headers=target.headers,
+                    extensions=target.extensions,
+                    timeout=limit,
+                )
+            except httpx.ConnectError as exc:
+                # Nothing was sent: the next address of the name may answer.
+                error = f"{type(exc).__name__}: {exc}"
+            except httpx.HTTPError as exc:
+                return f"{type(exc).__name__}: {exc}"
+        return error
 
 
 def _retry_in(schedule: list[float], attempts_before: int) -> int | None:

@@ -3,20 +3,28 @@ then accepts."""
 
 from __future__ import annotations
 
+import datetime
 import itertools
+import ssl
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qsl
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from core.signing import verify_sign
 from tests.conftest import new_partner
 from tests.support import Backend, Partner, ServiceProcess, fresh_order_no, sandbox_config
 
+NOTIFY_PATH = "/topup/notify"
 SCHEDULE = [0.3, 0.6, 1.2, 2.4]
 NOTIFY = f"""
 [notify]
@@ -29,29 +37,48 @@ scan_interval = 0.1
 class Receiver:
     """A partner's notification endpoint. Answers each order's deliveries from a script:
     ``fail`` (HTTP 500), ``timeout`` (answers too late), ``wrong`` (200 but not "success"),
-    ``accept`` ("success"); after the script, accepts."""
+    ``redirect`` (307 to /elsewhere, which would accept), ``accept`` ("success"); after the
+    script, accepts. Requests to any path but the notify URL's are kept in ``strays``."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.scripts: dict[str, list[str]] = {}
         self.default = "accept"
         self.received: dict[str, list[tuple[float, dict[str, str], str]]] = defaultdict(list)
+        self.hosts: list[str] = []
+        self.strays: list[str] = []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                if self.path != NOTIFY_PATH:
+                    receiver.strays.append(self.path)
+                    self._answer(200, b"success")
+                    return
                 params = dict(parse_qsl(body.decode()))
                 cstm = params.get("cstmOrderNo", "")
                 script = receiver.scripts.get(cstm) or []
                 behaviour = script.pop(0) if script else receiver.default
                 receiver.received[cstm].append((time.monotonic(), params, behaviour))
+                receiver.hosts.append(self.headers.get("host", ""))
                 if behaviour == "timeout":
                     time.sleep(1.5)
+                if behaviour == "redirect":
+                    self._answer(307, b"", location="/elsewhere")
+                    return
                 status, reply = {"fail": (500, b"oops"), "wrong": (200, b"ok")}.get(
                     behaviour, (200, b"success")
                 )
+                self._answer(status, reply)
+
+            do_GET = do_POST
+
+            def _answer(self, status: int, reply: bytes, location: str | None = None) -> None:
                 try:
                     self.send_response(status)
+                    if location:
+                        self.send_header("Location", location)
+                    self.send_header("Content-Length", str(len(reply)))
                     self.end_headers()
                     self.wfile.write(reply)
                 except OSError:
@@ -61,7 +88,10 @@ class Receiver:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/topup/notify"
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}{NOTIFY_PATH}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def wait(self, cstm: str, deliveries: int, within: float = 20.0) -> list:
@@ -97,7 +127,8 @@ def notifying_service(
 
 def subscribed(service: ServiceProcess, receiver: Receiver) -> Partner:
     partner = new_partner(service)
-    service.cli("app", "set", partner.app_id, "--notify-url", receiver.url)
+    # The receiver is on loopback, which only an operator's --allow-private permits.
+    service.cli("app", "set", partner.app_id, "--notify-url", receiver.url, "--allow-private")
     return partner
 
 
@@ -201,3 +232,138 @@ def test_pending_notifications_survive_a_crash(services, receiver: Receiver) -> 
     service.start()
     deliveries = receiver.wait(cstm, 2, within=30)
     assert deliveries[-1][2] == "accept" and deliveries[-1][1]["status"] == "2"
+
+
+# -- where notifications may go ---------------------------------------------------------------
+
+
+def notify_setting(service: ServiceProcess, app_id: str) -> list[tuple]:
+    return service.sql("SELECT notify_url, notify_allow_private FROM apps WHERE app_id = ?", app_id)
+
+
+def test_a_notify_url_to_an_internal_address_is_refused(
+    notifying_service: ServiceProcess, receiver: Receiver
+) -> None:
+    partner = new_partner(notifying_service)
+    refusals = [
+        (receiver.url, [], "loopback"),
+        (f"http://localhost:{receiver.port}{NOTIFY_PATH}", [], "localhost resolves to"),
+        (f"http://[::1]:{receiver.port}{NOTIFY_PATH}", [], "loopback"),
+        ("http://10.20.30.40/notify", [], "private"),
+        ("http://169.254.169.254/latest/meta-data/", [], "metadata"),
+        # No partner lives on a cloud metadata service: not even the flag allows it.
+        ("http://169.254.169.254/latest/meta-data/", ["--allow-private"], "metadata"),
+        ("ftp://partner.example/notify", [], "http"),
+        ("http://user:secret@partner.example/notify", [], "credentials"),
+    ]
+    for url, flags, why in refusals:
+        refused = notifying_service.cli(
+            "app", "set", partner.app_id, "--notify-url", url, *flags, check=False
+        )
+        assert refused.returncode != 0, url
+        assert why in refused.stderr, (url, refused.stderr)
+        assert notify_setting(notifying_service, partner.app_id) == [(None, False)], url
+
+
+def test_allow_private_is_stored_and_the_host_name_is_kept(
+    notifying_service: ServiceProcess, receiver: Receiver
+) -> None:
+    partner = new_partner(notifying_service)
+    url = f"http://localhost:{receiver.port}{NOTIFY_PATH}"
+    notifying_service.cli("app", "set", partner.app_id, "--notify-url", url, "--allow-private")
+    assert notify_setting(notifying_service, partner.app_id) == [(url, True)]
+    cstm = fresh_order_no()
+    partner.order(cstm)
+    receiver.wait(cstm, 1)
+    # Sent to the address that was checked, under the name the partner gave.
+    assert receiver.hosts[-1] == f"localhost:{receiver.port}"
+
+
+def test_a_redirect_is_not_followed_and_counts_as_a_failed_delivery(
+    notifying_service: ServiceProcess, receiver: Receiver
+) -> None:
+    partner = subscribed(notifying_service, receiver)
+    cstm = fresh_order_no()
+    receiver.scripts[cstm] = ["redirect"]
+    partner.order(cstm)
+    deliveries = receiver.wait(cstm, 2)  # retried on the schedule, at the same URL
+    assert [behaviour for _at, _params, behaviour in deliveries] == ["redirect", "accept"]
+    assert receiver.strays == [], "the redirect was followed"
+
+
+def test_the_address_is_checked_again_when_sending(
+    notifying_service: ServiceProcess, receiver: Receiver
+) -> None:
+    partner = new_partner(notifying_service)
+    # The stored URL's name now resolves to loopback (a DNS rebinding), and the operator never
+    # allowed private addresses for this app.
+    notifying_service.sql(
+        "UPDATE apps SET notify_url = ?, notify_allow_private = ? WHERE app_id = ?",
+        f"http://localhost:{receiver.port}{NOTIFY_PATH}",
+        False,
+        partner.app_id,
+    )
+    cstm = fresh_order_no()
+    order_no = partner.order(cstm)["data"]["orderNo"]
+    deadline = time.monotonic() + 20
+    query = "SELECT attempts, last_error FROM notifications WHERE order_no = ?"
+    while not (rows := notifying_service.sql(query, order_no)) or not rows[0][1]:
+        assert time.monotonic() < deadline, f"no delivery attempt recorded: {rows}"
+        time.sleep(0.1)
+    [(attempts, error)] = rows
+    assert attempts >= 1 and error.startswith("refused: localhost resolves to"), error
+    assert "loopback" in error
+    assert receiver.received[cstm] == [], "sent to an address it had refused"
+    assert "not sent to" in notifying_service.log()
+
+
+def certificate_for(name: str, where: Path) -> tuple[Path, Path]:
+    """A self-signed certificate valid for the DNS name ``name`` only (no IP address)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = where / "cert.pem", where / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_https_goes_to_the_checked_address_with_the_certificate_checked_for_the_name(
+    services, tmp_path: Path
+) -> None:
+    cert, key = certificate_for("localhost", tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    receiver = Receiver(tls=tls)
+    try:
+        # The service trusts this certificate, which names localhost and no address: the
+        # delivery only succeeds if TLS checks the name while the connection goes to the IP.
+        service = services(sandbox_config(extra=NOTIFY), env={"SSL_CERT_FILE": str(cert)})
+        partner = new_partner(service)
+        url = f"https://localhost:{receiver.port}{NOTIFY_PATH}"
+        service.cli("app", "set", partner.app_id, "--notify-url", url, "--allow-private")
+        cstm = fresh_order_no()
+        partner.order(cstm)
+        [(_at, params, _behaviour)] = receiver.wait(cstm, 1)
+        assert params["status"] == "2"
+        assert receiver.hosts[-1] == f"localhost:{receiver.port}"
+    finally:
+        receiver.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import subprocess
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -14,7 +15,14 @@ import pytest
 
 from core.clock import BEIJING
 from tests.conftest import new_partner
-from tests.support import FAST_DISPATCH, Backend, Partner, ServiceProcess, fresh_order_no
+from tests.support import (
+    FAST_DISPATCH,
+    TOPUP,
+    Backend,
+    Partner,
+    ServiceProcess,
+    fresh_order_no,
+)
 from tests.test_conformance import CREDENTIALS
 from topup.testing import running_simulator
 
@@ -201,3 +209,30 @@ def test_partner_statement_without_costs_by_default(books: Books) -> None:
     assert "2000-01-01" not in out
     empty = books.service.cli("reconcile", "export", "--date", "2000-01-01").stdout
     assert len(empty.strip().splitlines()) == 2  # header and a zero total
+
+
+def test_partner_text_that_a_spreadsheet_would_run_is_neutralised(books: Books) -> None:
+    partner = new_partner(books.service)
+    formulas = [
+        '=HYPERLINK("http://evil.example/x","click")',
+        "+1+1",
+        "-2+3",
+        "@SUM(1+1)",
+    ]
+    for cstm in formulas:
+        assert partner.order(cstm, phone="13900000155")["code"] == "0"  # refused upstream
+    # To stdout, as `topup reconcile export ... > day.csv` would be saved.
+    raw = subprocess.run(
+        [TOPUP, "reconcile", "export", "--date", TODAY, "--app", partner.app_id],
+        env=books.service.env,
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert raw.startswith(b"\xef\xbb\xbf"), "a spreadsheet needs the BOM to see UTF-8"
+    rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"))))
+    cells = sorted(line[1] for line in rows[1:-1])
+    assert cells == sorted("'" + cstm for cstm in formulas)
+    for row in rows:
+        assert not any(cell.startswith(("=", "+", "-", "@")) for cell in row), row
+    # The stored value is the partner's own, as the status query shows it.
+    assert partner.status(formulas[0])["data"]["cstmOrderNo"] == formulas[0]

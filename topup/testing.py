@@ -186,6 +186,28 @@ class SupplierConformance:
         received = await _callbacks_or_skip(upstream, order.reference)
         assert all(supplier.parse_callback(c).result is None for c in received)
 
+    async def test_an_authoritative_callback_is_signed_all_through(
+        self, supplier: Supplier, upstream: Upstream
+    ) -> None:
+        """A plugin whose callbacks the core applies as they stand must have a signature
+        that covers every byte they are read from: no edit may change what one says."""
+        if not supplier.authoritative_callbacks:
+            pytest.skip("callbacks are not authoritative: the core queries the supplier")
+        order, _known, _submitted = await self._submitted(supplier, upstream, SUCCEED)
+        genuine = (await _callbacks_or_skip(upstream, order.reference))[0]
+        said = supplier.parse_callback(genuine)
+        assert said.result is not None, "the genuine callback was not read"
+        for position in range(len(genuine.body)):
+            edited = bytearray(genuine.body)
+            edited[position] = ord("0") if edited[position] != ord("0") else ord("1")
+            parsed = supplier.parse_callback(
+                CallbackRequest(bytes(edited), genuine.headers, genuine.query)
+            )
+            assert parsed.result is None or (parsed.reference, parsed.result) == (
+                said.reference,
+                said.result,
+            ), f"byte {position} of the body is not covered by the signature"
+
 
 async def _callbacks_or_skip(
     upstream: Upstream, reference: str, within: float = 15.0

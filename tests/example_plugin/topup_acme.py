@@ -47,6 +47,9 @@ class Acme(topup.Supplier):
     name = "acme"
     Settings = AcmeSettings
     settings: AcmeSettings
+    # ACME signs the whole callback body, status included, so a verified callback can be
+    # applied as it stands; a replay only repeats what ACME said about that reference.
+    authoritative_callbacks = True
 
     def __init__(self, settings: AcmeSettings) -> None:
         super().__init__(settings)
