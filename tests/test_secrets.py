@@ -184,6 +184,7 @@ def test_rotate_secret_keeps_the_old_one_for_the_grace_period(service: ServicePr
     new_secret = rotated.stdout.strip()
     assert len(new_secret) >= 64 and new_secret != old_secret  # 32 random bytes, hex
     assert old_secret not in rotated.stdout + rotated.stderr
+    assert "still signs until" in service.cli("app", "show", partner.app_id).stdout
 
     # During the grace period both secrets sign, and the old secret's token still works.
     # (The service caches apps for up to 5 s; wait until it sees the new secret.)
