@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from urllib.parse import urlencode
 
+import httpx
 import pytest
 import uvicorn
 from uvicorn.protocols.http import httptools_impl
@@ -169,6 +170,21 @@ def test_a_body_cut_short_by_the_client_leaves_no_order(
 
     again = partner.order(cstm_order_no, phone="13900139000")
     assert again["code"] == "0", again
+
+
+def test_a_supplier_callback_whose_body_stops_coming_is_cut_off_quietly(
+    strict_service: ServiceProcess,
+) -> None:
+    log_before = len(strict_service.log())
+    head = (
+        b"POST /callback/sandbox HTTP/1.1\r\nHost: topup\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
+    )
+    [reply] = wait_until_closed([connect(strict_service, head + b"orderNo=1")])
+    assert_request_timeout(reply)
+    # Served after the cut-off callback's handler has run: a client that left is no error.
+    assert httpx.get(f"{strict_service.url}/healthz").status_code == 200
+    assert "Traceback" not in strict_service.log()[log_before:]
 
 
 def test_a_keep_alive_client_with_pauses_shorter_than_the_timeout_is_not_cut(
