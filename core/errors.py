@@ -40,6 +40,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     NOT_FOUND = "NOT_FOUND"
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
     SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
@@ -84,6 +85,10 @@ ERROR_DOCS: dict[ErrorCode, str] = {
     ),
     ErrorCode.NOT_FOUND: "No API at this path.",
     ErrorCode.METHOD_NOT_ALLOWED: "The API exists but not with this HTTP method.",
+    ErrorCode.REQUEST_TIMEOUT: (
+        "The request (headers and body) did not arrive in full within the request timeout "
+        "(10 seconds by default); the connection is closed and nothing was accepted."
+    ),
     ErrorCode.SERVICE_UNAVAILABLE: (
         "The service could not store or read the request right now; nothing was accepted. "
         "Retry with the same cstmOrderNo."

@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl
 
 import msgspec
 from litestar import HttpMethod, Litestar, Request, Response, get, route
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, InternalServerException
 from litestar.openapi import OpenAPIConfig
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -36,8 +36,14 @@ JSON = "application/json; charset=utf-8"
 )
 async def supplier_callback(request: Request, plugin: str) -> Response:
     """A supplier reports an outcome; its plugin verifies and reads it, the core applies it."""
+    try:
+        body = await request.body()
+    except InternalServerException:
+        # Litestar's word for a client that left, or was cut off for being slow, before
+        # its body was complete: no answer reaches it, and it is not an error of ours.
+        return Response(b"incomplete request", status_code=400, media_type="text/plain")
     inbound = CallbackRequest(
-        body=await request.body(),
+        body=body,
         headers={name.lower(): value for name, value in request.headers.items()},
         query=dict(parse_qsl(request.scope.get("query_string", b"").decode("latin-1"))),
     )

@@ -19,7 +19,7 @@ from service.cli_keys import keys
 from service.cli_orders import orders
 from service.cli_reconcile import reconcile
 from service.cli_support import check_config, run_with_db
-from service.settings import Settings
+from service.settings import DEFAULT_REQUEST_TIMEOUT, REQUEST_TIMEOUT_ENV, Settings
 from service.simulator.cli import simulate
 from service.wiring import build_registry, load_runtime
 
@@ -29,7 +29,7 @@ def main() -> None:
     """topup: phone-credit top-up service.
 
     Settings come from the environment: TOPUP_DATABASE_URL, TOPUP_CONFIG,
-    TOPUP_HOST, TOPUP_PORT.
+    TOPUP_HOST, TOPUP_PORT, TOPUP_REQUEST_TIMEOUT.
     """
 
 
@@ -43,7 +43,20 @@ def main() -> None:
     show_default=True,
     help="Also run the dispatcher and notifier.",
 )
-def serve(host: str | None, port: int | None, workers: int, background: bool) -> None:
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Close a connection whose request (headers and body) has not fully arrived "
+    f"within SECONDS [{REQUEST_TIMEOUT_ENV}, default {DEFAULT_REQUEST_TIMEOUT:g}].",
+)
+def serve(
+    host: str | None,
+    port: int | None,
+    workers: int,
+    background: bool,
+    request_timeout: float | None,
+) -> None:
     """Run the service: the HTTP API and callbacks, and the background worker.
 
     On SQLite the background worker runs inside the HTTP process: SQLite has one
@@ -58,13 +71,18 @@ def serve(host: str | None, port: int | None, workers: int, background: bool) ->
     from service.background import run_background
     from service.wiring import BACKGROUND_ENV
 
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     check_config(settings)
     run_with_db(lambda db: asyncio.sleep(0))  # apply SQLite migrations once, up front
     host = host or settings.host
     port = port or settings.port
+    request_timeout = request_timeout or settings.request_timeout
     # Workers read their settings from the environment, so pass the CLI overrides on.
     os.environ["TOPUP_HOST"], os.environ["TOPUP_PORT"] = host, str(port)
+    os.environ[REQUEST_TIMEOUT_ENV] = str(request_timeout)
     inline = background and make_url(settings.database_url).get_backend_name() == "sqlite"
     os.environ[BACKGROUND_ENV] = "1" if inline else "0"
     worker = None
@@ -82,7 +100,9 @@ def serve(host: str | None, port: int | None, workers: int, background: bool) ->
             port=port,
             workers=workers,
             loop="uvloop" if sys.platform != "win32" else "auto",
-            http="httptools",
+            # httptools, plus a deadline for each request to arrive (service/http_protocol.py).
+            http="service.http_protocol:RequestDeadlineProtocol",
+            ws="none",  # no WebSocket routes: an Upgrade header is an ordinary request
             # X-Forwarded-For is believed only from [limits] trusted_proxies, by the
             # partner API itself (core/ratelimit.py); uvicorn's own reading would trust
             # any local caller.

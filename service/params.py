@@ -51,7 +51,9 @@ async def _read_body(receive: Receive) -> bytes:
     while more:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            # The body never arrived in full (the client left, or was cut off for being
+            # too slow): what did arrive is not the request, so nothing is acted on.
+            raise _undecodable("请求体不完整: 连接在请求体结束前已断开")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:

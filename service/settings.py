@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping
 
 import msgspec
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///var/topup.db"
+REQUEST_TIMEOUT_ENV = "TOPUP_REQUEST_TIMEOUT"
+DEFAULT_REQUEST_TIMEOUT = 10.0
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -14,6 +18,8 @@ class Settings(msgspec.Struct, frozen=True):
     config_path: str = "plugins.toml"
     host: str = "127.0.0.1"
     port: int = 8000
+    # Seconds a client has to send a complete request before `topup serve` closes it.
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -23,4 +29,19 @@ class Settings(msgspec.Struct, frozen=True):
             config_path=env.get("TOPUP_CONFIG") or "plugins.toml",
             host=env.get("TOPUP_HOST") or "127.0.0.1",
             port=int(env.get("TOPUP_PORT") or 8000),
+            request_timeout=read_request_timeout(env),
         )
+
+
+def read_request_timeout(env: Mapping[str, str]) -> float:
+    """TOPUP_REQUEST_TIMEOUT: seconds, a number above zero (default 10)."""
+    text = env.get(REQUEST_TIMEOUT_ENV) or ""
+    if not text:
+        return DEFAULT_REQUEST_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (0 < seconds < math.inf):
+        raise ValueError(f"{REQUEST_TIMEOUT_ENV}={text!r}: expected a number of seconds above 0")
+    return seconds

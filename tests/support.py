@@ -174,8 +174,10 @@ class ServiceProcess:
         env: Mapping[str, str] | None = None,
         backend: Backend = SQLITE,
         database_url: str | None = None,
+        serve_args: tuple[str, ...] = (),
     ) -> None:
         self.workdir = workdir
+        self.serve_args = serve_args
         self.backend = backend
         # A database handed in may be empty: the first service on it migrates it.
         self.database_url = database_url or backend.migrated_database(workdir)
@@ -205,7 +207,7 @@ class ServiceProcess:
             self._migrated = True
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [TOPUP, "serve"],
+            [TOPUP, "serve", *self.serve_args],
             env=self.env,
             cwd=REPO,
             stdout=log,
