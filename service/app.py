@@ -14,12 +14,12 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from core.errors import ErrorCode
+from core.errors import ErrorCode, TopupError
 from core.suppliers import CallbackRequest
 from service import partner_api, payloads
 from service.logs import configure_logging
-from service.params import MAX_BODY_BYTES
-from service.partner_api import refusal
+from service.params import MAX_BODY_BYTES, ClientDisconnected, read_body
+from service.partner_api import log_disconnect, refusal
 from service.settings import Settings
 from service.wiring import BACKGROUND_ENV, Services
 
@@ -37,7 +37,7 @@ JSON = "application/json; charset=utf-8"
 async def supplier_callback(request: Request, plugin: str) -> Response:
     """A supplier reports an outcome; its plugin verifies and reads it, the core applies it."""
     inbound = CallbackRequest(
-        body=await request.body(),
+        body=await read_body(request.receive),
         headers={name.lower(): value for name, value in request.headers.items()},
         query=dict(parse_qsl(request.scope.get("query_string", b"").decode("latin-1"))),
     )
@@ -76,6 +76,15 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
     return respond(refusal({}, code, message), exc.status_code)
 
 
+def _refused(request: Request, exc: TopupError) -> Response:
+    return respond(refusal({}, exc.code, exc.message), exc.http_status)
+
+
+def _disconnected(request: Request, exc: ClientDisconnected) -> Response:
+    log_disconnect(request.method, request.url.path)
+    return Response(b"", status_code=400)  # the server drops it: the client is gone
+
+
 def _internal_error(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     message = "服务内部错误; 请用相同的 cstmOrderNo 查询订单或重试"
@@ -109,7 +118,12 @@ def create_app(
     app = Litestar(
         route_handlers=[*partner_api.route_handlers(), supplier_callback, health],
         lifespan=[lifespan],
-        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        exception_handlers={
+            HTTPException: _http_error,
+            TopupError: _refused,
+            ClientDisconnected: _disconnected,
+            Exception: _internal_error,
+        },
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(title="topup partner API", version="1.0.0"),
         debug=False,

@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from core.errors import ErrorCode, TopupError
 from core.partner import PartnerDesk
 from service import payloads
-from service.params import read_params
+from service.params import ClientDisconnected, read_params
 
 log = logging.getLogger("topup.api")
 
@@ -59,6 +59,12 @@ async def send_envelope(send: Send, body: payloads.Envelope, status: int = 200) 
     await send({"type": "http.response.body", "body": payload})
 
 
+def log_disconnect(method: str, path: str) -> None:
+    # Routine (a client timed out or gave up); one line, no traceback: nothing was read,
+    # so nothing was accepted and there is nobody to answer.
+    log.info("client disconnected before its request body arrived: %s %s", method, path)
+
+
 async def serve(call: PartnerCall, scope: Scope, receive: Receive, send: Send) -> None:
     if scope["method"] != call.method:
         message = f"接口 {scope['path']} 不支持 {scope['method']} 方法"
@@ -72,6 +78,9 @@ async def serve(call: PartnerCall, scope: Scope, receive: Receive, send: Send) -
         await send_envelope(
             send, refusal(params, refused.code, refused.message), refused.http_status
         )
+        return
+    except ClientDisconnected:
+        log_disconnect(scope["method"], scope["path"])
         return
     except (DBAPIError, SQLAlchemyError, TimeoutError):
         log.exception("storage unavailable during %s", scope["path"])
