@@ -12,7 +12,7 @@ import msgspec
 from litestar import HttpMethod, Litestar, Request, Response, get, route
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError
 
 from core.errors import ErrorCode, TopupError
 from core.suppliers import CallbackRequest
@@ -43,6 +43,11 @@ async def supplier_callback(request: Request, plugin: str) -> Response:
     )
     try:
         reply = await request.app.state.services.dispatcher.handle_callback(plugin, inbound)
+    except DataError:
+        # A value the database cannot even compare (a NUL in a reference): no order of
+        # ours has it, and sending it again will not help.
+        log.warning("%s callback with a value the database cannot read; refused", plugin)
+        return Response(b"callback could not be read", status_code=400, media_type="text/plain")
     except (DBAPIError, SQLAlchemyError, TimeoutError):
         # Not acknowledged, so the supplier sends it again; polling covers it meanwhile.
         log.exception("storage unavailable while applying a %s callback", plugin)
