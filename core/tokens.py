@@ -31,7 +31,7 @@ class TokenIssuer:
     def check(self, token: str, app_id: str, app_secret: str, now: float) -> None:
         """Raise TopupError unless ``token`` is a live token of this app."""
         parts = token.split(".")
-        if len(parts) != 3 or not parts[0].isdigit():
+        if len(parts) != 3 or not (parts[0].isascii() and parts[0].isdigit()):
             raise TopupError(ErrorCode.INVALID_TOKEN, "access_token 无效")
         expires, nonce, mac = int(parts[0]), parts[1], parts[2]
         expected = self._mac(app_id, app_secret, expires, nonce)
