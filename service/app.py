@@ -12,14 +12,14 @@ import msgspec
 from litestar import HttpMethod, Litestar, Request, Response, get, route
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
-from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from core.errors import ErrorCode, TopupError
 from core.suppliers import CallbackRequest
 from service import partner_api, payloads
 from service.logs import configure_logging
 from service.params import MAX_BODY_BYTES, ClientDisconnected, read_body
-from service.partner_api import log_disconnect, refusal
+from service.partner_api import bad_value, log_disconnect, refusal
 from service.settings import Settings
 from service.wiring import BACKGROUND_ENV, Services
 
@@ -43,12 +43,12 @@ async def supplier_callback(request: Request, plugin: str) -> Response:
     )
     try:
         reply = await request.app.state.services.dispatcher.handle_callback(plugin, inbound)
-    except DataError:
-        # A value the database cannot even compare (a NUL in a reference): no order of
-        # ours has it, and sending it again will not help.
-        log.warning("%s callback with a value the database cannot read; refused", plugin)
-        return Response(b"callback could not be read", status_code=400, media_type="text/plain")
-    except (DBAPIError, SQLAlchemyError, TimeoutError):
+    except (DBAPIError, SQLAlchemyError, TimeoutError) as exc:
+        if bad_value(exc):
+            # A value the database cannot even compare (a NUL in a reference): no order of
+            # ours has it, and sending it again will not help.
+            log.warning("%s callback with a value the database cannot read: %s", plugin, exc.orig)
+            return Response(b"callback could not be read", status_code=400, media_type="text/plain")
         # Not acknowledged, so the supplier sends it again; polling covers it meanwhile.
         log.exception("storage unavailable while applying a %s callback", plugin)
         return Response(b"retry later", status_code=503, media_type="text/plain")

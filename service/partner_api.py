@@ -17,7 +17,7 @@ import msgspec
 from litestar import asgi
 from litestar.handlers import ASGIRouteHandler
 from litestar.types import Receive, Scope, Send
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError
 
 from core.errors import ErrorCode, TopupError
 from core.partner import PartnerDesk
@@ -59,6 +59,13 @@ async def send_envelope(send: Send, body: payloads.Envelope, status: int = 200) 
     await send({"type": "http.response.body", "body": payload})
 
 
+def bad_value(exc: Exception) -> bool:
+    """SQLSTATE class 22, "data exception": the value sent is at fault, not the database
+    (asyncpg's errors reach SQLAlchemy as a plain DBAPIError that carries the state)."""
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return isinstance(exc, DataError) or str(sqlstate or "").startswith("22")
+
+
 def log_disconnect(method: str, path: str) -> None:
     # Routine (a client timed out or gave up); one line, no traceback: nothing was read,
     # so nothing was accepted and there is nobody to answer.
@@ -82,7 +89,12 @@ async def serve(call: PartnerCall, scope: Scope, receive: Receive, send: Send) -
     except ClientDisconnected:
         log_disconnect(scope["method"], scope["path"])
         return
-    except (DBAPIError, SQLAlchemyError, TimeoutError):
+    except (DBAPIError, SQLAlchemyError, TimeoutError) as exc:
+        if bad_value(exc):
+            log.warning("%s: a value the database cannot read: %s", scope["path"], exc.orig)
+            message = "参数含有数据库无法处理的值"
+            await send_envelope(send, refusal(params, ErrorCode.INVALID_PARAMETER, message))
+            return
         log.exception("storage unavailable during %s", scope["path"])
         await send_envelope(send, refusal(params, ErrorCode.SERVICE_UNAVAILABLE, UNAVAILABLE), 503)
         return
