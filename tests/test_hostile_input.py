@@ -14,7 +14,9 @@ import pytest
 
 from service.params import MAX_BODY_BYTES
 from tests.support import Partner, ServiceProcess, fresh_order_no
+from tests.test_conformance import CREDENTIALS
 from tests.test_errors import assert_refused
+from tests.test_fuzz import CALLBACK_CONFIG, juhe_sign, reloadly_sign
 
 BOUNDARY = "topupBoundary7MA4YWxkTrZu0gW"
 
@@ -346,3 +348,45 @@ def test_signed_order_cut_short_by_a_hang_up_is_not_accepted(
     send_half_and_hang_up(service, "/sign/api/order", body)
     wait_for_log(service, start, "client disconnected before its request body arrived")
     assert service.sql("SELECT count(*) FROM orders WHERE cstm_order_no = ?", cstm) == [(0,)]
+
+
+# -- found by tests/test_fuzz.py ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("digits", ["²", "①", "٣", "９"])
+def test_token_of_non_ascii_digits_is_invalid(
+    partner: Partner, quiet_log: None, digits: str
+) -> None:
+    expires, _, rest = partner.token().partition(".")
+    odd = digits * len(expires) + "." + rest
+    params = partner.signed({**partner.order_params(fresh_order_no()), "access_token": odd})
+    reply = partner.http.post("/sign/api/order", data=params)
+    assert reply.status_code == 200, reply.text
+    assert_refused(reply.json(), "INVALID_TOKEN", "access_token")
+
+
+def test_callbacks_with_non_ascii_signatures_or_nul_references(services) -> None:
+    receiver: ServiceProcess = services(CALLBACK_CONFIG, env=CREDENTIALS)
+    with httpx.Client(base_url=receiver.url, timeout=10) as client:
+        juhe = {"sporder_id": "S1", "orderid": "TP1A1", "sta": "1", "sign": "签名é"}
+        assert client.post("/callback/juhe", data=juhe).status_code == 200
+        webhook = b'{"data": {"status": "SUCCESSFUL", "customIdentifier": "TP1A1"}}'
+        headers = {
+            "x-reloadly-request-timestamp": "1",
+            "x-reloadly-signature": "é".encode("latin-1"),
+        }
+        assert (
+            client.post("/callback/reloadly", content=webhook, headers=headers).status_code == 401
+        )
+
+        nul = {"sporder_id": "S1", "orderid": "TP1\x00A1", "sta": "1"}
+        reply = client.post("/callback/juhe", data={**nul, "sign": juhe_sign(nul)})
+        assert reply.status_code < 500, reply.text
+        webhook = b'{"data": {"status": "SUCCESSFUL", "customIdentifier": "TP1\\u0000A1"}}'
+        headers = {
+            "x-reloadly-request-timestamp": "1",
+            "x-reloadly-signature": reloadly_sign(webhook, "1"),
+        }
+        reply = client.post("/callback/reloadly", content=webhook, headers=headers)
+        assert reply.status_code < 500, reply.text
+    assert "Traceback" not in receiver.log(), receiver.log()
