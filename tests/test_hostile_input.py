@@ -313,7 +313,6 @@ def send_half_and_hang_up(service: ServiceProcess, path: str, body: bytes) -> No
     )
     with socket.create_connection(("127.0.0.1", service.port), timeout=5) as conn:
         conn.sendall(head.encode() + body)
-        time.sleep(0.2)  # let the server read what was sent before the hang-up
 
 
 def wait_for_log(service: ServiceProcess, start: int, text: str, timeout: float = 10) -> str:
