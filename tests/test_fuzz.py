@@ -199,61 +199,69 @@ def multipart(fields: list[tuple[str, str]], boundary: str, file_part: bool = Fa
     return ("".join(parts) + f"--{boundary}--\r\n").encode()
 
 
+# Faithful kinds come twice: half the bodies carry the parameters as they were signed.
+BODY_KINDS = ["form", "form", "json", "json", "json-numbers", "multipart", "multipart",
+              "json-repeat", "json-nested", "json-not-text", "json-bad-utf8", "multipart-file",
+              "multipart-cut", "raw"]  # fmt: skip
+FORM_TYPES = [None, b"application/x-www-form-urlencoded", b"text/plain",
+              b"application/x-www-form-urlencoded; charset=UTF-8",
+              b"Application/X-WWW-Form-Urlencoded;charset=ISO-8859-1"]  # fmt: skip
+JSON_TYPES = [b"application/json", b"application/json; charset=utf-8", b"APPLICATION/JSON",
+              b"application/problem+json"]  # fmt: skip
+MULTIPART_TYPES = ["multipart/form-data; boundary={}",
+                   'multipart/form-data; charset=utf-8; boundary="{}"',
+                   "Multipart/Form-Data;boundary={}"]  # fmt: skip
+ODD_TYPES = [b"multipart/form-data", b"multipart/form-data; boundary=", b"image/png",
+             b'multipart/form-data; boundary=""', b"application/json; charset=gbk",
+             b"multipart/mixed; boundary=x", b"application/x-www-form-urlencoded", b";",
+             b""]  # fmt: skip
+# JSON text of values that are not strings (an integer past what Python prints, too).
+NOT_TEXT = st.one_of(
+    st.one_of(
+        st.floats(allow_nan=False),
+        st.booleans(),
+        st.lists(st.integers(), max_size=3),
+        st.integers(min_value=-(10**30), max_value=10**30),
+    ).map(json.dumps),
+    st.just("9" * 5000),
+)
+
+
 @st.composite
 def body_for(draw: st.DrawFn, params: dict[str, str]) -> tuple[bytes, bytes | None]:
-    """``params`` as a body of some kind, faithful or broken."""
-    kind = draw(
-        st.sampled_from(
-            [
-                "form",
-                "form",
-                "json",
-                "json",
-                "json-numbers",
-                "json-repeat",
-                "json-nested",
-                "json-not-text",
-                "json-bad-utf8",
-                "multipart",
-                "multipart",
-                "multipart-file",
-                "multipart-cut",
-                "raw",
-            ]
-        )
-    )
+    """``params`` as a body of some kind, faithful or broken, and its Content-Type."""
+    kind = draw(st.sampled_from(BODY_KINDS))
     if kind == "form":
-        content_type = draw(
-            st.sampled_from(
-                [
-                    None,
-                    b"application/x-www-form-urlencoded",
-                    b"text/plain",
-                    b"application/x-www-form-urlencoded; charset=UTF-8",
-                    b"Application/X-WWW-Form-Urlencoded;charset=ISO-8859-1",
-                ]
-            )
-        )
-        return form(params), content_type
-    json_type = draw(
-        st.sampled_from(
-            [
-                b"application/json",
-                b"application/json; charset=utf-8",
-                b"APPLICATION/JSON",
-                b"application/problem+json",
-            ]
-        )
-    )
+        return form(params), draw(st.sampled_from(FORM_TYPES))
+    if kind.startswith("json"):
+        return json_body(draw, kind, params), draw(st.sampled_from(JSON_TYPES))
+    if kind.startswith("multipart"):
+        boundary = draw(st.sampled_from(["b0undary", "----WebKitFormBoundary7MA4YWxkTrZu0gW"]))
+        content_type = draw(st.sampled_from(MULTIPART_TYPES)).format(boundary).encode()
+        body = multipart(list(params.items()), boundary, kind == "multipart-file")
+        if kind == "multipart-cut":
+            body = body[: draw(st.integers(min_value=0, max_value=len(body)))]
+        return body, content_type
+    latin1 = header_text.map(lambda value: value.encode("latin-1"))
+    content_type = draw(st.one_of(st.none(), st.sampled_from(ODD_TYPES), latin1))
+    return draw(st.binary(max_size=400)), content_type
+
+
+def json_body(draw: st.DrawFn, kind: str, params: dict[str, str]) -> bytes:
     if kind == "json":
-        return json.dumps(params, ensure_ascii=draw(st.booleans())).encode(), json_type
+        return json.dumps(params, ensure_ascii=draw(st.booleans())).encode()
     if kind == "json-numbers":
-        return json.dumps(as_number_where_possible(params)).encode(), json_type
-    if kind == "json-repeat":
-        name = draw(st.sampled_from([*params, "appID"]))
+        return json.dumps(as_number_where_possible(params)).encode()
+    if kind == "json-bad-utf8":
+        document = json.dumps(params, ensure_ascii=False).encode()
+        junk = draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xe4\xb8", b"\x80"]))
+        at = draw(st.integers(min_value=0, max_value=len(document)))
+        return document[:at] + junk + document[at:]
+    name = draw(st.sampled_from([*params, "appID"]))
+    if kind == "json-repeat":  # the repeat comes first, the signed value last
         value = draw(st.one_of(st.just(params.get(name, "")), hostile_text))
-        doubled = json.dumps({name: value})[:-1] + ", " + json.dumps(params)[1:]
-        return doubled.replace("{, ", "{").replace(", }", "}").encode(), json_type
+        rest = json.dumps(params)[1:]
+        return (json.dumps({name: value})[:-1] + (", " if params else "") + rest).encode()
     if kind == "json-nested":
         depth = draw(st.sampled_from([1, 2, 50, 1000, 5000]))
         nested = (
@@ -261,64 +269,12 @@ def body_for(draw: st.DrawFn, params: dict[str, str]) -> tuple[bytes, bytes | No
             if draw(st.booleans())
             else '{"a":' * depth + "1" + "}" * depth
         )
+        value = nested
         if draw(st.booleans()):
-            return nested.encode(), json_type
-        name = draw(st.sampled_from([*params, "x"]))
-        document = json.dumps({**params, name: "§"}).replace('"§"', nested)
-        return document.encode(), json_type
-    if kind == "json-not-text":
-        value = draw(
-            st.one_of(
-                st.floats(allow_nan=False),
-                st.booleans(),
-                st.lists(st.integers(), max_size=3),
-                st.integers(min_value=-(10**30), max_value=10**30),
-                st.sampled_from(["9" * 5000]),
-            )
-        )
-        name = draw(st.sampled_from([*params, "x"]))
-        raw = value if isinstance(value, str) else json.dumps(value)
-        return json.dumps({**params, name: "§"}).replace('"§"', raw).encode(), json_type
-    if kind == "json-bad-utf8":
-        document = json.dumps(params, ensure_ascii=False).encode()
-        junk = draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xe4\xb8", b"\x80"]))
-        at = draw(st.integers(min_value=0, max_value=len(document)))
-        return document[:at] + junk + document[at:], json_type
-    boundary = draw(st.sampled_from(["b0undary", "----WebKitFormBoundary7MA4YWxkTrZu0gW", "x"]))
-    content_type = draw(
-        st.sampled_from(
-            [
-                f"multipart/form-data; boundary={boundary}",
-                f'multipart/form-data; charset=utf-8; boundary="{boundary}"',
-                f"Multipart/Form-Data;boundary={boundary}",
-            ]
-        )
-    ).encode()
-    if kind in ("multipart", "multipart-file"):
-        return multipart(list(params.items()), boundary, kind == "multipart-file"), content_type
-    if kind == "multipart-cut":
-        body = multipart(list(params.items()), boundary)
-        return body[: draw(st.integers(min_value=0, max_value=len(body)))], content_type
-    raw_type = draw(
-        st.one_of(
-            st.none(),
-            st.sampled_from(
-                [
-                    b"multipart/form-data",
-                    b"multipart/form-data; boundary=",
-                    b"image/png",
-                    b'multipart/form-data; boundary=""',
-                    b"application/json; charset=gbk",
-                    b"multipart/mixed; boundary=x",
-                    b"application/x-www-form-urlencoded",
-                    b";",
-                    b"",
-                ]
-            ),
-            header_text.map(lambda value: value.encode("latin-1")),
-        )
-    )
-    return draw(st.binary(max_size=400)), raw_type
+            return nested.encode()  # nested at the top
+    else:  # json-not-text
+        value = draw(NOT_TEXT)
+    return json.dumps({**params, name: "§"}).replace('"§"', value).encode()
 
 
 # -- partner requests ------------------------------------------------------------------
