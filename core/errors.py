@@ -52,8 +52,8 @@ ERROR_DOCS: dict[ErrorCode, str] = {
     ),
     ErrorCode.DUPLICATE_PARAMETER: "The same parameter was sent twice with different values.",
     ErrorCode.UNDECODABLE_BODY: (
-        "The body is not valid UTF-8 form data or a JSON object of strings, "
-        "or its Content-Type is neither."
+        "The body is not valid UTF-8 form data (URL-encoded or multipart) or a JSON object, "
+        "its Content-Type is none of these, or it is over 64 KiB (413)."
     ),
     ErrorCode.UNKNOWN_APP: "No partner app is registered under this appID.",
     ErrorCode.IP_NOT_ALLOWED: (

@@ -132,7 +132,7 @@ class Juhe(Supplier):
         fields = dict(parse_qsl(request.body.decode("utf-8", errors="replace")))
         sporder_id, orderid = fields.get("sporder_id", ""), fields.get("orderid", "")
         expected = _md5(self._key + sporder_id + orderid)
-        if not orderid or not hmac.compare_digest(fields.get("sign", "").lower(), expected):
+        if not orderid or not _same_sign(fields.get("sign", ""), expected):
             log.warning("juhe callback with a bad signature for orderid %r", orderid)
             return Callback(REFUSED_REPLY)
         status = fields.get("sta")
@@ -191,6 +191,11 @@ def _from_state(result: dict, reason: str) -> SupplierResult:
 
 def _md5(text: str) -> str:
     return hashlib.md5(text.encode()).hexdigest()
+
+
+def _same_sign(given: str, expected: str) -> bool:
+    # As bytes: compare_digest raises on a str with non-ASCII characters, which anyone can send.
+    return hmac.compare_digest(given.lower().encode(), expected.encode())
 
 
 @hookimpl

@@ -174,7 +174,8 @@ class Reloadly(Supplier):
         expected = hmac.new(
             self._webhook_secret.encode(), request.body + b":" + timestamp.encode(), hashlib.sha256
         ).hexdigest()
-        if not timestamp or not hmac.compare_digest(signature.lower(), expected):
+        # As bytes: compare_digest raises on a str with non-ASCII characters.
+        if not timestamp or not hmac.compare_digest(signature.lower().encode(), expected.encode()):
             log.warning("reloadly webhook with a bad signature")
             return Callback(WEBHOOK_REFUSED)
         if not _is_fresh(timestamp, self.settings.webhook_tolerance):

@@ -10,16 +10,16 @@ from urllib.parse import parse_qsl
 
 import msgspec
 from litestar import HttpMethod, Litestar, Request, Response, get, route
-from litestar.exceptions import HTTPException, InternalServerException
+from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from core.errors import ErrorCode
+from core.errors import ErrorCode, TopupError
 from core.suppliers import CallbackRequest
 from service import partner_api, payloads
 from service.logs import configure_logging
-from service.params import MAX_BODY_BYTES
-from service.partner_api import refusal
+from service.params import MAX_BODY_BYTES, ClientDisconnected, read_body
+from service.partner_api import bad_value, log_disconnect, refusal
 from service.settings import Settings
 from service.wiring import BACKGROUND_ENV, Services
 
@@ -36,20 +36,19 @@ JSON = "application/json; charset=utf-8"
 )
 async def supplier_callback(request: Request, plugin: str) -> Response:
     """A supplier reports an outcome; its plugin verifies and reads it, the core applies it."""
-    try:
-        body = await request.body()
-    except InternalServerException:
-        # Litestar's word for a client that left, or was cut off for being slow, before
-        # its body was complete: no answer reaches it, and it is not an error of ours.
-        return Response(b"incomplete request", status_code=400, media_type="text/plain")
     inbound = CallbackRequest(
-        body=body,
+        body=await read_body(request.receive),
         headers={name.lower(): value for name, value in request.headers.items()},
         query=dict(parse_qsl(request.scope.get("query_string", b"").decode("latin-1"))),
     )
     try:
         reply = await request.app.state.services.dispatcher.handle_callback(plugin, inbound)
-    except (DBAPIError, SQLAlchemyError, TimeoutError):
+    except (DBAPIError, SQLAlchemyError, TimeoutError) as exc:
+        if bad_value(exc):
+            # A value the database cannot even compare (a NUL in a reference): no order of
+            # ours has it, and sending it again will not help.
+            log.warning("%s callback with a value the database cannot read: %s", plugin, exc.orig)
+            return Response(b"callback could not be read", status_code=400, media_type="text/plain")
         # Not acknowledged, so the supplier sends it again; polling covers it meanwhile.
         log.exception("storage unavailable while applying a %s callback", plugin)
         return Response(b"retry later", status_code=503, media_type="text/plain")
@@ -80,6 +79,15 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
     if exc.status_code >= 500:
         return _internal_error(request, exc)
     return respond(refusal({}, code, message), exc.status_code)
+
+
+def _refused(request: Request, exc: TopupError) -> Response:
+    return respond(refusal({}, exc.code, exc.message), exc.http_status)
+
+
+def _disconnected(request: Request, exc: ClientDisconnected) -> Response:
+    log_disconnect(request.method, request.url.path)
+    return Response(b"", status_code=400)  # the server drops it: the client is gone
 
 
 def _internal_error(request: Request, exc: Exception) -> Response:
@@ -115,7 +123,12 @@ def create_app(
     app = Litestar(
         route_handlers=[*partner_api.route_handlers(), supplier_callback, health],
         lifespan=[lifespan],
-        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        exception_handlers={
+            HTTPException: _http_error,
+            TopupError: _refused,
+            ClientDisconnected: _disconnected,
+            Exception: _internal_error,
+        },
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(title="topup partner API", version="1.0.0"),
         debug=False,

@@ -21,13 +21,13 @@ import msgspec
 from litestar import asgi
 from litestar.handlers import ASGIRouteHandler
 from litestar.types import Receive, Scope, Send
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError
 
 from core.errors import ErrorCode, TopupError
 from core.partner import PartnerDesk
 from core.ratelimit import AbuseGuard, RateLimited
 from service import payloads
-from service.params import read_params
+from service.params import ClientDisconnected, read_params
 
 log = logging.getLogger("topup.api")
 
@@ -69,6 +69,19 @@ async def send_envelope(
     await send({"type": "http.response.body", "body": payload})
 
 
+def bad_value(exc: Exception) -> bool:
+    """SQLSTATE class 22, "data exception": the value sent is at fault, not the database
+    (asyncpg's errors reach SQLAlchemy as a plain DBAPIError that carries the state)."""
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return isinstance(exc, DataError) or str(sqlstate or "").startswith("22")
+
+
+def log_disconnect(method: str, path: str) -> None:
+    # Routine (a client timed out or gave up); one line, no traceback: nothing was read,
+    # so nothing was accepted and there is nobody to answer.
+    log.info("client disconnected before its request body arrived: %s %s", method, path)
+
+
 async def serve(call: PartnerCall, scope: Scope, receive: Receive, send: Send) -> None:
     if scope["method"] != call.method:
         message = f"接口 {scope['path']} 不支持 {scope['method']} 方法"
@@ -89,7 +102,15 @@ async def serve(call: PartnerCall, scope: Scope, receive: Receive, send: Send) -
             _retry_after(refused),
         )
         return
-    except (DBAPIError, SQLAlchemyError, TimeoutError):
+    except ClientDisconnected:
+        log_disconnect(scope["method"], scope["path"])
+        return
+    except (DBAPIError, SQLAlchemyError, TimeoutError) as exc:
+        if bad_value(exc):
+            log.warning("%s: a value the database cannot read: %s", scope["path"], exc.orig)
+            message = "参数含有数据库无法处理的值"
+            await send_envelope(send, refusal(params, ErrorCode.INVALID_PARAMETER, message))
+            return
         log.exception("storage unavailable during %s", scope["path"])
         await send_envelope(send, refusal(params, ErrorCode.SERVICE_UNAVAILABLE, UNAVAILABLE), 503)
         return
