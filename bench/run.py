@@ -167,20 +167,14 @@ def service(
     if fund:
         with contextlib.suppress(subprocess.CalledProcessError):
             secret = topup("app", "add", APP, "--company", COMPANY, env=env)
-        if not secret:  # already registered in this database
-            secret = app_secret(database_url)
+        if not secret:  # already registered in this database; its secret is sealed there
+            secret = topup("app", "rotate-secret", APP, "--grace", "0", env=env)
         topup("app", "credit", APP, "100000000", "--reason", "bench", env=env)
     server = Server([str(BIN / "topup"), "serve", *serve_args], env, port, "/healthz")
     try:
         yield server, secret
     finally:
         server.stop()
-
-
-def app_secret(database_url: str) -> str:
-    path = database_url.split("///", 1)[1]
-    with sqlite3.connect(path) as conn:
-        return conn.execute("SELECT secret FROM apps WHERE app_id = ?", (APP,)).fetchone()[0]
 
 
 # -- requests --------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ an app is read (core/sealing.py); the plaintext lives only in this process's mem
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import secrets
 import time
@@ -16,6 +15,7 @@ from typing import Any
 import msgspec
 from sqlalchemy import Connection, bindparam, select, update
 
+from core.addresses import Network, address_in, parse_networks
 from core.clock import now_ms
 from core.db import Database, apps, insert_ignoring_conflicts, server_keys
 from core.fastsql import fetch_one
@@ -29,8 +29,6 @@ GENERATED_SECRET_BYTES = 32
 # A secret an operator chooses must be at least this long: shorter ones can be guessed
 # from one signed request offline.
 MIN_SECRET_LENGTH = 16
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class App(msgspec.Struct, frozen=True):
@@ -55,15 +53,7 @@ class App(msgspec.Struct, frozen=True):
 
     def allows(self, address: str) -> bool:
         """Whether a call from ``address`` may proceed (no allowlist: any address)."""
-        if not self.allow_ips:
-            return True
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
-        return any(ip in network for network in self.allow_ips)
+        return not self.allow_ips or address_in(address, self.allow_ips)
 
     def __repr__(self) -> str:
         # Keep the secret out of logs and tracebacks.
@@ -81,19 +71,6 @@ def generate_secret() -> str:
 def check_chosen_secret(secret: str) -> None:
     if len(secret) < MIN_SECRET_LENGTH:
         raise ValueError(f"a secret must be at least {MIN_SECRET_LENGTH} characters")
-
-
-def parse_networks(text: str) -> tuple[Network, ...]:
-    """``"203.0.113.0/24, 198.51.100.7"`` -> networks; raises ValueError naming a bad one."""
-    networks = []
-    for part in (item.strip() for item in text.split(",")):
-        if not part:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(part, strict=False))
-        except ValueError as exc:
-            raise ValueError(f"{part!r} is not an IP address or CIDR block") from exc
-    return tuple(networks)
 
 
 def _secret_context(app_id: str, column: str = "secret") -> str:

@@ -6,13 +6,13 @@ the path of the offending key rather than discovered at the first order.
 
 from __future__ import annotations
 
-import ipaddress
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 
+from core.addresses import Network, parse_network, parse_networks
 from core.money import yuan_to_fen
 
 
@@ -131,8 +131,8 @@ class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_tracked: AtLeastOne = 100_000
 
     @property
-    def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-        return tuple(ipaddress.ip_network(block, strict=False) for block in self.trusted_proxies)
+    def proxy_networks(self) -> tuple[Network, ...]:
+        return parse_networks(self.trusted_proxies)
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -219,12 +219,9 @@ def _check(config: Config, source: str) -> None:
 def _check_limits(limits: LimitsConfig, source: str) -> None:
     for index, block in enumerate(limits.trusted_proxies):
         try:
-            ipaddress.ip_network(block, strict=False)
+            parse_network(block)
         except ValueError as exc:
-            raise ConfigError(
-                f"{source}: limits.trusted_proxies[{index}]: {block!r} is not an IP address "
-                "or CIDR block"
-            ) from exc
+            raise ConfigError(f"{source}: limits.trusted_proxies[{index}]: {exc}") from exc
 
 
 def _product(supplier: str, product: ProductConfig, where: str) -> Product:

@@ -15,13 +15,13 @@ several microseconds and a lock per call; this costs a dictionary lookup.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import time
 from collections.abc import Callable
 from functools import lru_cache
 from itertools import islice
 
+from core.addresses import Network, address_in
 from core.config import LimitsConfig
 from core.errors import ErrorCode, TopupError
 
@@ -196,7 +196,7 @@ class ClientAddresses:
     proxy: the right-most address in it that is not itself a trusted proxy (the one the
     nearest trusted proxy saw; everything left of it the client may have written)."""
 
-    def __init__(self, trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]):
+    def __init__(self, trusted: tuple[Network, ...]):
         self.trusted = trusted
         # Proxies are few: a small cache keeps parsing off the path of each request.
         self.is_trusted = lru_cache(maxsize=1024)(self._is_trusted)
@@ -212,10 +212,4 @@ class ClientAddresses:
         return next((hop for hop in hops if hop), peer)[:MAX_ADDRESS_LENGTH]
 
     def _is_trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
-        return any(ip in network for network in self.trusted)
+        return address_in(address, self.trusted)

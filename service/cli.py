@@ -29,8 +29,14 @@ def main() -> None:
     """topup: phone-credit top-up service.
 
     Settings come from the environment: TOPUP_DATABASE_URL, TOPUP_CONFIG,
-    TOPUP_HOST, TOPUP_PORT, TOPUP_REQUEST_TIMEOUT.
+    TOPUP_HOST, TOPUP_PORT, TOPUP_REQUEST_TIMEOUT; secrets at rest are sealed with
+    TOPUP_MASTER_KEY (or the key file TOPUP_MASTER_KEY_FILE, default var/master.key).
     """
+    # A malformed variable is the operator's to fix: say which, without a traceback.
+    try:
+        Settings.from_env()
+    except ValueError as exc:
+        raise click.ClickException(f"invalid environment: {exc}") from exc
 
 
 @main.command()

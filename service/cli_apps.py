@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from core.apps import AppExistsError, AppStore, Network, parse_networks
+from core.addresses import Network, parse_networks
+from core.apps import AppExistsError, AppStore
 from core.clock import beijing_time, now_ms
 from core.db import Database
 from core.ledger import Account, Ledger

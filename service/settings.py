@@ -28,9 +28,15 @@ class Settings(msgspec.Struct, frozen=True):
             database_url=env.get("TOPUP_DATABASE_URL") or DEFAULT_DATABASE_URL,
             config_path=env.get("TOPUP_CONFIG") or "plugins.toml",
             host=env.get("TOPUP_HOST") or "127.0.0.1",
-            port=int(env.get("TOPUP_PORT") or 8000),
+            port=_port(env.get("TOPUP_PORT") or "8000"),
             request_timeout=read_request_timeout(env),
         )
+
+
+def _port(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"TOPUP_PORT={text!r}: expected a port number from 1 to 65535")
+    return int(text)
 
 
 def read_request_timeout(env: Mapping[str, str]) -> float:

@@ -212,3 +212,15 @@ def test_generated_secrets_are_long_and_distinct(tmp_path: Path) -> None:
     service = ServiceProcess(tmp_path, sandbox_config())
     one, two = service.add_app("a1", "c"), service.add_app("a2", "c")
     assert one != two and len(one) >= 32
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("TOPUP_PORT", "abc"), ("TOPUP_REQUEST_TIMEOUT", "-1")]
+)
+def test_a_malformed_environment_variable_is_named_without_a_traceback(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    service = ServiceProcess(tmp_path, sandbox_config(), env={variable: value})
+    result = service.cli("app", "list", check=False)
+    assert result.returncode != 0
+    assert variable in result.stderr and "Traceback" not in result.stderr
