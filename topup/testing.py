@@ -19,6 +19,7 @@ protocol, implement ``Upstream`` over your supplier's sandbox or a fake of it.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import socket
@@ -30,6 +31,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar, Protocol
+from urllib.parse import parse_qsl, urlencode
 
 import httpx
 import pytest
@@ -207,6 +209,47 @@ class SupplierConformance:
                 said.reference,
                 said.result,
             ), f"byte {position} of the body is not covered by the signature"
+
+    async def test_a_hostile_callback_is_refused_not_raised(
+        self, supplier: Supplier, upstream: Upstream
+    ) -> None:
+        """Anyone can post to /callback/NAME: a signature, reference or status that is not
+        ASCII, not a number or absent must make ``parse_callback`` answer, never raise
+        (``hmac.compare_digest`` raises on a non-ASCII str: compare bytes)."""
+        order, _known, _submitted = await self._submitted(supplier, upstream, SUCCEED)
+        genuine = (await _callbacks_or_skip(upstream, order.reference))[0]
+        for hostile in _hostile_variants(genuine):
+            supplier.parse_callback(hostile)
+
+
+def _hostile_variants(genuine: CallbackRequest) -> Iterator[CallbackRequest]:
+    """The genuine callback with each header, query value and form or JSON field in turn
+    replaced by non-ASCII text, or left out."""
+    odd = "签名²①"
+    for name in genuine.headers:
+        yield CallbackRequest(genuine.body, {**genuine.headers, name: odd}, genuine.query)
+        rest = {key: value for key, value in genuine.headers.items() if key != name}
+        yield CallbackRequest(genuine.body, rest, genuine.query)
+    for name in genuine.query:
+        yield CallbackRequest(genuine.body, genuine.headers, {**genuine.query, name: odd})
+    for body in _field_variants(genuine.body, odd):
+        yield CallbackRequest(body, genuine.headers, genuine.query)
+
+
+def _field_variants(body: bytes, odd: str) -> Iterator[bytes]:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        document = None
+    if isinstance(document, dict):
+        for name in document:
+            yield json.dumps({**document, name: odd}, ensure_ascii=False).encode()
+        return
+    fields = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+    for index in range(len(fields)):
+        changed = [(k, odd if i == index else v) for i, (k, v) in enumerate(fields)]
+        yield urlencode(changed).encode()
+        yield urlencode(fields[:index] + fields[index + 1 :]).encode()
 
 
 async def _callbacks_or_skip(

@@ -83,7 +83,8 @@ class Acme(topup.Supplier):
     def parse_callback(self, request: topup.CallbackRequest) -> topup.Callback:
         signature = request.headers.get("x-acme-signature", "")
         expected = hmac.new(self._key.encode(), request.body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(signature.lower(), expected):
+        # As bytes: compare_digest raises on a str with non-ASCII characters.
+        if not hmac.compare_digest(signature.lower().encode(), expected.encode()):
             return topup.Callback(topup.CallbackReply(401, b"bad signature"))
         try:
             reply = msgspec.json.decode(request.body, type=AcmeReply)
