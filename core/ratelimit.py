@@ -157,22 +157,19 @@ class AbuseGuard:
 
     def check_address(self, address: str) -> None:
         """Count a request from ``address``; raises RateLimited past its budget."""
-        wait = self._by_address.take(address, self._clock())
-        if wait:
-            seconds = whole_seconds(wait)
-            raise RateLimited(
-                f"请求过于频繁: 来自 {address} 的请求超过每秒 {self._by_address.rate:g} 次; "
-                f"请在 {seconds} 秒后重试, 本次请求未被受理",
-                seconds,
-            )
+        self._take(self._by_address, address, "来自 {} 的请求")
 
     def check_app(self, app_id: str) -> None:
         """Count a correctly signed request of ``app_id``; raises RateLimited past its budget."""
-        wait = self._by_app.take(app_id, self._clock())
+        self._take(self._by_app, app_id, "appID {} 的请求")
+
+    def _take(self, limiter: KeyedLimiter, key: str, whose: str) -> None:
+        """``whose``: a template for the refusal, formatted only when there is one."""
+        wait = limiter.take(key, self._clock())
         if wait:
             seconds = whole_seconds(wait)
             raise RateLimited(
-                f"请求过于频繁: appID {app_id} 的请求超过每秒 {self._by_app.rate:g} 次; "
+                f"请求过于频繁: {whose.format(key)}超过每秒 {limiter.rate:g} 次; "
                 f"请在 {seconds} 秒后重试, 本次请求未被受理",
                 seconds,
             )
