@@ -249,6 +249,23 @@ async def token_key(db: Database, sealer: Sealer | None = None) -> bytes:
     return sealer.open(await db.write(key), context).encode()
 
 
+async def check_master_key(db: Database, sealer: Sealer | None = None) -> None:
+    """Open one stored secret of each kind, so that a process holding the wrong master
+    key stops at start with the reason instead of failing every request."""
+    sealer = sealer or load_sealer()
+
+    def sample(conn: Connection) -> list[tuple[str, str]]:
+        token = conn.execute(select(server_keys.c.name, server_keys.c.value).limit(1)).first()
+        app = conn.execute(select(apps.c.app_id, apps.c.secret).limit(1)).first()
+        return [
+            *([(f"server_keys:{token.name}", token.value)] if token else []),
+            *([(_secret_context(app.app_id), app.secret)] if app else []),
+        ]
+
+    for context, value in await db.read(sample):
+        sealer.open(value, context)
+
+
 async def reseal_secrets(db: Database, sealer: Sealer) -> int:
     """Seal every stored secret again with the sealer's current key (``topup keys
     rotate``); returns how many values were rewritten."""

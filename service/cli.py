@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from urllib.parse import urlencode
 
 import click
 
-from core.apps import AppStore
+from core.apps import AppStore, check_master_key
 from core.config import ConfigError
 from core.control import CONFIG_GENERATION, bump_counter
 from core.migrate import current_revision, head_revision, upgrade
@@ -82,7 +81,8 @@ def serve(
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     check_config(settings)
-    run_with_db(lambda db: asyncio.sleep(0))  # apply SQLite migrations once, up front
+    # Apply SQLite migrations once, up front, and check the master key opens the secrets.
+    run_with_db(check_master_key)
     host = host or settings.host
     port = port or settings.port
     request_timeout = request_timeout or settings.request_timeout
@@ -128,7 +128,7 @@ def worker() -> None:
     from service.background import run_background
 
     check_config(Settings.from_env())
-    run_with_db(lambda db: asyncio.sleep(0))
+    run_with_db(check_master_key)
     run_background()
 
 

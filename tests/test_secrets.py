@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import os
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -18,7 +19,15 @@ from core.sealing import MASTER_KEY_ENV, MASTER_KEY_FILE_ENV, new_master_key
 from core.signing import compute_sign
 from core.tokens import TokenIssuer
 from tests.conftest import TOKEN_SECRET, new_partner
-from tests.support import Partner, ServiceProcess, fresh_order_no, sandbox_config, topup_cli
+from tests.support import (
+    REPO,
+    TOPUP,
+    Partner,
+    ServiceProcess,
+    fresh_order_no,
+    sandbox_config,
+    topup_cli,
+)
 
 
 def token_reply(partner: Partner, params: dict[str, str]) -> dict:
@@ -71,6 +80,12 @@ def test_secrets_open_only_with_the_master_key(services, tmp_path: Path) -> None
     wrong = topup_cli("sign", "--app", partner.app_id, "appID=x", env=other, check=False)
     assert wrong.returncode != 0
     assert "does not hold" in wrong.stderr and "Traceback" not in wrong.stderr
+    # A service with the wrong key stops at start, saying why, instead of failing requests.
+    serve = subprocess.run(
+        [TOPUP, "serve"], env=other, cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert serve.returncode != 0
+    assert "does not hold" in serve.stderr and "Traceback" not in serve.stderr
 
 
 async def test_migration_seals_the_secrets_of_an_existing_database(
