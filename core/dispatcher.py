@@ -41,6 +41,9 @@ log = logging.getLogger("topup.dispatcher")
 ROUTINE = frozenset({State.SUBMITTING, State.PENDING, State.SUCCEEDED})
 NO_SUCH_PLUGIN = CallbackReply(404, b"no such supplier plugin")
 UNREADABLE_CALLBACK = CallbackReply(400, b"callback could not be read")
+# A plugin whose callback parsing raises gets its traceback logged at most this often;
+# anyone can post callbacks, and a traceback per post would let them flood the log.
+CALLBACK_TRACEBACK_SECONDS = 60.0
 
 
 class Dispatcher:
@@ -52,6 +55,8 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
+        # Per plugin: until when (event-loop time) a failing parse_callback logs one line.
+        self._quiet_until: dict[str, float] = {}
 
     def wake(self) -> None:
         """Look for due work now rather than at the next scan."""
@@ -203,8 +208,8 @@ class Dispatcher:
             return NO_SUCH_PLUGIN
         try:
             callback = supplier.parse_callback(request)
-        except Exception:
-            log.exception("%s: callback could not be parsed", plugin)
+        except Exception as exc:
+            self._log_plugin_failure(plugin, exc)
             return UNREADABLE_CALLBACK
         if callback.result is None or callback.reference is None:
             log.warning("%s: callback ignored (%s)", plugin, callback.reply.status_code)
@@ -226,6 +231,15 @@ class Dispatcher:
         else:
             await self._query_soon(plugin, attempt, upstream, callback.result)
         return callback.reply
+
+    def _log_plugin_failure(self, plugin: str, exc: Exception) -> None:
+        """A bug in the plugin: the traceback once a minute per plugin, one line between."""
+        now = asyncio.get_running_loop().time()
+        if now < self._quiet_until.get(plugin, 0.0):
+            log.error("%s: callback could not be parsed: %r (traceback above)", plugin, exc)
+            return
+        self._quiet_until[plugin] = now + CALLBACK_TRACEBACK_SECONDS
+        log.error("%s: callback could not be parsed", plugin, exc_info=exc)
 
     async def _query_soon(
         self, plugin: str, attempt: AttemptRecord, upstream: UpstreamOrder, said: SupplierResult

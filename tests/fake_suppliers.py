@@ -73,6 +73,10 @@ class Scripted(topup.Supplier):
             return topup.SupplierResult.pending()
         return topup.SupplierResult.succeeded(supplier_ref=f"S-{order.reference}")
 
+    def parse_callback(self, request: topup.CallbackRequest) -> topup.Callback:
+        # A plugin with a bug: whatever it is sent, reading it raises.
+        raise ValueError(f"cannot read {request.body[:20]!r}")
+
 
 class Backup(Scripted):
     """The same script under another name, to stand second in a route."""

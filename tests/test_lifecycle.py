@@ -212,3 +212,13 @@ def test_tokens_survive_a_restart_and_work_on_every_instance(services) -> None:
         partner.http = httpx.Client(base_url=instance.url, timeout=10)
         reply = partner.order(fresh_order_no(), access_token=token)
         assert reply["code"] == "0", reply
+
+
+def test_a_plugin_that_fails_on_callbacks_cannot_flood_the_log(scripted_service) -> None:
+    service, _partner, _journal = scripted_service({})
+    with httpx.Client(base_url=service.url, timeout=10) as client:
+        replies = [client.post("/callback/scripted", content=f"x{n}") for n in range(30)]
+    assert {reply.status_code for reply in replies} == {400}
+    log = service.log()
+    assert log.count("callback could not be parsed") == 30
+    assert log.count("Traceback") == 1, log[-3000:]
