@@ -90,10 +90,10 @@ class Sealer:
                 f"{context}: sealed with master key {found_id}, which this process does not "
                 f"hold (it holds {', '.join(self._keys)})"
             )
-        raw = base64.b64decode(body)
         try:
+            raw = base64.b64decode(body, validate=True)
             return cipher.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], context.encode()).decode()
-        except InvalidTag as exc:
+        except (InvalidTag, binascii.Error, ValueError) as exc:
             raise SealingError(f"{context}: the sealed secret does not open") from exc
 
     def key_id_of(self, value: str) -> str | None:

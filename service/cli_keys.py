@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import click
+from sqlalchemy import Connection, select
 
 from core.apps import reseal_secrets
-from core.db import Database
+from core.db import Database, apps, server_keys
 from core.sealing import (
     MASTER_KEY_ENV,
     Sealer,
@@ -35,8 +38,6 @@ def keys_rotate() -> None:
     (NEW,OLD), restart the instances with that, then run this; it seals everything with
     NEW and says when OLD may be removed.
     """
-    import os
-
     if os.environ.get(MASTER_KEY_ENV, "").strip():
         sealer = _load()
         count = run_with_db(lambda db: reseal_secrets(db, sealer))
@@ -80,11 +81,7 @@ def _load() -> Sealer:
 
 
 async def _key_usage(db: Database, sealer: Sealer) -> dict[str, int]:
-    from sqlalchemy import select
-
-    from core.db import apps, server_keys
-
-    def count(conn) -> dict[str, int]:
+    def count(conn: Connection) -> dict[str, int]:
         usage: dict[str, int] = {}
         rows = [
             *conn.execute(select(apps.c.secret)),
