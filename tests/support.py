@@ -224,6 +224,13 @@ class ServiceProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def wait_for_log(self, text: str, count: int = 1, timeout: float = 10) -> str:
+        """The log once `text` appears `count` times: a reply can leave before its log line."""
+        deadline = time.monotonic() + timeout
+        while (log := self.log()).count(text) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return log
+
     def kill9(self) -> None:
         """Crash the service: SIGKILL to every process of it, no shutdown code runs."""
         assert self.proc is not None

@@ -219,6 +219,6 @@ def test_a_plugin_that_fails_on_callbacks_cannot_flood_the_log(scripted_service)
     with httpx.Client(base_url=service.url, timeout=10) as client:
         replies = [client.post("/callback/scripted", content=f"x{n}") for n in range(30)]
     assert {reply.status_code for reply in replies} == {400}
-    log = service.log()
+    log = service.wait_for_log("callback could not be parsed", count=30)
     assert log.count("callback could not be parsed") == 30
     assert log.count("Traceback") == 1, log[-3000:]
