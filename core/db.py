@@ -100,6 +100,12 @@ orders = Table(
     Column("lease_until", BigInteger),
     UniqueConstraint("app_id", "cstm_order_no", name="uq_orders_app_cstm_order_no"),
     Index("ix_orders_next_run_at", "next_run_at"),
+    # The console's searches. Order numbers are time-ordered, so (x, order_no) serves
+    # "newest first" pages under a filter without a sort.
+    Index("ix_orders_phone_no", "phone_no", "order_no"),
+    Index("ix_orders_cstm_order_no", "cstm_order_no"),
+    Index("ix_orders_state", "state", "order_no"),
+    Index("ix_orders_app_id", "app_id", "order_no"),
 )
 
 attempts = Table(
@@ -189,6 +195,66 @@ notifications = Table(
     Column("created_at", BigInteger, nullable=False),
     UniqueConstraint("order_no", name="uq_notifications_order_no"),
     Index("ix_notifications_next_attempt_at", "next_attempt_at"),
+)
+
+# Who may use the operations console (/console), with what role.
+operators = Table(
+    "operators",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    # argon2id, never the password (core/operators.py).
+    Column("password_hash", Text, nullable=False),
+    # viewer, operator, admin
+    Column("role", String(16), nullable=False),
+    Column("disabled", Boolean, nullable=False, server_default=false()),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# Server-side console sessions: the cookie holds a random token, this table its SHA-256,
+# so a database reader cannot take over a session.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("operator", String(64), nullable=False),
+    # The form token every state-changing console request must carry (CSRF).
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("last_seen_at", BigInteger, nullable=False),
+    Column("address", String(64), nullable=False),
+    Index("ix_console_sessions_operator", "operator"),
+)
+
+# Append-only record of every operator action (triggers refuse UPDATE and DELETE).
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", BigInteger, nullable=False),
+    # The operator's name, or "cli:<user>" style names from the command line.
+    Column("actor", String(64), nullable=False),
+    # e.g. order.resolve, app.credit, route.set, operator.add
+    Column("action", String(32), nullable=False),
+    # What was acted on: an order number, an app ID, a carrier, an operator.
+    Column("target", String(128), nullable=False),
+    Column("reason", Text, nullable=False),
+    # What changed, for the record (JSON text).
+    Column("detail", Text, nullable=False),
+    Index("ix_audit_log_target", "target"),
+)
+
+# A carrier's route as switched from the console: it replaces the route plugins.toml
+# gives that carrier, in every instance, until it is reset.
+route_overrides = Table(
+    "route_overrides",
+    metadata,
+    Column("carrier", String(32), primary_key=True),
+    # JSON: [{"plugin": NAME, "weight": N}, ...] in failover order.
+    Column("route", Text, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
 )
 
 # Small shared counters, e.g. the configuration generation that `topup reload` bumps.
