@@ -21,8 +21,10 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 
+from core import metrics
 from core.order_store import OrderStore
 from core.orders import OPEN_ATTEMPT, READY_TO_SUBMIT, AttemptRecord, OrderRecord, State
 from core.routing import CircuitBreaker
@@ -39,11 +41,14 @@ from core.suppliers import (
 log = logging.getLogger("topup.dispatcher")
 
 ROUTINE = frozenset({State.SUBMITTING, State.PENDING, State.SUCCEEDED})
+# States whose arrival topup_orders_total counts (acceptance is counted where it happens).
+COUNTED = frozenset({State.SUCCEEDED, State.FAILED, State.REVIEW})
 NO_SUCH_PLUGIN = CallbackReply(404, b"no such supplier plugin")
 UNREADABLE_CALLBACK = CallbackReply(400, b"callback could not be read")
 # A plugin whose callback parsing raises gets its traceback logged at most this often;
 # anyone can post callbacks, and a traceback per post would let them flood the log.
 CALLBACK_TRACEBACK_SECONDS = 60.0
+CIRCUIT_PUBLISH_SECONDS = 1.0
 
 
 class Dispatcher:
@@ -57,6 +62,7 @@ class Dispatcher:
         self._loop_task: asyncio.Task | None = None
         # Per plugin: until when (event-loop time) a failing parse_callback logs one line.
         self._quiet_until: dict[str, float] = {}
+        self._circuits_published = 0.0
 
     def wake(self) -> None:
         """Look for due work now rather than at the next scan."""
@@ -83,8 +89,18 @@ class Dispatcher:
             except Exception:
                 log.exception("could not claim work; retrying")
                 claimed = 0
+            self._publish_circuits()
             if claimed == 0:
                 await self._sleep(self._runtime().config.dispatch.scan_interval)
+
+    def _publish_circuits(self) -> None:
+        """Circuit gauges, at most once a second: a circuit's cool-down ends by itself."""
+        now = time.monotonic()
+        if now - self._circuits_published < CIRCUIT_PUBLISH_SECONDS:
+            return
+        self._circuits_published = now
+        for plugin in self._runtime().suppliers:
+            metrics.circuit(plugin, not self.breaker.available(plugin))
 
     async def _claim(self) -> int:
         settings = self._runtime().config.dispatch
@@ -142,7 +158,8 @@ class Dispatcher:
         supplier = runtime.suppliers.get(plugin) if plugin else None
         if supplier is None or plugin is None:
             reason = f"没有可用的供应商: {order.supplier}"
-            await self._store.fail_unroutable(order.order_no, self.owner, reason)
+            if await self._store.fail_unroutable(order.order_no, self.owner, reason):
+                metrics.order_reached(State.FAILED, order.supplier, "none")
             log.warning(
                 "order %s failed: no supplier left to try (tried %s, open circuits %s)",
                 order.order_no,
@@ -296,6 +313,8 @@ class Dispatcher:
             counts_as_query=is_query,
         )
         if applied is not None and applied.changed:
+            if applied.state in COUNTED:
+                metrics.order_reached(applied.state, upstream.supplier, plugin)
             # Routine progress is DEBUG: at thousands of orders a second, INFO is for news.
             level = logging.DEBUG if applied.state in ROUTINE else logging.INFO
             log.log(
@@ -320,6 +339,7 @@ class Dispatcher:
     ) -> None:
         if result.outcome is Outcome.FAILED and result.failover:
             if self.breaker.record_failure(plugin, threshold, cooldown):
+                metrics.circuit(plugin, True, opened=True)
                 alerts.warning(
                     "%s: circuit opened after %s definitive failures; skipped for %ss",
                     plugin,
@@ -327,6 +347,8 @@ class Dispatcher:
                     cooldown,
                 )
         elif result.outcome in (Outcome.SUCCEEDED, Outcome.PENDING):
+            if not self.breaker.available(plugin):
+                metrics.circuit(plugin, False)
             self.breaker.record_success(plugin)
 
     async def _call(
@@ -335,7 +357,19 @@ class Dispatcher:
         upstream: UpstreamOrder,
         plugin: str,
     ) -> SupplierResult:
-        """Call a plugin; anything but a proper answer is UNKNOWN, never FAILED."""
+        """Call a plugin, timed; anything but a proper answer is UNKNOWN, never FAILED."""
+        started = time.perf_counter()
+        result = await self._answer(method, upstream, plugin)
+        elapsed = time.perf_counter() - started
+        metrics.supplier_call(plugin, method.__name__, result.outcome, result.code, elapsed)
+        return result
+
+    async def _answer(
+        self,
+        method: Callable[[UpstreamOrder], Awaitable[SupplierResult]],
+        upstream: UpstreamOrder,
+        plugin: str,
+    ) -> SupplierResult:
         timeout = self._runtime().config.dispatch.call_timeout
         try:
             async with asyncio.timeout(timeout):

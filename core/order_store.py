@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
 
+from core import metrics
 from core.clock import now_ms
 from core.db import Database, attempts, order_events, orders
 from core.fastsql import fetch_one
@@ -318,6 +319,8 @@ class OrderStore:
             event=("resolved", actor, f"{outcome}: {reason}"),
         )
         assert applied is not None
+        if applied.changed and applied.state in TERMINAL:
+            metrics.order_reached(applied.state, _upstream.supplier, attempt.plugin)
         return applied
 
     async def requery(self, order_no: str, actor: str, reason: str) -> bool:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 
 import msgspec
 
+from core import metrics
 from core.apps import App, AppStore
 from core.config import Product
 from core.errors import ErrorCode, TopupError
@@ -134,6 +135,7 @@ class PartnerDesk:
                 f"产品 {order.product_id}, 供应商 {order.supplier}); 原订单未改变",
             )
         if created:
+            metrics.order_accepted(order.supplier, order.order_no, self._runtime().router)
             self._on_accepted()
         return order, created
 

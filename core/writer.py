@@ -28,6 +28,8 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core import metrics
+
 log = logging.getLogger("topup.writer")
 
 T = TypeVar("T")
@@ -197,8 +199,10 @@ class GroupWriter:
                 await self._commit(batch)
 
     async def _commit(self, batch: list[_Queued]) -> None:
+        started = time.perf_counter()
         try:
             outcomes = await self._transactions.run(partial(self._execute, batch=batch))
+            metrics.group_commit(len(batch), time.perf_counter() - started)
         except Exception as exc:
             # Nothing of this batch is committed: every caller learns it.
             log.exception("group commit of %s jobs failed", len(batch))

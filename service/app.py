@@ -9,15 +9,17 @@ from contextlib import asynccontextmanager
 from urllib.parse import parse_qsl
 
 import msgspec
-from litestar import HttpMethod, Litestar, Request, Response, get, route
+from litestar import HttpMethod, Litestar, Request, Response, route
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from core import metrics
 from core.errors import ErrorCode, TopupError
 from core.suppliers import CallbackRequest
-from service import partner_api, payloads
+from service import health, partner_api, payloads
 from service.logs import configure_logging
+from service.metrics import HttpMetrics, metrics_endpoint, metrics_token
 from service.params import MAX_BODY_BYTES, ClientDisconnected, read_body
 from service.partner_api import bad_value, log_disconnect, refusal
 from service.settings import Settings
@@ -53,11 +55,6 @@ async def supplier_callback(request: Request, plugin: str) -> Response:
         log.exception("storage unavailable while applying a %s callback", plugin)
         return Response(b"retry later", status_code=503, media_type="text/plain")
     return Response(reply.body, status_code=reply.status_code, media_type=reply.media_type)
-
-
-@get("/healthz", operation_id="health", include_in_schema=False)
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
 
 
 _HTTP_ERRORS = {
@@ -120,8 +117,15 @@ def create_app(
         finally:
             await services.stop()
 
+    observed = metrics.enabled()
     app = Litestar(
-        route_handlers=[*partner_api.route_handlers(), supplier_callback, health],
+        route_handlers=[
+            *partner_api.route_handlers(),
+            supplier_callback,
+            health.health,
+            health.ready,
+            *_metrics_routes(observed),
+        ],
         lifespan=[lifespan],
         exception_handlers={
             HTTPException: _http_error,
@@ -134,4 +138,14 @@ def create_app(
         debug=False,
     )
     app.state.services = services
+    if observed:
+        metrics.activate()
+        app.state.metrics_token = metrics_token()
+        # Around Litestar's whole handler, so that 404s and 405s are counted too.
+        app.asgi_handler = HttpMetrics(app.asgi_handler)
     return app
+
+
+def _metrics_routes(observed: bool) -> list:
+    """GET /metrics, unless TOPUP_METRICS=0 turned metrics off."""
+    return [metrics_endpoint] if observed else []

@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 
 import click
 
+from core import metrics
 from core.apps import AppStore, check_master_key
 from core.config import ConfigError
 from core.control import CONFIG_GENERATION, bump_counter
@@ -80,6 +81,9 @@ def serve(
         settings = Settings.from_env()
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
+    inline = background and make_url(settings.database_url).get_backend_name() == "sqlite"
+    # Before anything records a metric in this process (see core/metrics.py).
+    metrics_dir = _metrics_dir(processes=workers + (1 if background and not inline else 0))
     check_config(settings)
     # Apply SQLite migrations once, up front, and check the master key opens the secrets.
     run_with_db(check_master_key)
@@ -89,7 +93,6 @@ def serve(
     # Workers read their settings from the environment, so pass the CLI overrides on.
     os.environ["TOPUP_HOST"], os.environ["TOPUP_PORT"] = host, str(port)
     os.environ[REQUEST_TIMEOUT_ENV] = str(request_timeout)
-    inline = background and make_url(settings.database_url).get_backend_name() == "sqlite"
     os.environ[BACKGROUND_ENV] = "1" if inline else "0"
     worker = None
     if background and not inline:
@@ -120,6 +123,27 @@ def serve(
         if worker is not None:
             worker.terminate()
             worker.join(10)
+        if metrics_dir is not None:
+            metrics.remove_multiprocess_dir(metrics_dir)
+
+
+def _metrics_dir(processes: int) -> str | None:
+    """Where the processes of this ``topup serve`` share their metrics, when there are
+    several: PROMETHEUS_MULTIPROC_DIR if the operator set it (a ``topup worker`` on this
+    host may write there too; files of dead processes are removed), else a new directory
+    of ours, returned so that it is removed when we stop."""
+    given = metrics.multiprocess_dir()
+    if not metrics.enabled():
+        return None
+    if given:
+        os.makedirs(given, exist_ok=True)
+        metrics.remove_dead_files(given)
+        return None
+    if processes < 2:
+        return None  # one process: its metrics stay in memory
+    path = metrics.new_multiprocess_dir()
+    os.environ[metrics.MULTIPROC_ENV] = path
+    return path
 
 
 @main.command()
@@ -128,6 +152,8 @@ def worker() -> None:
     from service.background import run_background
 
     check_config(Settings.from_env())
+    if metrics.multiprocess_dir():  # shared with a `topup serve` on this host
+        os.makedirs(metrics.multiprocess_dir(), exist_ok=True)
     run_with_db(check_master_key)
     run_background()
 
