@@ -157,6 +157,7 @@ class _DatabaseCollector:
 
 
 def exposition(gauges: DatabaseGauges | None) -> bytes:
+    metrics.flush()
     path = metrics.multiprocess_dir()
     if path:
         _forget_dead_processes(path)
