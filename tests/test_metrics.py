@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import new_partner
 from tests.support import (
+    FAST_DISPATCH,
     PRODUCTS,
     REPO,
     SQLITE,
@@ -129,6 +130,49 @@ def test_metrics_count_real_orders_by_carrier_plugin_route_and_supplier_call(ser
         for name in re.findall(r"topup_[a-z_]+", target["expr"])
     }
     assert plotted and plotted <= {name for name, _, _ in samples}
+
+
+def test_metrics_show_a_circuit_opening_and_the_plugin_failed_over_to(services, tmp_path: Path):
+    """The scripted plugin refuses (failover allowed) the number below; after two
+    refusals its circuit opens, and the orders succeed with the backup plugin."""
+    journal = tmp_path / "journal.jsonl"
+    config = f"""
+enabled = ["scripted", "backup"]
+{FAST_DISPATCH}breaker_threshold = 2
+breaker_cooldown = 600
+[plugin.scripted]
+journal = "{journal}"
+script = {{ "13800000001" = "reject" }}
+[plugin.backup]
+journal = "{journal}"
+[suppliers."{CARRIER}"]
+route = ["scripted", "backup"]
+{PRODUCTS}
+"""
+    service = services(config, env={"TOPUP_PLUGINS": "tests.fake_suppliers"})
+    partner = new_partner(service)
+    numbers = [fresh_order_no("c") for _ in range(2)]
+    for cstm in numbers:
+        assert partner.order(cstm, phone="13800000001")["code"] == "0"
+    for cstm in numbers:
+        assert partner.wait_status(cstm, {"2", "3"})["data"]["status"] == "2"
+
+    def opened(samples: Samples) -> bool:
+        return (
+            total(samples, "topup_circuit_open", plugin="scripted") == 1
+            and total(samples, "topup_orders_total", state="succeeded") == 2
+        )
+
+    samples = scrape_until(service.url, opened)
+    assert total(samples, "topup_circuit_open", plugin="scripted") == 1
+    assert total(samples, "topup_circuit_openings_total", plugin="scripted") == 1
+    assert total(samples, "topup_circuit_open", plugin="backup") == 0
+    refused = dict(plugin="scripted", call="submit", outcome="failed", code="NO_BALANCE")
+    assert total(samples, "topup_supplier_calls_total", **refused) == 2
+    # Accepted by the plugin the route tries first; succeeded by the one that did it.
+    assert total(samples, "topup_orders_total", state="accepted", plugin="scripted") == 2
+    assert total(samples, "topup_orders_total", state="succeeded", plugin="backup") == 2
+    assert total(samples, "topup_orders_total", state="failed") == 0
 
 
 REVIEW_CONFIG = f"""
