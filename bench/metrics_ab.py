@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -33,6 +34,22 @@ sys.path.insert(0, str(ROOT))
 from bench import run as bench  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
+# A database of its own on the machine's PostgreSQL (make bench's is `test`).
+PG_DATABASE = "topup_metrics_ab"
+PG_URL = bench.PG_URL.rsplit("/", 1)[0] + "/" + PG_DATABASE
+
+
+def psql(database: str, sql: str, check: bool = True) -> None:
+    subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", database, "-q", "-c", sql],
+        check=check,
+        capture_output=True,
+    )
+
+
+def reset_postgres() -> None:
+    psql("postgres", f'CREATE DATABASE "{PG_DATABASE}"', check=False)  # fails if it exists
+    psql(PG_DATABASE, "DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -50,8 +67,8 @@ def accept(
     """Accepted orders per second over one wrk run, and CPU microseconds per order."""
     os.environ["TOPUP_METRICS"] = "1" if metrics_on else "0"
     if postgres:
-        bench.reset_postgres()
-        bench.topup("db", "upgrade", env=bench.topup_env(database_url, 0))
+        reset_postgres()
+        bench.topup("db", "upgrade", env=bench.topup_env(database_url, 8000))
     with bench.service(database_url) as (server, secret):
         bodies = bench.write_lines(bench.order_bodies(server.url, secret, int(seconds * 6000)))
         pids = server.pids()
@@ -78,7 +95,7 @@ def main() -> None:
             order = (True, False) if round_no % 2 == 0 else (False, True)
             for on in order:
                 url = (
-                    bench.PG_URL
+                    PG_URL
                     if args.postgres
                     else f"sqlite+aiosqlite:///{tmp}/ab-{round_no}-{int(on)}.db"
                 )
