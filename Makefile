@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test install lint format clean bench
+.PHONY: run test install lint format clean bench bench-console
 
 run: $(INSTALLED)
 	$(BIN)/topup serve
@@ -30,6 +30,12 @@ bench: $(INSTALLED) bench/.build/loadgen
 bench/.build/loadgen: bench/loadgen.c
 	mkdir -p bench/.build
 	cc -O2 -Wall -o $@ $<
+
+# The console's queries on 1,000,000 orders (seeded once into bench/.build/console.db and,
+# when a server answers, the PostgreSQL database below); writes its section of BENCHMARKS.md.
+BENCH_CONSOLE_POSTGRES ?= postgresql+asyncpg://postgres@127.0.0.1:5432/topup_console_bench
+bench-console: $(INSTALLED)
+	$(BIN)/python bench/console.py --postgres $(BENCH_CONSOLE_POSTGRES)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
