@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from sqlalchemy import Connection, Select, exists, select
+from sqlalchemy import Connection, Select, select
 
 from core.db import Database, attempts, ledger, notifications, order_events, orders
 from core.ids import order_no_floor, taken_at
@@ -163,8 +163,14 @@ def plan(wanted: OrderFilter) -> _Plan:
     }
     given = {name: condition for name, (value, condition) in given.items() if value}
     if wanted.plugin:
-        given["plugin"] = exists().where(
-            attempts.c.order_no == c.order_no, attempts.c.plugin == wanted.plugin
+        # Checked per order through the attempts' (order_no, seq) index. OFFSET 0 keeps
+        # PostgreSQL from turning the EXISTS into a join that starts from the attempts:
+        # for a plugin it expects few rows of, that is a scan of the whole attempts table.
+        given["plugin"] = (
+            select(attempts.c.order_no)
+            .where(attempts.c.order_no == c.order_no, attempts.c.plugin == wanted.plugin)
+            .offset(0)
+            .exists()
         )
     driver = _driver(wanted, given)
     conditions = [given.pop(driver)] if driver in given else []
