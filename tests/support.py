@@ -383,7 +383,6 @@ def fresh_order_no(prefix: str = "c") -> str:
     return f"{prefix}-{time.time_ns()}"
 
 
-
 class Console:
     """An operator's browser, without the browser: cookies, the sign-in form, CSRF tokens."""
 
