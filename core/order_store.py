@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
 
+from core.audit import record
 from core.clock import now_ms
 from core.db import Database, attempts, order_events, orders
 from core.fastsql import fetch_one
@@ -277,14 +278,23 @@ class OrderStore:
 
     # -- manual review ------------------------------------------------------------------
 
-    async def in_review(self) -> list[OrderRecord]:
+    async def in_review(self, limit: int | None = None) -> list[OrderRecord]:
+        """Orders in manual review, the oldest first (``limit``: only so many)."""
+
         def find(conn: Connection) -> list[OrderRecord]:
             rows = conn.execute(
-                select(orders).where(orders.c.state == State.REVIEW).order_by(orders.c.created_at)
+                select(orders)
+                .where(orders.c.state == State.REVIEW)
+                .order_by(orders.c.order_no)
+                .limit(limit)
             )
             return [order_from_row(row) for row in rows]
 
         return await self.db.read(find)
+
+    async def count_in_review(self) -> int:
+        query = select(func.count()).select_from(orders).where(orders.c.state == State.REVIEW)
+        return await self.db.read(lambda conn: conn.execute(query).scalar_one())
 
     async def events_of(self, order_no: str) -> list[OrderEvent]:
         def find(conn: Connection) -> list[OrderEvent]:
@@ -318,6 +328,12 @@ class OrderStore:
             event=("resolved", actor, f"{outcome}: {reason}"),
         )
         assert applied is not None
+        if applied.changed:
+            # The verdict is applied in a batch of the lifecycle's; the order's own event
+            # (kind "resolved") is written in that transaction, this record right after.
+            await self.db.write(
+                lambda conn: record(conn, actor, "order.resolve", order_no, reason, outcome=outcome)
+            )
         return applied
 
     async def requery(self, order_no: str, actor: str, reason: str) -> bool:
@@ -346,6 +362,7 @@ class OrderStore:
                     order_no=order_no, at=now, kind="requeried", actor=actor, detail=reason
                 )
             )
+            record(conn, actor, "order.requery", order_no, reason)
             return True
 
         return await self.db.write(requery)
