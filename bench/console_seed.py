@@ -507,7 +507,7 @@ async def prepare(url: str, key_file: Path) -> Database:
     for app_id, company, _share, notify_url, _prefix in APPS:
         await store.add(app_id, company)
         if notify_url:
-            await store.set_notify_url(app_id, notify_url)
+            await store.set_notify_url(app_id, notify_url, actor="bench", reason="console seed")
     return db
 
 

@@ -92,6 +92,8 @@ class Overview(msgspec.Struct, frozen=True):
     # first minute starts at ``per_minute_from`` (Unix ms); the last is the current one.
     per_minute: list[int]
     per_minute_from: int
+    # When plugins_day was read (OverviewReader reuses it for a minute).
+    plugins_day_at: int
 
 
 def state_counts(conn: Connection, since: int) -> StateCounts:
@@ -207,7 +209,7 @@ def per_minute(conn: Connection, now: int) -> tuple[list[int], int]:
 
 def overview(conn: Connection, now: int | None = None) -> Overview:
     now = now_ms() if now is None else now
-    return _assemble(now, plugin_stats(conn, now - DAY_MS), _all_but_the_day(conn, now))
+    return _assemble(now, plugin_stats(conn, now - DAY_MS), now, _all_but_the_day(conn, now))
 
 
 def _all_but_the_day(conn: Connection, now: int) -> dict:
@@ -223,8 +225,8 @@ def _all_but_the_day(conn: Connection, now: int) -> dict:
     }
 
 
-def _assemble(now: int, plugins_day: list[PluginStats], rest: dict) -> Overview:
-    return Overview(at=now, plugins_day=plugins_day, **rest)
+def _assemble(now: int, plugins_day: list[PluginStats], day_at: int, rest: dict) -> Overview:
+    return Overview(at=now, plugins_day=plugins_day, plugins_day_at=day_at, **rest)
 
 
 async def read_overview(db: Database, now: int | None = None) -> Overview:
@@ -235,4 +237,28 @@ async def read_overview(db: Database, now: int | None = None) -> Overview:
         db.read_aside(lambda conn: plugin_stats(conn, now - DAY_MS)),
         db.read_aside(lambda conn: _all_but_the_day(conn, now)),
     )
-    return _assemble(now, plugins_day, rest)
+    return _assemble(now, plugins_day, now, rest)
+
+
+class OverviewReader:
+    """The overview for a page that refreshes itself every few seconds.
+
+    The day's per-plugin figures (a day of attempts: the costliest read) are read at most
+    once per ``day_every_ms`` and reused in between; a day's figures move little in a
+    minute. Everything else is read each time.
+    """
+
+    def __init__(self, db: Database, day_every_ms: int = MINUTE_MS) -> None:
+        self.db = db
+        self.day_every_ms = day_every_ms
+        self._day: tuple[int, list[PluginStats]] | None = None
+
+    async def read(self, now: int | None = None) -> Overview:
+        now = now_ms() if now is None else now
+        day = self._day
+        if day is not None and 0 <= now - day[0] < self.day_every_ms:
+            rest = await self.db.read_aside(lambda conn: _all_but_the_day(conn, now))
+            return _assemble(now, day[1], day[0], rest)
+        seen = await read_overview(self.db, now)
+        self._day = (now, seen.plugins_day)
+        return seen

@@ -12,7 +12,14 @@ from core.clock import BEIJING
 from core.db import Database
 from core.ledger import Ledger
 from core.migrate import ensure_schema
-from core.overview import PluginStats, StateCounts, overview, plugin_stats, read_overview
+from core.overview import (
+    OverviewReader,
+    PluginStats,
+    StateCounts,
+    overview,
+    plugin_stats,
+    read_overview,
+)
 from tests.order_rows import Shop, attempt_row, notification_row, number_at, order_row, write_rows
 
 MINUTE, HOUR = 60_000, 3_600_000
@@ -139,3 +146,24 @@ async def test_orders_placed_through_the_store_show_at_once(db: Database) -> Non
     assert (sandbox.attempts, sandbox.succeeded, sandbox.failed, sandbox.open) == (3, 1, 1, 1)
     assert sandbox.success_rate == 0.5 and sandbox.latency_sample == 2
     assert seen.review.size == 1
+
+
+async def test_a_refreshing_page_reads_the_days_plugin_figures_once_a_minute(
+    db: Database, history
+) -> None:
+    reader = OverviewReader(db)
+    first = await reader.read(NOW)
+    assert first.plugins_day_at == NOW and first.plugins_hour[0].attempts == 2
+    late, at = number_at(NOW + 5_000, seq=9), NOW + 5_000
+    await write_rows(
+        db,
+        orders=[order_row(late, at, state="succeeded")],
+        attempts=[attempt_row(late, 1, "juhe", "succeeded", at + 100, 700)],
+    )
+    # Ten seconds on: everything but the day's plugin figures is read again.
+    soon = await reader.read(NOW + 10_000)
+    assert soon.plugins_hour[0].attempts == 3 and soon.last_hour.total == 4
+    assert soon.plugins_day == first.plugins_day and soon.plugins_day_at == NOW
+    # A minute on, the day's figures are read afresh.
+    later = await reader.read(NOW + 61_000)
+    assert later.plugins_day_at == NOW + 61_000 and later.plugins_day[0].attempts == 4

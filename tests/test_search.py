@@ -27,7 +27,7 @@ async def db(database_url: str) -> AsyncIterator[Database]:
     for app_id in ("shop1", "shop2"):
         await apps.add(app_id, f"{app_id}公司")
         await Ledger(db).credit(app_id, 1_000_000, "test funds", "test")
-    await apps.set_notify_url("shop1", "https://shop1.example/notify")
+    await apps.set_notify_url("shop1", "https://shop1.example/notify", actor="test")
     yield db
     await db.dispose()
 

@@ -6,12 +6,15 @@ from litestar import Router
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.static_files import create_static_files_router
 
-from service.console import audit, auth, operators, overview, partners, review
+from service.console import audit, auth, operators, orders, overview, partners, review
 from service.console.render import STATIC, ConsoleError, page
 
 # Each page module's handlers or controllers; a new page is appended here.
 PAGES: list = [
     overview.overview,
+    overview.overview_live,
+    orders.orders_page,
+    orders.order_page,
     review.review_queue,
     review.decide,
     partners.partners,
