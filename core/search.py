@@ -43,7 +43,7 @@ from core.orders import (
 PAGE_SIZE = 50
 # Rows of the driving index one page may look at: bounds the time of a search whose
 # filters match rarely (measured in BENCHMARKS.md, "Console at 1M orders").
-SCAN_LIMIT = 10_000
+SCAN_LIMIT = 5_000
 
 
 class OrderFilter(msgspec.Struct, frozen=True, kw_only=True):
