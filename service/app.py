@@ -17,6 +17,8 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from core.errors import ErrorCode, TopupError
 from core.suppliers import CallbackRequest
 from service import partner_api, payloads
+from service.console.app import console_router
+from service.console.render import template_config
 from service.logs import configure_logging
 from service.params import MAX_BODY_BYTES, ClientDisconnected, read_body
 from service.partner_api import bad_value, log_disconnect, refusal
@@ -121,7 +123,13 @@ def create_app(
             await services.stop()
 
     app = Litestar(
-        route_handlers=[*partner_api.route_handlers(), supplier_callback, health],
+        route_handlers=[
+            *partner_api.route_handlers(),
+            supplier_callback,
+            health,
+            console_router(),
+        ],
+        template_config=template_config(),
         lifespan=[lifespan],
         exception_handlers={
             HTTPException: _http_error,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from urllib.parse import urlencode
 
@@ -13,10 +14,12 @@ from core.config import ConfigError, load_config
 from core.control import CONFIG_GENERATION, bump_counter
 from core.db import Database
 from core.migrate import current_revision, head_revision, upgrade
+from core.operators import OperatorStore
 from core.route_overrides import SkippedOverride, apply_overrides, load_overrides
 from core.signing import SignType, compute_sign, string_to_sign
 from service.cli_apps import app
 from service.cli_keys import keys
+from service.cli_operators import operator
 from service.cli_orders import orders
 from service.cli_reconcile import reconcile
 from service.cli_routes import routes
@@ -85,7 +88,7 @@ def serve(
         raise click.ClickException(str(exc)) from exc
     check_config(settings)
     # Apply SQLite migrations once, up front, and check the master key opens the secrets.
-    run_with_db(check_master_key)
+    operators = run_with_db(_check_start)
     host = host or settings.host
     port = port or settings.port
     request_timeout = request_timeout or settings.request_timeout
@@ -101,6 +104,7 @@ def serve(
         )
         worker.start()
     click.echo(f"topup serving on http://{host}:{port} (config {settings.config_path})", err=True)
+    _announce_console(f"http://{host}:{port}/console", operators)
     try:
         uvicorn.run(
             "service.app:create_app",
@@ -123,6 +127,24 @@ def serve(
         if worker is not None:
             worker.terminate()
             worker.join(10)
+
+
+async def _check_start(db) -> int:
+    """Check the master key opens the stored secrets; the number of console operators."""
+    await check_master_key(db)
+    return len(await OperatorStore(db).all())
+
+
+def _announce_console(url: str, operators: int) -> None:
+    click.echo(f"operations console (运营后台): {url}", err=True)
+    if operators == 0:
+        topup = shutil.which("topup") or sys.argv[0]
+        click.echo(
+            "  no operator yet: create the first admin with\n"
+            f"    {os.path.relpath(topup) if os.path.isabs(topup) else topup}"
+            " operator add admin --role admin",
+            err=True,
+        )
 
 
 @main.command()
@@ -256,5 +278,5 @@ def reload() -> None:
     click.echo(f"{settings.config_path} is valid; reload requested (generation {generation})")
 
 
-for group in (app, keys, orders, reconcile, routes, simulate):
+for group in (app, keys, operator, orders, reconcile, routes, simulate):
     main.add_command(group)

@@ -17,9 +17,10 @@ from core.ids import NODE_COUNTER, OrderNumbers
 from core.ledger import Ledger
 from core.migrate import ensure_schema
 from core.notify import Outbox
+from core.operators import OperatorStore, Sessions
 from core.order_store import OrderStore
 from core.partner import PartnerDesk
-from core.ratelimit import AbuseGuard
+from core.ratelimit import AbuseGuard, SignInThrottle
 from core.registry import Registry
 from core.route_overrides import SkippedOverride, apply_overrides, load_overrides
 from core.runtime import Runtime
@@ -34,6 +35,7 @@ log = logging.getLogger("topup.service")
 RELOAD_POLL_SECONDS = 1.0
 # "0" in an API process tells it that background work runs in a process of its own.
 BACKGROUND_ENV = "TOPUP_BACKGROUND"
+CONSOLE_SESSION_HOURS = 12
 
 
 def build_registry(extra_plugins: Iterable[object] = ()) -> Registry:
@@ -87,6 +89,13 @@ class Services:
         # Suppliers' balances for the console, asked for at most once a minute.
         self.balances = BalanceCache(lambda: self.runtime.suppliers)
         self.desk: PartnerDesk | None = None
+        self.operators = OperatorStore(self.db)
+        self.sessions = Sessions(
+            self.db,
+            idle_ms=int(settings.console_idle_minutes * 60_000),
+            lifetime_ms=CONSOLE_SESSION_HOURS * 3_600_000,
+        )
+        self.sign_in_throttle = SignInThrottle()
         self._background: set[asyncio.Task] = set()
 
     async def start(self) -> None:
