@@ -24,11 +24,6 @@ from service.settings import Settings
 from service.wiring import build_registry
 
 
-def cli_actor(operator: str) -> str:
-    """How the audit log names someone acting from the command line."""
-    return f"cli:{operator}"
-
-
 @click.group(invoke_without_command=True)
 @click.pass_context
 def routes(ctx: click.Context) -> None:
@@ -102,9 +97,7 @@ def set_(carrier: str, entries: tuple[str, ...], reason: str, operator: str) -> 
 
     async def change(db: Database) -> int:
         route = parse_route(entries)
-        return await set_route(
-            db, file_config, carrier, route, cli_actor(operator), reason, build=build
-        )
+        return await set_route(db, file_config, carrier, route, operator, reason, build=build)
 
     generation = _refusing(change)
     click.echo(
@@ -120,9 +113,7 @@ def set_(carrier: str, entries: tuple[str, ...], reason: str, operator: str) -> 
 def reset(carrier: str, reason: str, operator: str) -> None:
     """Remove CARRIER's override: plugins.toml's route applies again everywhere."""
     file_config = _file_config()
-    generation = _refusing(
-        lambda db: reset_route(db, file_config, carrier, cli_actor(operator), reason)
-    )
+    generation = _refusing(lambda db: reset_route(db, file_config, carrier, operator, reason))
     click.echo(
         f"{carrier}: override removed, plugins.toml's route applies again (generation {generation})"
     )

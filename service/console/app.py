@@ -6,12 +6,14 @@ from litestar import Router
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.static_files import create_static_files_router
 
-from service.console import auth, overview
+from service.console import auth, overview, reconcile, suppliers
 from service.console.render import STATIC, ConsoleError, page
 
 # Each page module's handlers or controllers; a new page is appended here.
 PAGES: list = [
     overview.overview,
+    *suppliers.route_handlers,
+    *reconcile.route_handlers,
 ]
 
 
