@@ -6,7 +6,16 @@ from litestar import Router
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.static_files import create_static_files_router
 
-from service.console import audit, auth, operators, overview, partners, review
+from service.console import (
+    audit,
+    auth,
+    operators,
+    overview,
+    partners,
+    reconcile,
+    review,
+    suppliers,
+)
 from service.console.render import STATIC, ConsoleError, page
 
 # Each page module's handlers or controllers; a new page is appended here.
@@ -25,6 +34,8 @@ PAGES: list = [
     operators.operators,
     operators.add_operator,
     operators.change_operator,
+    *suppliers.route_handlers,
+    *reconcile.route_handlers,
 ]
 
 
