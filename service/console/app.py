@@ -21,21 +21,12 @@ from service.console.render import STATIC, ConsoleError, page
 # Each page module's handlers or controllers; a new page is appended here.
 PAGES: list = [
     overview.overview,
-    review.review_queue,
-    review.decide,
-    partners.partners,
-    partners.partner,
-    partners.credit,
-    partners.credit_limit,
-    partners.notify_url,
-    partners.rotate_secret,
-    partners.statement,
-    audit.audit,
-    operators.operators,
-    operators.add_operator,
-    operators.change_operator,
+    *review.route_handlers,
+    *partners.route_handlers,
     *suppliers.route_handlers,
     *reconcile.route_handlers,
+    *audit.route_handlers,
+    *operators.route_handlers,
 ]
 
 
