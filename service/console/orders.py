@@ -141,3 +141,6 @@ async def order_page(request: Request, order_no: str) -> Template:
         notification_status=NOTIFICATION_STATUS,
         active="orders",
     )
+
+
+route_handlers = [orders_page, order_page]

@@ -104,3 +104,6 @@ def sparkline(seen: Overview) -> Sparkline:
 
 def _minute(ms: int) -> str:
     return beijing_time(ms)[11:16]
+
+
+route_handlers = [overview, overview_live]
