@@ -112,6 +112,8 @@ def test_the_overview_counts_the_orders_and_draws_the_sparkline(shop: Shop, cons
     assert 'data-refresh="/console/overview/live"' in page.text
     spark = page.text.split('<svg class="spark"', 1)[1].split("</svg>", 1)[0]
     assert spark.count("<circle") == 60 and "<polyline" in spark
+    status = page.text.split('id="supplier-status"', 1)[1].split("<table>", 1)[0]
+    assert ">sandbox</a>" in status and "正常" in status and "熔断" not in status
     sandbox_rows = re.findall(
         r'<td><a href="/console/orders\?plugin=sandbox">sandbox</a></td>\s*<td>([^<]+)</td>'
         r'\s*<td class="num">([\d,]+)</td>\s*<td class="num">([\d,]+)</td>'

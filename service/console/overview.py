@@ -11,6 +11,7 @@ from __future__ import annotations
 from litestar import Request, get
 from litestar.response import Template
 
+from core.circuits import open_circuits
 from core.clock import beijing_time
 from core.overview import Overview, OverviewReader
 from service.console.render import page, services
@@ -36,7 +37,15 @@ async def _numbers(request: Request) -> dict:
     if reader is None:
         reader = state.console_overview = OverviewReader(services(request).db)
     seen = await reader.read()
-    return {"ov": seen, "spark": sparkline(seen), "fmt": Formats(seen.at)}
+    svc = services(request)
+    return {
+        "ov": seen,
+        "spark": sparkline(seen),
+        "fmt": Formats(seen.at),
+        # Published by the dispatchers (core/circuits.py); balances as last asked.
+        "circuits": {c.plugin: c for c in await open_circuits(svc.db, seen.at)},
+        "balances": svc.balances.read(),
+    }
 
 
 class Formats:
