@@ -1,0 +1,155 @@
+"""The operations console in a real browser: an operator's clicks and typing, end to end.
+
+Chromium (headless) against a real ``topup serve``; every page visited is saved under
+``test-output/<test name>/`` (tests/browser.py). The service runs on SQLite only: what the
+pages read and write in SQL is exercised on both backends by the httpx tests of each page,
+and a browser per backend would double the slowest tests of the suite for nothing new.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.support import (
+    OPERATOR_PASSWORD,
+    PRODUCTS,
+    SQLITE,
+    Partner,
+    ServiceProcess,
+    fresh_order_no,
+)
+
+# A phone number the scripted supplier never settles: after one unanswered query the
+# order goes to manual review (dispatch.max_queries = 1).
+NEVER_SETTLES = "13700000009"
+
+
+def console_config(journal: str) -> str:
+    # 中国移动 goes to the scripted supplier; 中国联通 is the carrier whose route the
+    # suppliers test switches, from "scripted" to "backup" (the same fake under another name).
+    return f"""
+enabled = ["scripted", "backup"]
+
+[dispatch]
+query_delays = [0.2]
+max_queries = 1
+call_timeout = 2
+lease_seconds = 3
+scan_interval = 0.1
+
+[plugin.scripted]
+journal = "{journal}"
+script = {{ "{NEVER_SETTLES}" = "pending" }}
+
+[plugin.backup]
+journal = "{journal}"
+
+[suppliers."中国移动"]
+route = ["scripted"]
+{PRODUCTS}
+[suppliers."中国联通"]
+route = ["scripted"]
+products = [{{ product_id = "LT10", name = "联通10元", face_value = "10", price = "9.95" }}]
+"""
+
+
+@dataclass
+class Desk:
+    """The service of this module, its partner, and one account of each role."""
+
+    service: ServiceProcess
+    partner: Partner
+    admin: str = "admin"
+    operator: str = "duty"
+    viewer: str = "auditor"
+
+    def place(self, phone: str, carrier: str = "中国移动", product: str = "YD10") -> str:
+        """An order placed through the partner API; its orderNo."""
+        cstm = fresh_order_no("web")
+        reply = self.partner.order(cstm, phone=phone, Supplier=carrier, productId=product)
+        assert reply["code"] == "0", reply
+        return reply["data"]["orderNo"]
+
+    def state(self, order_no: str) -> str:
+        return self.service.sql("SELECT state FROM orders WHERE order_no = ?", order_no)[0][0]
+
+
+@pytest.fixture(scope="module")
+def desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desk]:
+    workdir = tmp_path_factory.mktemp("console-browser")
+    service = ServiceProcess(
+        workdir,
+        console_config(str(workdir / "journal.jsonl")),
+        env={"TOPUP_PLUGINS": "tests.fake_suppliers"},
+        backend=SQLITE,
+    )
+    service.start()
+    # One interpreter for the partner and the three accounts: each `topup` costs a second.
+    roles = [("admin", "admin"), ("duty", "operator"), ("auditor", "viewer")]
+    secret = service.cli_many(
+        [
+            ["app", "add", "shop", "--company", "彩生活", "--sign-type", "hmac-sha256"],
+            ["app", "credit", "shop", "1000", "--reason", "test funds"],
+            *(
+                ["operator", "add", name, "--role", role, "--password-stdin"]
+                for name, role in roles
+            ),
+        ],
+        input=f"{OPERATOR_PASSWORD}\n" * len(roles),
+    ).splitlines()[0]
+    desk = Desk(service, Partner(service.url, "shop", secret.strip(), "彩生活"))
+    try:
+        yield desk
+    finally:
+        desk.partner.close()
+        service.stop()
+
+
+@pytest.fixture
+def screen(screen_for, desk: Desk):
+    return screen_for(desk.service)
+
+
+# -- signing in -------------------------------------------------------------------------
+
+
+def test_an_operator_signs_in_and_a_wrong_password_is_refused(screen, desk: Desk) -> None:
+    page = screen.page
+    screen.goto("/console?from=bookmark")
+    expect(page).to_have_url(re.compile(r"/console/login\?next=/console%3Ffrom%3Dbookmark$"))
+    page.get_by_label("用户名").fill(desk.operator)
+    page.get_by_label("密码").fill("not the password")
+    refused = screen.click(page.get_by_role("button", name="登录"))
+    assert refused.status == 401
+    expect(page.get_by_role("alert")).to_have_text("用户名或密码错误")
+
+    page.get_by_label("用户名").fill(desk.operator)
+    page.get_by_label("密码").fill(OPERATOR_PASSWORD)
+    screen.click(page.get_by_role("button", name="登录"))
+    expect(page).to_have_url(re.compile(r"/console\?from=bookmark$"))  # back where they were going
+    expect(page.locator(".me .who")).to_contain_text(desk.operator)
+
+    screen.click(page.get_by_role("button", name="退出"))
+    expect(page).to_have_url(re.compile(r"/console/login$"))
+    screen.goto("/console")
+    expect(page).to_have_url(re.compile(r"/console/login"))  # signed out for good
+
+
+# -- forms and roles --------------------------------------------------------------------
+
+
+def test_a_form_without_its_csrf_token_is_refused(screen, desk: Desk) -> None:
+    page = screen.sign_in(desk.operator)
+    # A forged form: what another site could make the browser send, without the token.
+    page.evaluate("document.querySelectorAll('input[name=csrf_token]').forEach(e => e.remove())")
+    refused = screen.click(page.get_by_role("button", name="退出"))
+    assert refused.status == 403
+    expect(page.locator("h1")).to_have_text("无权操作")
+    expect(page.get_by_role("alert")).to_contain_text("CSRF 校验失败")
+    screen.goto("/console")
+    expect(page.locator(".me .who")).to_contain_text(desk.operator)  # still signed in
