@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
 
+from core.audit import record
 from core.clock import now_ms
 from core.db import Database, attempts, order_events, orders
 from core.fastsql import fetch_one
@@ -318,6 +319,12 @@ class OrderStore:
             event=("resolved", actor, f"{outcome}: {reason}"),
         )
         assert applied is not None
+        if applied.changed:
+            # The verdict is applied in a batch of the lifecycle's; the order's own event
+            # (kind "resolved") is written in that transaction, this record right after.
+            await self.db.write(
+                lambda conn: record(conn, actor, "order.resolve", order_no, reason, outcome=outcome)
+            )
         return applied
 
     async def requery(self, order_no: str, actor: str, reason: str) -> bool:
@@ -346,6 +353,7 @@ class OrderStore:
                     order_no=order_no, at=now, kind="requeried", actor=actor, detail=reason
                 )
             )
+            record(conn, actor, "order.requery", order_no, reason)
             return True
 
         return await self.db.write(requery)
