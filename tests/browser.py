@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -61,8 +61,12 @@ class Screen:
     def click(self, target: Locator) -> Response | None:
         """Click something that loads a page (a link, a submit button), then record it;
         the answer to the page's request (after redirects)."""
+        return self.navigate(target.click)
+
+    def navigate(self, action: Callable[[], object]) -> Response | None:
+        """Do something that loads a page, then record it; the answer to its request."""
         with self.page.expect_navigation() as navigation:
-            target.click()
+            action()
         self.snap()
         return navigation.value
 

@@ -75,6 +75,12 @@ class Desk:
         assert reply["code"] == "0", reply
         return reply["data"]["orderNo"]
 
+    def in_review(self) -> str:
+        """An order the supplier never settles, once it waits in the review queue."""
+        order_no = self.place(NEVER_SETTLES)
+        self.service.wait_for_state(order_no, "review")
+        return order_no
+
     def state(self, order_no: str) -> str:
         return self.service.sql("SELECT state FROM orders WHERE order_no = ?", order_no)[0][0]
 
@@ -140,16 +146,70 @@ def test_an_operator_signs_in_and_a_wrong_password_is_refused(screen, desk: Desk
     expect(page).to_have_url(re.compile(r"/console/login"))  # signed out for good
 
 
+# -- the review queue -------------------------------------------------------------------
+
+
+def test_an_operator_resolves_an_order_in_review(screen, desk: Desk) -> None:
+    order_no = desk.in_review()
+    page = screen.sign_in(desk.operator)
+    screen.click(page.get_by_role("link", name="人工审核"))
+    row = page.locator(f"#review-{order_no}")
+    expect(row).to_contain_text(NEVER_SETTLES)
+    row.locator("select[name=decision]").select_option(label="确认失败")
+    row.get_by_placeholder("原因（必填）").fill("供应商对账单无此单")
+    screen.click(row.get_by_role("button", name="提交"))
+    expect(page.locator(".flash.ok")).to_have_text(f"订单 {order_no} 已处理")
+    expect(page.locator(f"#review-{order_no}")).to_have_count(0)
+    assert desk.state(order_no) == "failed"
+    audit = desk.service.sql("SELECT actor, reason FROM audit_log WHERE target = ?", order_no)
+    assert audit == [(desk.operator, "供应商对账单无此单")]
+
+
 # -- forms and roles --------------------------------------------------------------------
 
 
 def test_a_form_without_its_csrf_token_is_refused(screen, desk: Desk) -> None:
+    order_no = desk.in_review()
     page = screen.sign_in(desk.operator)
+    screen.goto("/console/review")
+    row = page.locator(f"#review-{order_no}")
+    row.locator("select[name=decision]").select_option(label="确认成功")
+    row.get_by_placeholder("原因（必填）").fill("供应商说成功了")
     # A forged form: what another site could make the browser send, without the token.
-    page.evaluate("document.querySelectorAll('input[name=csrf_token]').forEach(e => e.remove())")
-    refused = screen.click(page.get_by_role("button", name="退出"))
+    row.locator("input[name=csrf_token]").evaluate("input => input.remove()")
+    refused = screen.click(row.get_by_role("button", name="提交"))
     assert refused.status == 403
     expect(page.locator("h1")).to_have_text("无权操作")
     expect(page.get_by_role("alert")).to_contain_text("CSRF 校验失败")
-    screen.goto("/console")
-    expect(page.locator(".me .who")).to_contain_text(desk.operator)  # still signed in
+    assert desk.state(order_no) == "review"  # nothing happened
+    screen.goto("/console/review")
+    expect(page.locator(f"#review-{order_no}")).to_be_visible()  # still signed in, still there
+
+
+def test_a_viewer_cannot_resolve_an_order(screen, desk: Desk) -> None:
+    order_no = desk.in_review()
+    page = screen.sign_in(desk.viewer)
+    screen.goto("/console/review")
+    row = page.locator(f"#review-{order_no}")
+    expect(row).to_contain_text("只读账号不能处理")
+    expect(row.locator("form")).to_have_count(0)
+    # The form an operator sees, posted anyway (with the viewer's own valid CSRF token).
+    forge = """order_no => {
+            const form = document.createElement("form");
+            form.method = "post";
+            form.action = "/console/review/" + order_no;
+            const fields = {csrf_token: document.body.dataset.csrf, decision: "succeeded",
+                            reason: "viewer tries"};
+            for (const [name, value] of Object.entries(fields)) {
+                const input = document.createElement("input");
+                Object.assign(input, {type: "hidden", name, value});
+                form.append(input);
+            }
+            document.body.append(form);
+            form.submit();
+        }"""
+    refused = screen.navigate(lambda: page.evaluate(forge, order_no))
+    assert refused.status == 403
+    expect(page.get_by_role("alert")).to_contain_text("需要操作员权限")
+    assert desk.state(order_no) == "review"
+    assert desk.service.sql("SELECT count(*) FROM audit_log WHERE target = ?", order_no) == [(0,)]
