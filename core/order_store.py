@@ -278,14 +278,23 @@ class OrderStore:
 
     # -- manual review ------------------------------------------------------------------
 
-    async def in_review(self) -> list[OrderRecord]:
+    async def in_review(self, limit: int | None = None) -> list[OrderRecord]:
+        """Orders in manual review, the oldest first (``limit``: only so many)."""
+
         def find(conn: Connection) -> list[OrderRecord]:
             rows = conn.execute(
-                select(orders).where(orders.c.state == State.REVIEW).order_by(orders.c.created_at)
+                select(orders)
+                .where(orders.c.state == State.REVIEW)
+                .order_by(orders.c.order_no)
+                .limit(limit)
             )
             return [order_from_row(row) for row in rows]
 
         return await self.db.read(find)
+
+    async def count_in_review(self) -> int:
+        query = select(func.count()).select_from(orders).where(orders.c.state == State.REVIEW)
+        return await self.db.read(lambda conn: conn.execute(query).scalar_one())
 
     async def events_of(self, order_no: str) -> list[OrderEvent]:
         def find(conn: Connection) -> list[OrderEvent]:

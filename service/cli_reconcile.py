@@ -80,17 +80,17 @@ def export(day, app_id: str | None, with_cost: bool, output: str | None) -> None
         sys.stdout.flush()
         stdout = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8-sig", newline="")
         try:
-            _write_statement(stdout, rows, with_cost)
+            write_statement(stdout, rows, with_cost)
             stdout.flush()
         finally:
             stdout.detach()  # leave sys.stdout open for whoever comes next
         return
     with Path(output).open("w", encoding="utf-8-sig", newline="") as target:
-        _write_statement(target, rows, with_cost)
+        write_statement(target, rows, with_cost)
     click.echo(f"{len(rows)} orders written to {output}", err=True)
 
 
-def _write_statement(target: TextIO, rows: list[StatementRow], with_cost: bool) -> None:
+def write_statement(target: TextIO, rows: list[StatementRow], with_cost: bool) -> None:
     writer = csv.writer(target)
     writer.writerow(PARTNER_COLUMNS + (COST_COLUMNS if with_cost else []))
     for row in rows:

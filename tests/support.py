@@ -399,7 +399,8 @@ class Console:
         )
 
     def get(self, path: str, **params: str) -> httpx.Response:
-        return self.http.get(path, params=params)
+        # httpx would replace a query already in ``path`` with an empty ``params``.
+        return self.http.get(path, params=params) if params else self.http.get(path)
 
     def post(self, path: str, csrf_from: str = "/console", **form: str) -> httpx.Response:
         """A form post carrying the CSRF token of the page ``csrf_from``, as a browser would."""

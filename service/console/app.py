@@ -6,12 +6,25 @@ from litestar import Router
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.static_files import create_static_files_router
 
-from service.console import auth, overview
+from service.console import audit, auth, operators, overview, partners, review
 from service.console.render import STATIC, ConsoleError, page
 
 # Each page module's handlers or controllers; a new page is appended here.
 PAGES: list = [
     overview.overview,
+    review.review_queue,
+    review.decide,
+    partners.partners,
+    partners.partner,
+    partners.credit,
+    partners.credit_limit,
+    partners.notify_url,
+    partners.rotate_secret,
+    partners.statement,
+    audit.audit,
+    operators.operators,
+    operators.add_operator,
+    operators.change_operator,
 ]
 
 
