@@ -161,8 +161,15 @@ def test_an_operator_resolves_an_order_in_review(screen, desk: Desk) -> None:
     expect(page.locator(".flash.ok")).to_have_text(f"订单 {order_no} 已处理")
     expect(page.locator(f"#review-{order_no}")).to_have_count(0)
     assert desk.state(order_no) == "failed"
-    audit = desk.service.sql("SELECT actor, reason FROM audit_log WHERE target = ?", order_no)
-    assert audit == [(desk.operator, "供应商对账单无此单")]
+
+    screen.click(page.get_by_role("link", name="审计日志"))
+    page.get_by_label("对象").fill(order_no)
+    screen.click(page.get_by_role("button", name="筛选"))
+    entries = page.locator("tbody tr")
+    expect(entries).to_have_count(1)
+    expect(entries.locator("td").nth(1)).to_have_text(desk.operator)
+    expect(entries.locator("td").nth(4)).to_have_text("供应商对账单无此单")
+    expect(entries.locator("td").nth(5)).to_have_text("outcome=failed")
 
 
 # -- forms and roles --------------------------------------------------------------------
