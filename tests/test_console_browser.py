@@ -172,6 +172,35 @@ def test_an_operator_resolves_an_order_in_review(screen, desk: Desk) -> None:
     expect(entries.locator("td").nth(5)).to_have_text("outcome=failed")
 
 
+# -- suppliers and routes ---------------------------------------------------------------
+
+
+def test_an_admin_switches_a_route_and_the_next_order_goes_to_the_new_supplier(
+    screen, desk: Desk
+) -> None:
+    page = screen.sign_in(desk.admin)
+    screen.click(page.get_by_role("link", name="供应商与路由"))
+    unicom = page.locator("section.carrier[data-carrier='中国联通']")
+    expect(unicom.locator(".effective-route")).to_have_text("scripted")
+    unicom.get_by_label("使用 scripted").uncheck()
+    unicom.get_by_label("使用 backup").check()
+    unicom.get_by_label("原因（必填）").fill("scripted 大量失败，切到 backup")
+    screen.click(unicom.get_by_role("button", name="切换路由"))
+    assert screen.dialogs == ["确定切换 中国联通 的路由？所有实例将在 1 秒内生效。"]
+    expect(page.locator(".flash.ok")).to_contain_text("中国联通 的路由已切换")
+    unicom = page.locator("section.carrier[data-carrier='中国联通']")
+    expect(unicom.locator(".effective-route")).to_have_text("backup")
+    expect(unicom).to_contain_text("scripted 大量失败，切到 backup")
+    # The instance applies the change when it sees the new configuration generation.
+    desk.service.wait_for_log("configuration reloaded (generation")
+
+    order_no = desk.place("13012345678", carrier="中国联通", product="LT10")
+    desk.service.wait_for_state(order_no, "succeeded")
+    screen.goto(f"/console/orders/{order_no}")
+    expect(page.locator(".attempts")).to_contain_text("backup")
+    expect(page.locator(".attempts")).not_to_contain_text("scripted")
+
+
 # -- forms and roles --------------------------------------------------------------------
 
 
