@@ -10,16 +10,19 @@ from urllib.parse import urlencode
 import click
 
 from core.apps import AppStore, check_master_key
-from core.config import ConfigError
+from core.config import ConfigError, load_config
 from core.control import CONFIG_GENERATION, bump_counter
+from core.db import Database
 from core.migrate import current_revision, head_revision, upgrade
 from core.operators import OperatorStore
+from core.route_overrides import SkippedOverride, apply_overrides, load_overrides
 from core.signing import SignType, compute_sign, string_to_sign
 from service.cli_apps import app
 from service.cli_keys import keys
 from service.cli_operators import operator
 from service.cli_orders import orders
 from service.cli_reconcile import reconcile
+from service.cli_routes import routes
 from service.cli_support import check_config, run_with_db
 from service.settings import DEFAULT_REQUEST_TIMEOUT, REQUEST_TIMEOUT_ENV, Settings
 from service.simulator.cli import simulate
@@ -257,13 +260,23 @@ def reload() -> None:
     """Check plugins.toml, then have every running instance reload it (within a second).
 
     An invalid file is refused here and changes nothing; an instance that still finds
-    it invalid keeps its running routes and logs why.
+    it invalid keeps its running routes and logs why. A route override (`topup routes`)
+    that no longer fits the new file is named here, and skipped by the instances (each
+    logs an ERROR) until it is reset or the file fits it again.
     """
     settings = Settings.from_env()
     check_config(settings)
-    generation = run_with_db(lambda db: bump_counter(db, CONFIG_GENERATION))
+    file_config = load_config(settings.config_path)
+
+    async def request(db: Database) -> tuple[list[SkippedOverride], int]:
+        _, skipped = apply_overrides(file_config, await load_overrides(db))
+        return skipped, await bump_counter(db, CONFIG_GENERATION)
+
+    skipped, generation = run_with_db(request)
+    for override in skipped:
+        click.echo(f"warning: {override.log_line()}", err=True)
     click.echo(f"{settings.config_path} is valid; reload requested (generation {generation})")
 
 
-for group in (app, keys, operator, orders, reconcile, simulate):
+for group in (app, keys, operator, orders, reconcile, routes, simulate):
     main.add_command(group)

@@ -2,11 +2,11 @@
 
 How a page is added:
 
-- Write a Litestar ``Controller`` (or handlers) in a module of this package and append
-  it to ``PAGES`` in ``service/console/app.py``. Handlers answer ``page(request,
-  "name.html", **context)`` (``service/console/render.py``); templates live in
-  ``templates/``, extend ``base.html`` and fill ``{% block content %}``; set
-  ``{% set active = "orders" %}`` to highlight the navigation entry.
+- Write the page's handlers in a module of this package, list them in its
+  ``route_handlers``, and add that list to ``PAGES`` in ``service/console/app.py``.
+  Handlers answer ``page(request, "name.html", active="orders", **context)``
+  (``service/console/render.py``); ``active`` highlights the navigation entry.
+  Templates live in ``templates/``, extend ``base.html`` and fill ``{% block content %}``.
 - Every handler is signed-in only. The role it needs goes in ``opt``:
   ``@post("/x", opt=needs(Role.OPERATOR))``; the default is ``Role.VIEWER`` (read).
   A viewer sees pages; operators act on orders; admins manage partners, routes and

@@ -50,3 +50,6 @@ async def audit(
 
 
 PAGE = 50
+
+
+route_handlers = [audit]

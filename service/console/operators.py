@@ -78,3 +78,6 @@ async def change_operator(
     except OperatorError as exc:
         raise ConsoleError(str(exc)) from None
     return Redirect(f"/console/operators?done={name}", status_code=303)
+
+
+route_handlers = [operators, add_operator, change_operator]

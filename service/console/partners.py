@@ -195,3 +195,6 @@ async def statement(request: Request, app_id: str, day: str) -> Response:
             "Content-Disposition": f'attachment; filename="statement-{_safe(app_id)}-{wanted}.csv"',
         },
     )
+
+
+route_handlers = [partners, partner, credit, credit_limit, notify_url, rotate_secret, statement]

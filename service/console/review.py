@@ -70,3 +70,6 @@ async def decide(
         if not applied.changed:
             raise ConsoleError(f"订单 {order_no} 已经是最终状态 ({applied.state})，未作改动")
     return Redirect(f"/console/review?done={order_no}", status_code=303)
+
+
+route_handlers = [review_queue, decide]
