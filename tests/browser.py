@@ -104,7 +104,7 @@ def chromium() -> Iterator[Browser]:
 @pytest.fixture
 def screen_for(chromium: Browser, request: pytest.FixtureRequest) -> Iterator:
     """``screen_for(service)``: a fresh browser page (no cookies) on that service."""
-    folder = OUTPUT / _slug(request.node.name.replace("[", "-"))
+    folder = OUTPUT / re.sub(r"[^\w.-]+", "-", request.node.name)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     opened: list[Screen] = []
