@@ -63,6 +63,12 @@ class Screen:
         the answer to the page's request (after redirects)."""
         return self.navigate(target.click)
 
+    def menu(self, entry: str) -> Response | None:
+        """Open a page from the navigation bar at the top."""
+        return self.click(
+            self.page.locator("header nav").get_by_role("link", name=entry, exact=True)
+        )
+
     def navigate(self, action: Callable[[], object]) -> Response | None:
         """Do something that loads a page, then record it; the answer to its request."""
         with self.page.expect_navigation() as navigation:

@@ -9,8 +9,12 @@ settles and goes to manual review), signs in as an operator in headless chromium
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from playwright.sync_api import Page, sync_playwright
@@ -99,22 +103,49 @@ def main() -> None:
             f"--juhe-callback={service.url}/callback/juhe",
             f"--reloadly-webhook={service.url}/callback/reloadly",
         ]
-        with running_simulator(*common, *hooks, env=CREDENTIALS) as simulator:
+        with (
+            running_simulator(*common, *hooks, env=CREDENTIALS) as simulator,
+            partner_server() as notify_url,
+        ):
             service.config_path.write_text(config(simulator, service.url), encoding="utf-8")
             service.start()
             try:
-                order_no = place_orders(service)
+                order_no = place_orders(service, notify_url)
                 photograph(service, order_no)
             finally:
                 service.stop()
 
 
-def place_orders(service: ServiceProcess) -> str:
-    """The morning's orders, settled (or in review); the orderNo of the one to show."""
+@contextmanager
+def partner_server() -> Iterator[str]:
+    """The partner's notify endpoint: answers every notification ``success``."""
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"success")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/topup/notify"
+    finally:
+        server.shutdown()
+
+
+def place_orders(service: ServiceProcess, notify_url: str) -> str:
+    """The morning's orders, settled (or in review) and notified; the orderNo to show."""
+    app = ["app", "set", "caishenghuo", "--notify-url", notify_url, "--allow-private"]
     secret = service.cli_many(
         [
             ["app", "add", "caishenghuo", "--company", "彩生活物业", "--sign-type", "hmac-sha256"],
             ["app", "credit", "caishenghuo", "5000", "--reason", "预付款 2024-06 第一笔"],
+            [*app, "--reason", "合作方提供的回调地址"],
             ["operator", "add", "wangfang", "--role", "operator", "--password-stdin"],
         ],
         input=OPERATOR_PASSWORD + "\n",
@@ -129,10 +160,14 @@ def place_orders(service: ServiceProcess) -> str:
                 shown = reply["data"]["orderNo"]
     finally:
         partner.close()
-    # Every order final, but the one that never settles, which waits in review.
+    # Every order final, but the one that never settles, which waits in review; and the
+    # partner told of each final one.
     deadline = time.monotonic() + 60
-    query = "SELECT count(*) FROM orders WHERE state NOT IN ('succeeded', 'failed', 'review')"
-    while service.sql(query)[0][0] and time.monotonic() < deadline:
+    waiting = (
+        "SELECT (SELECT count(*) FROM orders WHERE state NOT IN ('succeeded', 'failed', 'review'))"
+        " + (SELECT count(*) FROM notifications WHERE delivered_at IS NULL)"
+    )
+    while service.sql(waiting)[0][0] and time.monotonic() < deadline:
         time.sleep(0.2)
     return shown
 

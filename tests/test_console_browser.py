@@ -146,13 +146,45 @@ def test_an_operator_signs_in_and_a_wrong_password_is_refused(screen, desk: Desk
     expect(page).to_have_url(re.compile(r"/console/login"))  # signed out for good
 
 
+# -- orders -----------------------------------------------------------------------------
+
+
+def test_an_operator_finds_an_order_by_phone_number_and_reads_its_timeline(
+    screen, desk: Desk
+) -> None:
+    phone = "13911112222"
+    order_no = desk.place(phone)
+    desk.service.wait_for_state(order_no, "succeeded")
+    page = screen.sign_in(desk.operator)
+    screen.menu("订单")
+    page.get_by_label("手机号").fill(phone)
+    screen.click(page.get_by_role("button", name="搜索"))
+    results = page.locator("#order-results tbody tr")
+    expect(results).to_have_count(1)
+    expect(results).to_contain_text(order_no)
+    expect(results.locator(".badge")).to_have_text("成功")
+
+    screen.click(results.get_by_role("link", name=order_no))
+    expect(page.locator("h1")).to_contain_text(order_no)
+    timeline = page.locator("#timeline li")
+    # From the partner's order to the money taken, each step with who caused it.
+    for step in ("合作方下单", "冻结货款", "提交给供应商", "上游结果：成功", "订单成功", "扣款"):
+        expect(timeline.filter(has_text=step).first).to_be_visible()
+    expect(timeline.filter(has_text="合作方下单")).to_contain_text("合作方")
+    expect(timeline.filter(has_text="提交给供应商")).to_contain_text("→ scripted")
+    attempt = page.locator("#attempts tbody tr")
+    expect(attempt).to_have_count(1)
+    expect(attempt).to_contain_text("scripted")
+    expect(page.locator("#ledger")).to_contain_text("扣款")
+
+
 # -- the review queue -------------------------------------------------------------------
 
 
 def test_an_operator_resolves_an_order_in_review(screen, desk: Desk) -> None:
     order_no = desk.in_review()
     page = screen.sign_in(desk.operator)
-    screen.click(page.get_by_role("link", name="人工审核"))
+    screen.menu("人工审核")
     row = page.locator(f"#review-{order_no}")
     expect(row).to_contain_text(NEVER_SETTLES)
     row.locator("select[name=decision]").select_option(label="确认失败")
@@ -162,7 +194,12 @@ def test_an_operator_resolves_an_order_in_review(screen, desk: Desk) -> None:
     expect(page.locator(f"#review-{order_no}")).to_have_count(0)
     assert desk.state(order_no) == "failed"
 
-    screen.click(page.get_by_role("link", name="审计日志"))
+    screen.goto(f"/console/orders/{order_no}")
+    expect(page.locator("h1 .badge")).to_have_text("失败")
+    decided = page.locator("#timeline li").filter(has_text="人工认定结果")
+    expect(decided).to_contain_text(f"操作员 {desk.operator}")
+
+    screen.menu("审计日志")
     page.get_by_label("对象").fill(order_no)
     screen.click(page.get_by_role("button", name="筛选"))
     entries = page.locator("tbody tr")
@@ -179,7 +216,7 @@ def test_an_admin_switches_a_route_and_the_next_order_goes_to_the_new_supplier(
     screen, desk: Desk
 ) -> None:
     page = screen.sign_in(desk.admin)
-    screen.click(page.get_by_role("link", name="供应商与路由"))
+    screen.menu("供应商与路由")
     unicom = page.locator("section.carrier[data-carrier='中国联通']")
     expect(unicom.locator(".effective-route")).to_have_text("scripted")
     unicom.get_by_label("使用 scripted").uncheck()
@@ -197,8 +234,9 @@ def test_an_admin_switches_a_route_and_the_next_order_goes_to_the_new_supplier(
     order_no = desk.place("13012345678", carrier="中国联通", product="LT10")
     desk.service.wait_for_state(order_no, "succeeded")
     screen.goto(f"/console/orders/{order_no}")
-    expect(page.locator(".attempts")).to_contain_text("backup")
-    expect(page.locator(".attempts")).not_to_contain_text("scripted")
+    attempts = page.locator("#attempts tbody tr")
+    expect(attempts).to_have_count(1)
+    expect(attempts.locator("td").nth(1)).to_have_text("backup")
 
 
 # -- forms and roles --------------------------------------------------------------------
