@@ -1,6 +1,6 @@
 """A real browser for the console's tests: Debian's chromium, headless, driven by Playwright.
 
-Loaded by tests/conftest.py (``pytest_plugins``). One chromium per test process (it costs
+Loaded by tests/conftest.py (``pytest_plugins``). One chromium per test module (it costs
 a second to start); each test gets a fresh page with its own cookies. Every page a test
 visits is saved as a full-page screenshot in ``test-output/<test name>/NN-<page>.png``,
 and when a test fails, the page as it was at that moment too, so a failure can be looked
@@ -99,7 +99,10 @@ def _slug(path: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", path.split("?", 1)[0]).strip("-")[:60]
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API is started, the thread's running
+# event loop is its own, so asyncio.run() and the async tests of later modules on the same
+# worker would fail. The browser tests are one module, so chromium still starts once.
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
     with sync_playwright() as playwright:
         browser = launch(playwright)
@@ -117,6 +120,8 @@ def screen_for(chromium: Browser, request: pytest.FixtureRequest) -> Iterator:
 
     def open_screen(service) -> Screen:
         context = chromium.new_context(viewport=VIEWPORT, locale="zh-CN")
+        # A missing element fails in seconds: these pages answer in milliseconds.
+        context.set_default_timeout(10_000)
         screen = Screen(context.new_page(), service.url, folder)
         opened.append(screen)
         return screen
