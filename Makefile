@@ -4,14 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test install lint format clean bench bench-console
+.PHONY: run test install lint format clean bench bench-console browser screenshots
 
 run: $(INSTALLED)
 	$(BIN)/topup serve
 
 # Every storage and API test runs on SQLite and on the PostgreSQL at 127.0.0.1:5432
 # (TOPUP_TEST_POSTGRES); without one those runs are skipped, each with the reason.
-test: $(INSTALLED)
+test: $(INSTALLED) browser
 	$(BIN)/pytest -n 3 $(PYTEST_ARGS)
 
 install: $(INSTALLED)
@@ -21,6 +21,24 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
+
+# The console's browser tests (and `make screenshots`) drive Debian's chromium through
+# Playwright: Playwright's own browser builds cannot be downloaded here. Chinese pages need
+# a CJK font, or every character is a blank box. Installed when missing; never skipped.
+BROWSER_PACKAGES := chromium fonts-noto-cjk
+browser:
+	@if ! command -v chromium >/dev/null || ! fc-list :lang=zh 2>/dev/null | grep -q .; then \
+	  echo "installing $(BROWSER_PACKAGES) for the console's browser tests"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  { apt-get update -q && apt-get install -y -q $(BROWSER_PACKAGES); } \
+	  || { sudo apt-get update -q && sudo -E apt-get install -y -q $(BROWSER_PACKAGES); } \
+	  || { echo "cannot install $(BROWSER_PACKAGES): the console's browser tests need them" >&2; \
+	       exit 1; }; \
+	fi
+
+# README's console screenshots (docs/images/console-*.png), from a service with a few orders.
+screenshots: $(INSTALLED) browser
+	$(BIN)/python -m tests.screenshots
 
 # Measures throughput and latency against a bare Litestar handler; writes BENCHMARKS.md.
 bench: $(INSTALLED) bench/.build/loadgen

@@ -269,8 +269,9 @@ class ServiceProcess:
         """A console account, created as an operator would: ``topup operator add``."""
         self.cli("operator", "add", name, "--role", role, "--password-stdin", input=password)
 
-    def cli_many(self, commands: list[list[str]]) -> str:
-        """Several ``topup`` commands in one interpreter (each start costs a second)."""
+    def cli_many(self, commands: list[list[str]], input: str | None = None) -> str:
+        """Several ``topup`` commands in one interpreter (each start costs a second); a
+        command reading standard input (``--password-stdin``) reads the next line of it."""
         script = (
             "import json, sys\n"
             "from service.cli import main\n"
@@ -284,6 +285,7 @@ class ServiceProcess:
             capture_output=True,
             text=True,
             check=True,
+            input=input,
         )
         return result.stdout
 
