@@ -96,7 +96,7 @@ def desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desk]:
     )
     service.start()
     # One interpreter for the partner and the three accounts: each `topup` costs a second.
-    roles = [("admin", "admin"), ("duty", "operator"), ("auditor", "viewer")]
+    roles = [(Desk.admin, "admin"), (Desk.operator, "operator"), (Desk.viewer, "viewer")]
     secret = service.cli_many(
         [
             ["app", "add", "shop", "--company", "彩生活", "--sign-type", "hmac-sha256"],
