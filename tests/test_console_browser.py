@@ -96,7 +96,7 @@ def desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desk]:
     )
     service.start()
     # One interpreter for the partner and the three accounts: each `topup` costs a second.
-    roles = [("admin", "admin"), ("duty", "operator"), ("auditor", "viewer")]
+    roles = [(Desk.admin, "admin"), (Desk.operator, "operator"), (Desk.viewer, "viewer")]
     secret = service.cli_many(
         [
             ["app", "add", "shop", "--company", "彩生活", "--sign-type", "hmac-sha256"],
@@ -229,7 +229,8 @@ def test_an_admin_switches_a_route_and_the_next_order_goes_to_the_new_supplier(
     expect(unicom.locator(".effective-route")).to_have_text("backup")
     expect(unicom).to_contain_text("scripted 大量失败，切到 backup")
     # The instance applies the change when it sees the new configuration generation.
-    desk.service.wait_for_log("configuration reloaded (generation")
+    reloaded = "configuration reloaded (generation"
+    assert reloaded in desk.service.wait_for_log(reloaded), "the instance never reloaded"
 
     order_no = desk.place("13012345678", carrier="中国联通", product="LT10")
     desk.service.wait_for_state(order_no, "succeeded")
