@@ -292,6 +292,34 @@ class OrderStore:
 
         return await self.db.read(find)
 
+    async def review_queue(self, limit: int) -> list[tuple[OrderRecord, AttemptRecord | None]]:
+        """The oldest orders in review, each with its open attempt, in two queries."""
+
+        def find(conn: Connection) -> list[tuple[OrderRecord, AttemptRecord | None]]:
+            waiting = [
+                order_from_row(row)
+                for row in conn.execute(
+                    select(orders)
+                    .where(orders.c.state == State.REVIEW)
+                    .order_by(orders.c.order_no)
+                    .limit(limit)
+                )
+            ]
+            open_attempts: dict[str, AttemptRecord] = {}
+            if waiting:
+                rows = conn.execute(
+                    select(attempts)
+                    .where(
+                        attempts.c.order_no.in_([order.order_no for order in waiting]),
+                        attempts.c.state.in_(OPEN_ATTEMPT),
+                    )
+                    .order_by(attempts.c.seq)
+                )
+                open_attempts = {row.order_no: attempt_from_row(row) for row in rows}
+            return [(order, open_attempts.get(order.order_no)) for order in waiting]
+
+        return await self.db.read_aside(find)
+
     async def count_in_review(self) -> int:
         query = select(func.count()).select_from(orders).where(orders.c.state == State.REVIEW)
         return await self.db.read(lambda conn: conn.execute(query).scalar_one())

@@ -66,7 +66,7 @@ async def partner_statement(db: Database, day: date, app_id: str | None) -> list
     )
     if app_id is not None:
         query = query.where(orders.c.app_id == app_id)
-    return await db.read(lambda conn: [_statement_row(row) for row in conn.execute(query)])
+    return await db.read_aside(lambda conn: [_statement_row(row) for row in conn.execute(query)])
 
 
 def _statement_row(row) -> StatementRow:
@@ -125,7 +125,7 @@ async def our_attempts(
     query = select(attempts).where(
         attempts.c.plugin == plugin, or_(of_the_day, attempts.c.reference.in_(references))
     )
-    return await db.read(
+    return await db.read_aside(
         lambda conn: [
             OurAttempt(r.reference, r.order_no, State(r.state), r.cost, r.refused)
             for r in conn.execute(query)

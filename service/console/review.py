@@ -31,10 +31,7 @@ class Decision(msgspec.Struct):
 @get("/review", include_in_schema=False)
 async def review_queue(request: Request, done: str | None = None) -> Template:
     store = services(request).store
-    queue = []
-    for order in await store.in_review(limit=QUEUE_PAGE):
-        open_attempt = await store.open_attempt(order.order_no)
-        queue.append((order, open_attempt[0] if open_attempt else None))
+    queue = await store.review_queue(QUEUE_PAGE)
     flash = f"订单 {done} 已处理" if done else None
     return page(
         request,
