@@ -75,4 +75,4 @@ async def ledger_page(
         next_before = entries[-1].entry.id if len(rows) > limit else None
         return LedgerPage(account, entries, next_before)
 
-    return await db.read(read)
+    return await db.read_aside(read)
