@@ -641,6 +641,10 @@ def report(results: Results) -> str:
     explanation = ROOT / "bench" / "ANALYSIS.md"
     if explanation.exists():
         lines += ["", explanation.read_text().strip()]
+    # Written by `make bench-console` (bench/console.py), kept across `make bench` runs.
+    console = ROOT / "bench" / "CONSOLE.md"
+    if console.exists():
+        lines += ["", console.read_text().strip()]
     return "\n".join(lines) + "\n"
 
 

@@ -16,6 +16,7 @@ import msgspec
 from sqlalchemy import Connection, bindparam, select, update
 
 from core.addresses import Network, address_in, parse_networks
+from core.audit import record
 from core.clock import now_ms
 from core.db import Database, apps, insert_ignoring_conflicts, server_keys
 from core.fastsql import fetch_one
@@ -146,7 +147,13 @@ class AppStore:
         return [self._app(row) for row in await self._db.read(everyone)]
 
     async def rotate_secret(
-        self, app_id: str, grace_seconds: float, secret: str | None = None
+        self,
+        app_id: str,
+        grace_seconds: float,
+        secret: str | None = None,
+        *,
+        actor: str,
+        reason: str = "",
     ) -> str | None:
         """Give the app a new secret; the current one keeps signing for ``grace_seconds``.
 
@@ -178,6 +185,7 @@ class AppStore:
                     previous_secret_until=grace_until if previous else None,
                 )
             )
+            record(conn, actor, "app.rotate_secret", app_id, reason, grace_seconds=grace_seconds)
             return True
 
         found = await self._db.write(rotate)
@@ -185,20 +193,34 @@ class AppStore:
         return new_secret if found else None
 
     async def set_notify_url(
-        self, app_id: str, url: str | None, allow_private: bool = False
+        self,
+        app_id: str,
+        url: str | None,
+        allow_private: bool = False,
+        *,
+        actor: str,
+        reason: str = "",
     ) -> bool:
+        values = {"notify_url": url or None, "notify_allow_private": allow_private}
+        return await self._change(app_id, "app.notify_url", actor, reason, values)
+
+    async def set_allow_ips(
+        self, app_id: str, networks: Sequence[Network], *, actor: str, reason: str = ""
+    ) -> bool:
+        text = ",".join(str(network) for network in networks)
         return await self._change(
-            app_id, notify_url=url or None, notify_allow_private=allow_private
+            app_id, "app.allow_ips", actor, reason, {"allow_ips": text or None}
         )
 
-    async def set_allow_ips(self, app_id: str, networks: Sequence[Network]) -> bool:
-        text = ",".join(str(network) for network in networks)
-        return await self._change(app_id, allow_ips=text or None)
-
-    async def _change(self, app_id: str, **values: Any) -> bool:
+    async def _change(
+        self, app_id: str, action: str, actor: str, reason: str, values: dict[str, Any]
+    ) -> bool:
         def change(conn: Connection) -> bool:
             changed = conn.execute(update(apps).where(apps.c.app_id == app_id).values(**values))
-            return changed.rowcount == 1
+            if changed.rowcount != 1:
+                return False
+            record(conn, actor, action, app_id, reason, **values)
+            return True
 
         found = await self._db.write(change)
         self._cache.pop(app_id, None)

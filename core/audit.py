@@ -87,4 +87,4 @@ class AuditLog:
         query = select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
         if conditions:
             query = query.where(and_(*conditions))
-        return await self.db.read(lambda conn: [_entry(row) for row in conn.execute(query)])
+        return await self.db.read_aside(lambda conn: [_entry(row) for row in conn.execute(query)])

@@ -171,11 +171,13 @@ def parse_config(raw: bytes | str, source: str = "plugins.toml") -> Config:
         raise ConfigError(f"{source}: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
-    _check(config, source)
+    check_config(config, source)
     return config
 
 
-def _check(config: Config, source: str) -> None:
+def check_config(config: Config, source: str) -> None:
+    """Every check a configuration passes before it runs: a file at start or reload, and
+    the file with the operators' route overrides applied (core/route_overrides.py)."""
     dispatch = config.dispatch
     if not dispatch.query_delays or min(dispatch.query_delays) <= 0:
         raise ConfigError(f"{source}: dispatch.query_delays needs positive delays")
@@ -204,11 +206,13 @@ def _check(config: Config, source: str) -> None:
             raise ConfigError(f"{where}.route: weights cannot be negative")
         seen: set[str] = set()
         for product in supplier.products:
+            # A cost may name any enabled plugin, not only those routed now: an operator
+            # switching the route (core/route_overrides.py) sees what the switch costs.
             for plugin in product.cost:
-                if plugin not in names:
+                if plugin not in config.enabled:
                     raise ConfigError(
                         f"{where}: product {product.product_id!r} has a cost for {plugin!r}, "
-                        "which is not in this route"
+                        "which is not in `enabled`"
                     )
             if product.product_id in seen:
                 raise ConfigError(f"{where}: product_id {product.product_id!r} appears twice")

@@ -1,7 +1,8 @@
 """Counters every instance reads from the shared database.
 
-``config_generation`` is bumped by ``topup reload``; each running instance notices
-within a second and reloads its own ``plugins.toml``.
+``config_generation`` is bumped by ``topup reload`` and by every route override set or
+reset (core/route_overrides.py); each running instance notices within a second and
+reloads its own ``plugins.toml`` with the overrides stored in the database.
 """
 
 from __future__ import annotations
@@ -22,18 +23,21 @@ async def read_counter(db: Database, name: str) -> int:
     return await db.read(lambda conn: _value(conn, name))
 
 
-async def bump_counter(db: Database, name: str) -> int:
-    def bump(conn: Connection) -> int:
-        conn.execute(
-            insert_ignoring_conflicts(conn, control, ["name"]).values(
-                name=name, value=0, updated_at=now_ms()
-            )
+def bump(conn: Connection, name: str) -> int:
+    """Add one to a counter, in the caller's transaction (a change and the generation bump
+    that announces it commit together)."""
+    conn.execute(
+        insert_ignoring_conflicts(conn, control, ["name"]).values(
+            name=name, value=0, updated_at=now_ms()
         )
-        conn.execute(
-            update(control)
-            .where(control.c.name == name)
-            .values(value=control.c.value + 1, updated_at=now_ms())
-        )
-        return _value(conn, name)
+    )
+    conn.execute(
+        update(control)
+        .where(control.c.name == name)
+        .values(value=control.c.value + 1, updated_at=now_ms())
+    )
+    return _value(conn, name)
 
-    return await db.write(bump)
+
+async def bump_counter(db: Database, name: str) -> int:
+    return await db.write(lambda conn: bump(conn, name))

@@ -15,7 +15,9 @@ the same writer for writes.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -297,6 +299,7 @@ class Database:
             self._engine = create_async_engine(url, pool_size=10, max_overflow=10)
             self._transactions = AsyncTransactions(self._engine)
         self._writer: GroupWriter | None = None
+        self._aside: ThreadPoolExecutor | None = None
 
     @property
     def writer(self) -> GroupWriter:
@@ -312,6 +315,22 @@ class Database:
                 return job(conn)
         async with self._engine.connect() as conn:
             return await conn.run_sync(job)
+
+    async def read_aside(self, job: Callable[[Connection], T]) -> T:
+        """A read that may take milliseconds (the console's searches and counts): on
+        SQLite it runs on a helper thread, so the event loop keeps serving partners."""
+        if self._engine is None:
+            if self._aside is None:
+                # Two threads: with the event loop's own, within SingletonThreadPool's
+                # five per-thread connections (a sixth thread would close one in use).
+                self._aside = ThreadPoolExecutor(2, thread_name_prefix="read-aside")
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._aside, self._read_in_place, job)
+        return await self.read(job)
+
+    def _read_in_place(self, job: Callable[[Connection], T]) -> T:
+        with self._reader.connect() as conn:
+            return job(conn)
 
     async def write(self, job: Callable[[Connection], T]) -> T:
         """Run ``job`` in the next group transaction; returns once it is committed."""
@@ -329,6 +348,8 @@ class Database:
             await self._writer.stop()
         if self._engine is not None:
             await self._engine.dispose()
+        if self._aside is not None:
+            self._aside.shutdown()
         if isinstance(self._transactions, LoopTransactions):
             self._transactions.close()
             self._reader.dispose()

@@ -24,7 +24,8 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 
-from core import metrics
+from core import circuits, metrics
+from core.clock import now_ms
 from core.order_store import OrderStore
 from core.orders import OPEN_ATTEMPT, READY_TO_SUBMIT, AttemptRecord, OrderRecord, State
 from core.routing import CircuitBreaker
@@ -293,7 +294,9 @@ class Dispatcher:
     ) -> None:
         """Apply one result; ``queries_done`` counts status queries including this one."""
         settings = runtime.config.dispatch
-        self._track_health(plugin, result, settings.breaker_threshold, settings.breaker_cooldown)
+        await self._track_health(
+            plugin, result, settings.breaker_threshold, settings.breaker_cooldown
+        )
         retry = result.outcome is Outcome.FAILED and result.failover
         if retry:
             tried = await self._store.tried_plugins(upstream.order_no)
@@ -334,7 +337,7 @@ class Dispatcher:
                     queries_done,
                 )
 
-    def _track_health(
+    async def _track_health(
         self, plugin: str, result: SupplierResult, threshold: int, cooldown: float
     ) -> None:
         if result.outcome is Outcome.FAILED and result.failover:
@@ -346,10 +349,23 @@ class Dispatcher:
                     threshold,
                     cooldown,
                 )
-        elif result.outcome in (Outcome.SUCCEEDED, Outcome.PENDING):
-            if not self.breaker.available(plugin):
-                metrics.circuit(plugin, False)
-            self.breaker.record_success(plugin)
+                await self._publish_circuit(plugin, now_ms() + int(cooldown * 1000))
+        elif result.outcome in (
+            Outcome.SUCCEEDED,
+            Outcome.PENDING,
+        ) and self.breaker.record_success(plugin):
+            log.info("%s: circuit closed", plugin)
+            metrics.circuit(plugin, False)
+            await self._publish_circuit(plugin, None)
+
+    async def _publish_circuit(self, plugin: str, open_until: int | None) -> None:
+        """Tell other processes (the console) of an opening or closing; only changes are
+        written, so this costs nothing on the order path otherwise."""
+        try:
+            await circuits.publish(self._store.db, plugin, self.owner, open_until)
+        except Exception:
+            # The breaker itself works on; only its display elsewhere is stale.
+            log.exception("%s: could not publish the circuit's state", plugin)
 
     async def _call(
         self,

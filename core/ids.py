@@ -62,6 +62,14 @@ def taken_at(order_no: str) -> int:
     return _unix_second(order_no[2:16]) * 1000 + int(order_no[16:19])
 
 
+def order_no_floor(ms: int) -> str:
+    """The lowest order number taken at Unix millisecond ``ms`` (a prefix of them all):
+    every number taken at or after ``ms`` sorts at or above it, every earlier one below,
+    so a time range is an order_no range."""
+    stamp = datetime.fromtimestamp(ms // 1000, UTC).astimezone(BEIJING)
+    return f"TP{stamp:%Y%m%d%H%M%S}{ms % 1000:03d}"
+
+
 @lru_cache(maxsize=64)
 def _unix_second(stamp: str) -> int:
     return int(datetime.strptime(stamp, "%Y%m%d%H%M%S").replace(tzinfo=BEIJING).timestamp())

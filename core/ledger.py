@@ -19,6 +19,7 @@ from collections import defaultdict
 import msgspec
 from sqlalchemy import Connection, case, func, select, update
 
+from core.audit import record
 from core.clock import now_ms
 from core.db import Database, accounts, insert_ignoring_conflicts, ledger
 from core.errors import ErrorCode, TopupError
@@ -187,20 +188,38 @@ class Ledger:
                     .where(accounts.c.app_id == app_id)
                     .values(credited=accounts.c.credited + amount, updated_at=now_ms())
                 )
+                record(conn, actor, "app.credit", app_id, reason, amount_fen=amount)
             return account_of(conn, app_id)
 
         return await self.db.write(credit)
 
-    async def set_credit_limit(self, app_id: str, limit: int) -> None:
+    async def set_credit_limit(
+        self, app_id: str, limit: int, *, actor: str, reason: str = ""
+    ) -> bool:
         if limit < 0:
             raise ValueError("a credit limit cannot be negative")
-        await self.db.write(
-            lambda conn: conn.execute(
+
+        def set_limit(conn: Connection) -> bool:
+            before = account_of(conn, app_id)
+            if before is None:
+                return False
+            conn.execute(
                 update(accounts)
                 .where(accounts.c.app_id == app_id)
                 .values(credit_limit=limit, updated_at=now_ms())
             )
-        )
+            record(
+                conn,
+                actor,
+                "app.credit_limit",
+                app_id,
+                reason,
+                before_fen=before.credit_limit,
+                after_fen=limit,
+            )
+            return True
+
+        return await self.db.write(set_limit)
 
     async def entries(self, app_id: str, limit: int = 20) -> list[Entry]:
         def latest(conn: Connection) -> list[Entry]:

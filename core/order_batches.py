@@ -367,7 +367,9 @@ def _apply_one(item: ApplyResult, attempt: dict, order: _OrderNow, now: int):
     order.lease_owner = order.lease_until = None
     event = item.event
     if order.state is State.REVIEW and before is not State.REVIEW:
-        detail = f"{attempt['queries']} status queries left the outcome open ({result.code})"
+        # Read by operators (the console's timeline, `topup orders show`): in Chinese.
+        last_code = f"，最后一次返回 {result.code}" if result.code else ""
+        detail = f"向供应商查询 {attempt['queries']} 次仍无最终结果{last_code}，转人工审核"
         event = event or ("review", SYSTEM, detail)
     row = None if event is None else (order.order_no, now, *event)
     return Applied(order.order_no, order.state, order.state is not before), row, True

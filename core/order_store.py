@@ -12,6 +12,7 @@ from collections.abc import Callable
 from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
 
 from core import metrics
+from core.audit import record
 from core.clock import now_ms
 from core.db import Database, attempts, order_events, orders
 from core.fastsql import fetch_one
@@ -278,14 +279,51 @@ class OrderStore:
 
     # -- manual review ------------------------------------------------------------------
 
-    async def in_review(self) -> list[OrderRecord]:
+    async def in_review(self, limit: int | None = None) -> list[OrderRecord]:
+        """Orders in manual review, the oldest first (``limit``: only so many)."""
+
         def find(conn: Connection) -> list[OrderRecord]:
             rows = conn.execute(
-                select(orders).where(orders.c.state == State.REVIEW).order_by(orders.c.created_at)
+                select(orders)
+                .where(orders.c.state == State.REVIEW)
+                .order_by(orders.c.order_no)
+                .limit(limit)
             )
             return [order_from_row(row) for row in rows]
 
         return await self.db.read(find)
+
+    async def review_queue(self, limit: int) -> list[tuple[OrderRecord, AttemptRecord | None]]:
+        """The oldest orders in review, each with its open attempt, in two queries."""
+
+        def find(conn: Connection) -> list[tuple[OrderRecord, AttemptRecord | None]]:
+            waiting = [
+                order_from_row(row)
+                for row in conn.execute(
+                    select(orders)
+                    .where(orders.c.state == State.REVIEW)
+                    .order_by(orders.c.order_no)
+                    .limit(limit)
+                )
+            ]
+            open_attempts: dict[str, AttemptRecord] = {}
+            if waiting:
+                rows = conn.execute(
+                    select(attempts)
+                    .where(
+                        attempts.c.order_no.in_([order.order_no for order in waiting]),
+                        attempts.c.state.in_(OPEN_ATTEMPT),
+                    )
+                    .order_by(attempts.c.seq)
+                )
+                open_attempts = {row.order_no: attempt_from_row(row) for row in rows}
+            return [(order, open_attempts.get(order.order_no)) for order in waiting]
+
+        return await self.db.read_aside(find)
+
+    async def count_in_review(self) -> int:
+        query = select(func.count()).select_from(orders).where(orders.c.state == State.REVIEW)
+        return await self.db.read(lambda conn: conn.execute(query).scalar_one())
 
     async def events_of(self, order_no: str) -> list[OrderEvent]:
         def find(conn: Connection) -> list[OrderEvent]:
@@ -303,7 +341,7 @@ class OrderStore:
         open_attempt = await self.open_attempt(order_no)
         if open_attempt is None:
             raise LookupError(f"order {order_no} has no open attempt to resolve")
-        attempt, _upstream = open_attempt
+        attempt, upstream = open_attempt
         verdict = (
             SupplierResult.succeeded(code="MANUAL", message=reason)
             if succeeded
@@ -320,7 +358,13 @@ class OrderStore:
         )
         assert applied is not None
         if applied.changed and applied.state in TERMINAL:
-            metrics.order_reached(applied.state, _upstream.supplier, attempt.plugin)
+            metrics.order_reached(applied.state, upstream.supplier, attempt.plugin)
+        if applied.changed:
+            # The verdict is applied in a batch of the lifecycle's; the order's own event
+            # (kind "resolved") is written in that transaction, this record right after.
+            await self.db.write(
+                lambda conn: record(conn, actor, "order.resolve", order_no, reason, outcome=outcome)
+            )
         return applied
 
     async def requery(self, order_no: str, actor: str, reason: str) -> bool:
@@ -349,6 +393,7 @@ class OrderStore:
                     order_no=order_no, at=now, kind="requeried", actor=actor, detail=reason
                 )
             )
+            record(conn, actor, "order.requery", order_no, reason)
             return True
 
         return await self.db.write(requery)

@@ -118,6 +118,11 @@ class SignatureLock:
         self._lock_seconds = lock_seconds
         self._max_keys = max_keys
 
+    def remaining(self, key: str, now: float) -> float:
+        """Seconds the lock on ``key`` has left (0.0: not locked)."""
+        until = self._locked_until.get(key)
+        return until - now if until is not None and until > now else 0.0
+
     def failed(self, app_id: str, now: float) -> float:
         """Count a wrong signature: 0.0 to answer it as such, else the seconds the lock
         has left (this failure tripped it, or it was already on; then it is not counted)."""
@@ -210,3 +215,34 @@ class ClientAddresses:
 
     def _is_trusted(self, address: str) -> bool:
         return address_in(address, self.trusted)
+
+
+# Wrong passwords allowed per name, and per address (an office shares one), within the
+# window; the next one locks for SIGN_IN_LOCK seconds.
+SIGN_IN_FAILURES = 5
+SIGN_IN_FAILURES_PER_ADDRESS = 20
+SIGN_IN_WINDOW = 300.0
+SIGN_IN_LOCK = 900.0
+
+
+class SignInThrottle:
+    """Failed console sign-ins per operator name and per client address (in this
+    process): past the budget, sign-ins for that name or from that address are refused
+    for a while, whatever the password."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        # A lock trips on the failure past its budget: the SIGN_IN_FAILURES-th one.
+        self._by_name = SignatureLock(SIGN_IN_FAILURES - 1, SIGN_IN_WINDOW, SIGN_IN_LOCK, 100_000)
+        self._by_address = SignatureLock(
+            SIGN_IN_FAILURES_PER_ADDRESS - 1, SIGN_IN_WINDOW, SIGN_IN_LOCK, 100_000
+        )
+
+    def locked_for(self, name: str, address: str) -> float:
+        now = self._clock()
+        return max(self._by_name.remaining(name, now), self._by_address.remaining(address, now))
+
+    def failed(self, name: str, address: str) -> None:
+        now = self._clock()
+        self._by_name.failed(name, now)
+        self._by_address.failed(address, now)

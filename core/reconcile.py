@@ -5,15 +5,17 @@ Days are Beijing calendar days of acceptance (an order's, or an attempt's).
 
 from __future__ import annotations
 
+import hashlib
 from datetime import date, datetime, time, timedelta
 
 import msgspec
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Connection, and_, or_, select
 
+from core import audit
 from core.clock import BEIJING
 from core.db import Database, attempts, orders
 from core.orders import OPEN_ATTEMPT, PARTNER_STATUS, PARTNER_STATUS_TEXT, State
-from core.suppliers import Outcome, StatementLine
+from core.suppliers import Outcome, StatementLine, Supplier
 
 
 def day_bounds(day: date) -> tuple[int, int]:
@@ -64,7 +66,7 @@ async def partner_statement(db: Database, day: date, app_id: str | None) -> list
     )
     if app_id is not None:
         query = query.where(orders.c.app_id == app_id)
-    return await db.read(lambda conn: [_statement_row(row) for row in conn.execute(query)])
+    return await db.read_aside(lambda conn: [_statement_row(row) for row in conn.execute(query)])
 
 
 def _statement_row(row) -> StatementRow:
@@ -123,12 +125,61 @@ async def our_attempts(
     query = select(attempts).where(
         attempts.c.plugin == plugin, or_(of_the_day, attempts.c.reference.in_(references))
     )
-    return await db.read(
+    return await db.read_aside(
         lambda conn: [
             OurAttempt(r.reference, r.order_no, State(r.state), r.cost, r.refused)
             for r in conn.execute(query)
         ]
     )
+
+
+class StatementUnreadable(ValueError):
+    """The file is not a statement the plugin can read; the message says why."""
+
+
+def read_statement(supplier: Supplier, content: bytes) -> list[StatementLine]:
+    """A supplier's daily statement, read by its plugin (``topup reconcile supplier`` and the
+    console's 对账 page)."""
+    try:
+        return supplier.parse_statement(content)
+    except (ValueError, KeyError, NotImplementedError, UnicodeDecodeError) as exc:
+        raise StatementUnreadable(f"not a {supplier.name} statement: {exc}") from exc
+
+
+async def check_statement(
+    db: Database, plugin: str, day: date, lines: list[StatementLine]
+) -> SupplierCheck:
+    """Compare a statement's lines with our attempts through ``plugin`` on ``day``."""
+    ours = await our_attempts(db, plugin, day, [line.reference for line in lines])
+    return compare(lines, ours)
+
+
+async def record_statement_check(
+    db: Database,
+    actor: str,
+    plugin: str,
+    day: date,
+    filename: str,
+    content: bytes,
+    check: SupplierCheck,
+) -> None:
+    """The audit entry of a statement an operator uploaded and checked."""
+
+    def write(conn: Connection) -> None:
+        audit.record(
+            conn,
+            actor,
+            "reconcile.upload",
+            plugin,
+            f"{plugin} {day} 对账单",
+            day=day.isoformat(),
+            filename=filename,
+            sha256=hashlib.sha256(content).hexdigest(),
+            lines=check.lines,
+            mismatches=len(check.mismatches),
+        )
+
+    await db.write(write)
 
 
 _OUTCOME_OF = {State.SUCCEEDED: Outcome.SUCCEEDED, State.FAILED: Outcome.FAILED}

@@ -58,7 +58,7 @@ class CircuitBreaker:
 
     When the cool-down has passed the plugin is tried again; one more definitive
     failure opens it again at once, anything else closes it. State is per process:
-    each instance finds out for itself.
+    each instance finds out for itself (and publishes what it found, core/circuits.py).
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -69,9 +69,10 @@ class CircuitBreaker:
     def available(self, plugin: str) -> bool:
         return self._clock() >= self._open_until.get(plugin, 0.0)
 
-    def record_success(self, plugin: str) -> None:
+    def record_success(self, plugin: str) -> bool:
+        """Close the circuit; True when it had been opened (so its closing is news)."""
         self._failures.pop(plugin, None)
-        self._open_until.pop(plugin, None)
+        return self._open_until.pop(plugin, None) is not None
 
     def record_failure(self, plugin: str, threshold: int, cooldown: float) -> bool:
         """Count a definitive failure; True when this opened the circuit."""

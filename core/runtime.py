@@ -21,11 +21,15 @@ class Runtime:
     catalog: Catalog
     router: Router
     suppliers: dict[str, Supplier]
+    # plugins.toml as read, before the operators' route overrides (core/route_overrides.py).
+    file_config: Config | None = None
 
     @classmethod
-    def build(cls, config: Config, registry: Registry) -> Runtime:
+    def build(
+        cls, config: Config, registry: Registry, file_config: Config | None = None
+    ) -> Runtime:
         suppliers = registry.build_suppliers(config)
-        return cls(config, Catalog(config), Router(config), suppliers)
+        return cls(config, Catalog(config), Router(config), suppliers, file_config or config)
 
     async def aclose(self, grace: float = 0.0) -> None:
         """Close the suppliers, after ``grace`` seconds for calls still in flight."""

@@ -231,6 +231,13 @@ class Supplier:
         """Ask the supplier for the state of ``order.reference``; never resubmit."""
         raise NotImplementedError
 
+    async def balance(self) -> int | None:
+        """Our balance with the supplier in fen, where its protocol can tell it; None
+        (the default) when it cannot. Raise when the supplier could not be asked: the
+        console shows the last known figure and the error. Called at most once a minute,
+        under a short timeout, never on an order's path."""
+        return None
+
     def parse_statement(self, content: bytes) -> list[StatementLine]:
         """Read the supplier's daily statement file, for ``topup reconcile supplier``."""
         raise NotImplementedError(f"the {self.name} plugin cannot read statements")

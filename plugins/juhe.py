@@ -2,7 +2,8 @@
 
 Submit ``onlineorder`` with our reference as ``orderid``; query ``ordersta`` by it;
 states 0 充值中, 1 成功, 9 撤销; POST callbacks signed ``md5(key + sporder_id + orderid)``,
-which the core takes only as a cue to query (the sign does not cover the outcome).
+which the core takes only as a cue to query (the sign does not cover the outcome);
+``yue`` tells our balance (余额查询).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import time
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from urllib.parse import parse_qsl
 
 import httpx
@@ -61,6 +64,10 @@ STATEMENT_COLUMNS = ("orderid", "sporder_id", "phoneno", "ordercash", "game_stat
 STATEMENT_STATE = {"1": Outcome.SUCCEEDED, "9": Outcome.FAILED, "0": Outcome.PENDING}
 SUCCESS_REPLY = CallbackReply(200, b"success")
 REFUSED_REPLY = CallbackReply(200, b"fail")  # anything but "success" makes juhe retry
+
+
+class BalanceError(Exception):
+    """The balance could not be read; the message says what juhe answered."""
 
 
 class JuheSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -127,6 +134,26 @@ class Juhe(Supplier):
             # An error on a status query is about the query, not the order.
             return SupplierResult.unknown(str(reply.error_code), reply.reason)
         return _from_state(reply.result or {}, reply.reason)
+
+    async def balance(self) -> int:
+        """``GET yue``: our account's balance (余额), signed md5(openid + key + timestamp)."""
+        timestamp = str(int(time.time()))
+        params = {
+            "timestamp": timestamp,
+            "key": self._key,
+            "sign": _md5(self._openid + self._key + timestamp),
+        }
+        reply = await self._exchange("GET", "/ofpay/mobile/yue", params=params)
+        if isinstance(reply, SupplierResult):
+            raise BalanceError(f"juhe balance query failed: {reply.code} {reply.message}")
+        if str(reply.error_code) != "0":
+            raise BalanceError(f"juhe balance query refused: {reply.error_code} {reply.reason}")
+        try:
+            money = Decimal(str((reply.result or {})["money"]))
+        except (KeyError, InvalidOperation) as exc:
+            raise BalanceError(f"juhe balance answer without a money amount: {exc!r}") from exc
+        # juhe writes three decimals ("9.990"); we keep whole fen.
+        return int((money * 100).to_integral_value(ROUND_DOWN))
 
     def parse_callback(self, request: CallbackRequest) -> Callback:
         fields = dict(parse_qsl(request.body.decode("utf-8", errors="replace")))

@@ -18,6 +18,9 @@ from core import metrics
 from core.errors import ErrorCode, TopupError
 from core.suppliers import CallbackRequest
 from service import health, partner_api, payloads
+from service.console.app import console_router
+from service.console.render import page as console_page
+from service.console.render import template_config
 from service.logs import configure_logging
 from service.metrics import HttpMetrics, metrics_endpoint, metrics_token
 from service.params import MAX_BODY_BYTES, ClientDisconnected, read_body
@@ -69,6 +72,15 @@ def respond(body: payloads.Envelope, status_code: int = 200) -> Response:
 
 
 def _http_error(request: Request, exc: HTTPException) -> Response:
+    if request.url.path.startswith("/console/") and exc.status_code in (404, 405):
+        # An operator's mistyped link: a page, not the partner API's JSON envelope.
+        return console_page(
+            request,
+            "error.html",
+            exc.status_code,
+            title="页面不存在",
+            message=f"没有这个页面: {request.url.path}",
+        )
     code, template = _HTTP_ERRORS.get(
         exc.status_code, (ErrorCode.UNDECODABLE_BODY, "请求无法解析: {detail}")
     )
@@ -125,7 +137,9 @@ def create_app(
             health.health,
             health.ready,
             *_metrics_routes(observed),
+            console_router(),
         ],
+        template_config=template_config(),
         lifespan=[lifespan],
         exception_handlers={
             HTTPException: _http_error,

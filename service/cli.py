@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from urllib.parse import urlencode
 
@@ -10,14 +11,19 @@ import click
 
 from core import metrics
 from core.apps import AppStore, check_master_key
-from core.config import ConfigError
+from core.config import ConfigError, load_config
 from core.control import CONFIG_GENERATION, bump_counter
+from core.db import Database
 from core.migrate import current_revision, head_revision, upgrade
+from core.operators import OperatorStore
+from core.route_overrides import SkippedOverride, apply_overrides, load_overrides
 from core.signing import SignType, compute_sign, string_to_sign
 from service.cli_apps import app
 from service.cli_keys import keys
+from service.cli_operators import operator
 from service.cli_orders import orders
 from service.cli_reconcile import reconcile
+from service.cli_routes import routes
 from service.cli_support import check_config, run_with_db
 from service.settings import DEFAULT_REQUEST_TIMEOUT, REQUEST_TIMEOUT_ENV, Settings
 from service.simulator.cli import simulate
@@ -86,7 +92,7 @@ def serve(
     metrics_dir = _metrics_dir(processes=workers + (1 if background and not inline else 0))
     check_config(settings)
     # Apply SQLite migrations once, up front, and check the master key opens the secrets.
-    run_with_db(check_master_key)
+    operators = run_with_db(_check_start)
     host = host or settings.host
     port = port or settings.port
     request_timeout = request_timeout or settings.request_timeout
@@ -101,6 +107,7 @@ def serve(
         )
         worker.start()
     click.echo(f"topup serving on http://{host}:{port} (config {settings.config_path})", err=True)
+    _announce_console(f"http://{host}:{port}/console", operators)
     try:
         uvicorn.run(
             "service.app:create_app",
@@ -144,6 +151,24 @@ def _metrics_dir(processes: int) -> str | None:
     path = metrics.new_multiprocess_dir()
     os.environ[metrics.MULTIPROC_ENV] = path
     return path
+
+
+async def _check_start(db) -> int:
+    """Check the master key opens the stored secrets; the number of console operators."""
+    await check_master_key(db)
+    return len(await OperatorStore(db).all())
+
+
+def _announce_console(url: str, operators: int) -> None:
+    click.echo(f"operations console (运营后台): {url}", err=True)
+    if operators == 0:
+        topup = shutil.which("topup") or sys.argv[0]
+        click.echo(
+            "  no operator yet: create the first admin with\n"
+            f"    {os.path.relpath(topup) if os.path.isabs(topup) else topup}"
+            " operator add admin --role admin",
+            err=True,
+        )
 
 
 @main.command()
@@ -261,13 +286,23 @@ def reload() -> None:
     """Check plugins.toml, then have every running instance reload it (within a second).
 
     An invalid file is refused here and changes nothing; an instance that still finds
-    it invalid keeps its running routes and logs why.
+    it invalid keeps its running routes and logs why. A route override (`topup routes`)
+    that no longer fits the new file is named here, and skipped by the instances (each
+    logs an ERROR) until it is reset or the file fits it again.
     """
     settings = Settings.from_env()
     check_config(settings)
-    generation = run_with_db(lambda db: bump_counter(db, CONFIG_GENERATION))
+    file_config = load_config(settings.config_path)
+
+    async def request(db: Database) -> tuple[list[SkippedOverride], int]:
+        _, skipped = apply_overrides(file_config, await load_overrides(db))
+        return skipped, await bump_counter(db, CONFIG_GENERATION)
+
+    skipped, generation = run_with_db(request)
+    for override in skipped:
+        click.echo(f"warning: {override.log_line()}", err=True)
     click.echo(f"{settings.config_path} is valid; reload requested (generation {generation})")
 
 
-for group in (app, keys, orders, reconcile, simulate):
+for group in (app, keys, operator, orders, reconcile, routes, simulate):
     main.add_command(group)

@@ -63,14 +63,22 @@ def app_add(app_id: str, company: str, secret: str | None, sign_type: str) -> No
     help="Seconds the old secret keeps signing, so the partner can switch without downtime.",
 )
 @click.option("--secret", help="The new secret (16 characters or more); generated when omitted.")
-def app_rotate_secret(app_id: str, grace: float, secret: str | None) -> None:
+@click.option("--reason", default="", help="Why; kept in the audit log.")
+@operator_option()
+def app_rotate_secret(
+    app_id: str, grace: float, secret: str | None, reason: str, operator: str
+) -> None:
     """Give APP_ID a new secret and print it (shown once).
 
     Until the grace period ends, requests signed with either secret are accepted; then
     the old secret, and every token issued for it, stops working.
     """
     try:
-        new_secret = run_with_db(lambda db: AppStore(db).rotate_secret(app_id, grace, secret))
+        new_secret = run_with_db(
+            lambda db: AppStore(db).rotate_secret(
+                app_id, grace, secret, actor=operator, reason=reason
+            )
+        )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--secret") from exc
     if new_secret is None:
@@ -123,12 +131,16 @@ def app_credit(app_id: str, amount: str, reason: str, operator: str) -> None:
     metavar="CIDR[,CIDR]",
     help="Accept the app's calls only from these addresses or blocks ('' to accept any).",
 )
+@click.option("--reason", default="", help="Why; kept in the audit log.")
+@operator_option()
 def app_set(
     app_id: str,
     notify_url: str | None,
     allow_private: bool,
     credit_limit: str | None,
     allow_ip: str | None,
+    reason: str,
+    operator: str,
 ) -> None:
     """Change an app's notify URL, credit limit or IP allowlist.
 
@@ -153,12 +165,16 @@ def app_set(
             return False
         if notify_url is not None:
             await AppStore(db).set_notify_url(
-                app_id, notify_url, allow_private=allow_private and bool(notify_url)
+                app_id,
+                notify_url,
+                allow_private=allow_private and bool(notify_url),
+                actor=operator,
+                reason=reason,
             )
         if allowed is not None:
-            await AppStore(db).set_allow_ips(app_id, allowed)
+            await AppStore(db).set_allow_ips(app_id, allowed, actor=operator, reason=reason)
         if limit is not None:
-            await Ledger(db).set_credit_limit(app_id, limit)
+            await Ledger(db).set_credit_limit(app_id, limit, actor=operator, reason=reason)
         return True
 
     try:

@@ -15,7 +15,14 @@ import click
 from core.clock import BEIJING, beijing_time
 from core.config import ConfigError
 from core.money import fen_to_yuan
-from core.reconcile import StatementRow, SupplierCheck, compare, our_attempts, partner_statement
+from core.reconcile import (
+    StatementRow,
+    StatementUnreadable,
+    SupplierCheck,
+    check_statement,
+    partner_statement,
+    read_statement,
+)
 from core.suppliers import StatementLine
 from service.cli_support import run_with_db
 from service.settings import Settings
@@ -80,17 +87,17 @@ def export(day, app_id: str | None, with_cost: bool, output: str | None) -> None
         sys.stdout.flush()
         stdout = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8-sig", newline="")
         try:
-            _write_statement(stdout, rows, with_cost)
+            write_statement(stdout, rows, with_cost)
             stdout.flush()
         finally:
             stdout.detach()  # leave sys.stdout open for whoever comes next
         return
     with Path(output).open("w", encoding="utf-8-sig", newline="") as target:
-        _write_statement(target, rows, with_cost)
+        write_statement(target, rows, with_cost)
     click.echo(f"{len(rows)} orders written to {output}", err=True)
 
 
-def _write_statement(target: TextIO, rows: list[StatementRow], with_cost: bool) -> None:
+def write_statement(target: TextIO, rows: list[StatementRow], with_cost: bool) -> None:
     writer = csv.writer(target)
     writer.writerow(PARTNER_COLUMNS + (COST_COLUMNS if with_cost else []))
     for row in rows:
@@ -176,9 +183,7 @@ def supplier(plugin_name: str, statement: str, day) -> None:
     """
     lines = _read_statement(plugin_name, Path(statement))
     the_day = day.date() if day else datetime.now(BEIJING).date()
-    references = [line.reference for line in lines]
-    ours = run_with_db(lambda db: our_attempts(db, plugin_name, the_day, references))
-    check = compare(lines, ours)
+    check = run_with_db(lambda db: check_statement(db, plugin_name, the_day, lines))
     _print_check(plugin_name, the_day, check)
     if check.mismatches:
         raise SystemExit(1)
@@ -195,10 +200,9 @@ def _read_statement(plugin_name: str, path: Path) -> list[StatementLine]:
         plugin = runtime.suppliers.get(plugin_name)
         if plugin is None:
             raise click.ClickException(f"plugin {plugin_name!r} is not enabled in plugins.toml")
-        return plugin.parse_statement(path.read_bytes())
-    except (ValueError, KeyError, NotImplementedError) as exc:
-        message = f"cannot read {path} as a {plugin_name} statement: {exc}"
-        raise click.ClickException(message) from exc
+        return read_statement(plugin, path.read_bytes())
+    except StatementUnreadable as exc:
+        raise click.ClickException(f"cannot read {path}: {exc}") from exc
     finally:
         asyncio.run(runtime.aclose())
 

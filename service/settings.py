@@ -20,6 +20,11 @@ class Settings(msgspec.Struct, frozen=True):
     port: int = 8000
     # Seconds a client has to send a complete request before `topup serve` closes it.
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    # Console sessions end after this long without a request, and after 12 hours anyway.
+    console_idle_minutes: float = 30.0
+    # Mark the console's cookies Secure even when the request arrived as http (set it
+    # when a TLS-terminating proxy sits in front).
+    console_secure_cookie: bool = False
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -30,6 +35,8 @@ class Settings(msgspec.Struct, frozen=True):
             host=env.get("TOPUP_HOST") or "127.0.0.1",
             port=_port(env.get("TOPUP_PORT") or "8000"),
             request_timeout=read_request_timeout(env),
+            console_idle_minutes=_minutes(env.get("TOPUP_CONSOLE_IDLE_MINUTES") or "30"),
+            console_secure_cookie=env.get("TOPUP_CONSOLE_SECURE_COOKIE", "") in ("1", "true"),
         )
 
 
@@ -37,6 +44,16 @@ def _port(text: str) -> int:
     if not text.isascii() or not text.isdigit() or not 0 < int(text) < 65536:
         raise ValueError(f"TOPUP_PORT={text!r}: expected a port number from 1 to 65535")
     return int(text)
+
+
+def _minutes(text: str) -> float:
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = math.nan
+    if not (0 < minutes < math.inf):
+        raise ValueError(f"TOPUP_CONSOLE_IDLE_MINUTES={text!r}: expected minutes above 0")
+    return minutes
 
 
 def read_request_timeout(env: Mapping[str, str]) -> float:

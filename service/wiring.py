@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterable
 
 from core.apps import AppStore, token_key
+from core.balances import BalanceCache
 from core.config import ConfigError, load_config
 from core.control import CONFIG_GENERATION, bump_counter, read_counter
 from core.db import Database
@@ -16,10 +17,12 @@ from core.ids import NODE_COUNTER, OrderNumbers
 from core.ledger import Ledger
 from core.migrate import ensure_schema
 from core.notify import Outbox
+from core.operators import OperatorStore, Sessions
 from core.order_store import OrderStore
 from core.partner import PartnerDesk
-from core.ratelimit import AbuseGuard
+from core.ratelimit import AbuseGuard, SignInThrottle
 from core.registry import Registry
+from core.route_overrides import SkippedOverride, apply_overrides, load_overrides
 from core.runtime import Runtime
 from core.sealing import load_sealer
 from core.tokens import TokenIssuer
@@ -32,6 +35,7 @@ log = logging.getLogger("topup.service")
 RELOAD_POLL_SECONDS = 1.0
 # "0" in an API process tells it that background work runs in a process of its own.
 BACKGROUND_ENV = "TOPUP_BACKGROUND"
+CONSOLE_SESSION_HOURS = 12
 
 
 def build_registry(extra_plugins: Iterable[object] = ()) -> Registry:
@@ -39,7 +43,18 @@ def build_registry(extra_plugins: Iterable[object] = ()) -> Registry:
 
 
 def load_runtime(settings: Settings, registry: Registry) -> Runtime:
+    """plugins.toml alone (the commands that only read products or plugin settings)."""
     return Runtime.build(load_config(settings.config_path), registry)
+
+
+async def load_effective_runtime(
+    settings: Settings, registry: Registry, db: Database
+) -> tuple[Runtime, list[SkippedOverride]]:
+    """What an instance runs: plugins.toml with the route overrides stored in the database,
+    and the overrides that no longer fit the file (skipped)."""
+    file_config = load_config(settings.config_path)
+    config, skipped = apply_overrides(file_config, await load_overrides(db))
+    return Runtime.build(config, registry, file_config), skipped
 
 
 class Services:
@@ -71,11 +86,23 @@ class Services:
         )
         # Abuse limits of this process; counts survive a reload, settings follow it.
         self.guard = AbuseGuard(self.runtime.config.limits)
+        # Suppliers' balances for the console, asked for at most once a minute.
+        self.balances = BalanceCache(lambda: self.runtime.suppliers)
         self.desk: PartnerDesk | None = None
+        self.operators = OperatorStore(self.db)
+        self.sessions = Sessions(
+            self.db,
+            idle_ms=int(settings.console_idle_minutes * 60_000),
+            lifetime_ms=CONSOLE_SESSION_HOURS * 3_600_000,
+        )
+        self.sign_in_throttle = SignInThrottle()
         self._background: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         await ensure_schema(self.db)
+        # The generation first: a change made while the overrides load is reloaded again.
+        generation = await read_counter(self.db, CONFIG_GENERATION)
+        await self._apply_config(initial=True)
         tokens = TokenIssuer(await token_key(self.db, self.sealer))
         # A node number no other running process holds keeps order numbers unique.
         node = await bump_counter(self.db, NODE_COUNTER)
@@ -92,7 +119,7 @@ class Services:
         if self.background:
             self.dispatcher.start()
             self.notifier.start()
-        self._spawn(self._watch_config(await read_counter(self.db, CONFIG_GENERATION)))
+        self._spawn(self._watch_config(generation))
         log.info(
             "topup %s started: database %s, suppliers %s",
             "+".join(
@@ -105,23 +132,37 @@ class Services:
     async def stop(self) -> None:
         for task in list(self._background):
             task.cancel()
+        await self.balances.stop()
         await self.dispatcher.stop()
         await self.notifier.stop()
         await self.runtime.aclose()
         await self.db.dispose()
 
-    def reload(self) -> bool:
-        """Swap in the configuration on disk; an invalid file changes nothing."""
+    async def reload(self, generation: int | None = None) -> bool:
+        """Swap in the configuration on disk with the stored route overrides; an invalid
+        file changes nothing."""
+        if not await self._apply_config():
+            return False
+        log.info(
+            "configuration reloaded%s: suppliers %s",
+            "" if generation is None else f" (generation {generation})",
+            ", ".join(self.runtime.suppliers) or "none",
+        )
+        return True
+
+    async def _apply_config(self, initial: bool = False) -> bool:
         try:
-            runtime = load_runtime(self.settings, self.registry)
+            runtime, skipped = await load_effective_runtime(self.settings, self.registry, self.db)
         except ConfigError as exc:
             log.error("configuration reload refused, the running routes stay: %s", exc)
             return False
+        for override in skipped:
+            log.error("%s", override.log_line())
         previous, self.runtime = self.runtime, runtime
         self.guard.configure(runtime.config.limits)
-        # Calls already under way keep the old suppliers until they finish.
-        self._spawn(previous.aclose(grace=previous.config.dispatch.call_timeout + 1))
-        log.info("configuration reloaded: suppliers %s", ", ".join(runtime.suppliers) or "none")
+        # Calls already under way keep the old suppliers until they finish (none at start).
+        grace = 0.0 if initial else previous.config.dispatch.call_timeout + 1
+        self._spawn(previous.aclose(grace=grace))
         return True
 
     async def _watch_config(self, generation: int) -> None:
@@ -134,7 +175,7 @@ class Services:
                 continue
             if current != generation:
                 generation = current
-                self.reload()
+                await self.reload(generation)
 
     def _spawn(self, coroutine) -> None:
         task = asyncio.create_task(coroutine)

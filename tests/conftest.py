@@ -22,6 +22,9 @@ from tests.support import (
     sandbox_config,
 )
 
+# The console's browser tests: chromium fixtures and a screenshot of every page they visit.
+pytest_plugins = ["tests.browser"]
+
 TOKEN_SECRET = "test-token-key-known-to-the-tests"
 _app_numbers = itertools.count(1)
 

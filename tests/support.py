@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -57,11 +58,21 @@ products = [{{ product_id = "LT10", face_value = "10", price = "9.95" }}]
 """
 
 
+# The password test operators are created with (`ServiceProcess.add_operator`).
+OPERATOR_PASSWORD = "correct horse battery staple"
+
+
 def topup_cli(
-    *args: str, env: Mapping[str, str], check: bool = True
+    *args: str, env: Mapping[str, str], check: bool = True, input: str | None = None
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [TOPUP, *args], env=dict(env), cwd=REPO, capture_output=True, text=True, check=check
+        [TOPUP, *args],
+        env=dict(env),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=check,
+        input=input,
     )
 
 
@@ -249,11 +260,18 @@ class ServiceProcess:
             self.proc.wait(timeout=10)
         self.proc = None
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return topup_cli(*args, env=self.env, check=check)
+    def cli(
+        self, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess:
+        return topup_cli(*args, env=self.env, check=check, input=input)
 
-    def cli_many(self, commands: list[list[str]]) -> str:
-        """Several ``topup`` commands in one interpreter (each start costs a second)."""
+    def add_operator(self, name: str, role: str, password: str = OPERATOR_PASSWORD) -> None:
+        """A console account, created as an operator would: ``topup operator add``."""
+        self.cli("operator", "add", name, "--role", role, "--password-stdin", input=password)
+
+    def cli_many(self, commands: list[list[str]], input: str | None = None) -> str:
+        """Several ``topup`` commands in one interpreter (each start costs a second); a
+        command reading standard input (``--password-stdin``) reads the next line of it."""
         script = (
             "import json, sys\n"
             "from service.cli import main\n"
@@ -267,6 +285,7 @@ class ServiceProcess:
             capture_output=True,
             text=True,
             check=True,
+            input=input,
         )
         return result.stdout
 
@@ -364,3 +383,35 @@ class Partner:
 
 def fresh_order_no(prefix: str = "c") -> str:
     return f"{prefix}-{time.time_ns()}"
+
+
+class Console:
+    """An operator's browser, without the browser: cookies, the sign-in form, CSRF tokens."""
+
+    def __init__(self, service: ServiceProcess) -> None:
+        self.http = httpx.Client(base_url=service.url, timeout=10, follow_redirects=False)
+
+    def sign_in(self, name: str, password: str = OPERATOR_PASSWORD) -> httpx.Response:
+        form = self.http.get("/console/login")
+        return self.http.post(
+            "/console/login",
+            data={"name": name, "password": password, "csrf_token": csrf_of(form.text)},
+        )
+
+    def get(self, path: str, **params: str) -> httpx.Response:
+        # httpx would replace a query already in ``path`` with an empty ``params``.
+        return self.http.get(path, params=params) if params else self.http.get(path)
+
+    def post(self, path: str, csrf_from: str = "/console", **form: str) -> httpx.Response:
+        """A form post carrying the CSRF token of the page ``csrf_from``, as a browser would."""
+        token = csrf_of(self.http.get(csrf_from).text)
+        return self.http.post(path, data={"csrf_token": token, **form})
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, "the page has no CSRF field"
+    return match.group(1)

@@ -84,3 +84,15 @@ def test_a_success_resets_the_count() -> None:
     breaker.record_success("a")
     assert not breaker.record_failure("a", threshold=2, cooldown=60)
     assert breaker.available("a")
+
+
+def test_a_success_reports_whether_it_closed_an_open_circuit() -> None:
+    # The dispatcher publishes only changes (core/circuits.py): a success that closes
+    # nothing must not cost a write.
+    clock = Clock()
+    breaker = CircuitBreaker(clock)
+    assert not breaker.record_success("a")
+    breaker.record_failure("a", threshold=1, cooldown=60)
+    clock.now += 61
+    assert breaker.record_success("a")
+    assert not breaker.record_success("a")

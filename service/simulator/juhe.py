@@ -187,9 +187,12 @@ async def balance(
         return refuse(10001)
     if sign.lower() != md5_hex(creds.juhe_openid + creds.juhe_key + timestamp):
         return refuse(208505)
-    # Summed in fen: adding up float prices drifts by fractions of a fen.
+    # As a supplier's account does: the price is taken when a top-up is accepted and given
+    # back if it fails. Summed in fen: adding up float prices drifts by fractions of a fen.
     spent = sum(
-        price_fen(tx.amount_fen, PRICE_PER_MILLE) for tx in sim.transactions(PROTOCOL) if tx.paid
+        price_fen(tx.amount_fen, PRICE_PER_MILLE)
+        for tx in sim.transactions(PROTOCOL)
+        if tx.status in (Status.PROCESSING, Status.SUCCEEDED)
     )
     return reply({"money": yuan(round(OPENING_BALANCE * 100) - spent)}, "查询成功")
 

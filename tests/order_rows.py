@@ -1,0 +1,171 @@
+"""Orders for the console's tests: through the real order store, or written in bulk.
+
+``Shop`` places orders the way the service does (OrderStore: accept with a hold,
+claim, start attempts, apply supplier results, resolve), one at a time so that each
+claim takes exactly that order. ``order_row`` and friends build rows at chosen times for
+shapes the store cannot make quickly (months of history, hundreds of orders).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import insert
+
+from core.db import Database, attempts, notifications, order_events, orders
+from core.ids import OrderNumbers, new_order_id, order_no_floor
+from core.order_store import OrderStore
+from core.orders import NewOrder
+from core.suppliers import SupplierResult
+
+PRODUCTS = {"中国移动": "YD10", "中国联通": "LT10", "中国电信": "DX10"}
+
+
+class Shop:
+    def __init__(self, db: Database) -> None:
+        self.store = OrderStore(db)
+        self.numbers = OrderNumbers()
+
+    async def order(
+        self,
+        app_id: str,
+        cstm_order_no: str,
+        phone_no: str = "13800138000",
+        carrier: str = "中国移动",
+        plugins: Sequence[str] = ("sandbox",),
+        outcome: str = "succeeded",
+    ) -> str:
+        """Place an order; every plugin but the last refuses it (failover), the last
+        answers ``outcome``: succeeded, failed, pending, or review (unknown, and no
+        further query)."""
+        new = NewOrder(
+            order_no=self.numbers.next(),
+            order_id=new_order_id(),
+            app_id=app_id,
+            cstm_order_no=cstm_order_no,
+            cstm_order_name="话费充值",
+            company=f"{app_id}公司",
+            supplier=carrier,
+            phone_no=phone_no,
+            product_id=PRODUCTS[carrier],
+            face_value=1000,
+            price=995,
+        )
+        _record, created = await self.store.insert_or_get(new)
+        assert created
+        for seq, plugin in enumerate(plugins, start=1):
+            [(claimed, _)] = await self.store.claim_due("worker", 60_000, 10)
+            assert claimed.order_no == new.order_no
+            upstream = await self.store.start_attempt(new.order_no, "worker", plugin)
+            assert upstream is not None
+            if seq < len(plugins):
+                refusal = SupplierResult.failed("NO_BALANCE", "余额不足", failover=True)
+                await self._apply(upstream.reference, refusal, retry=True)
+            else:
+                await self._apply(upstream.reference, *_RESULTS[outcome])
+        return new.order_no
+
+    async def _apply(
+        self, reference: str, result: SupplierResult, retry: bool = False, delay: int | None = 1000
+    ) -> None:
+        applied = await self.store.apply(
+            reference,
+            result,
+            retry_elsewhere=retry,
+            next_query_delay_ms=delay,
+            counts_as_query=True,
+        )
+        assert applied is not None
+
+
+_RESULTS: dict[str, tuple] = {
+    "succeeded": (SupplierResult.succeeded("S-1", code="1", message="充值成功"),),
+    "failed": (SupplierResult.failed("9", "充值失败"),),
+    "pending": (SupplierResult.pending("S-2"), False, 600_000),
+    "review": (SupplierResult.unknown("TIMEOUT"), False, None),
+}
+
+
+def number_at(ms: int, seq: int = 0) -> str:
+    """An order number taken at ``ms`` (core/ids.py's shape)."""
+    return f"{order_no_floor(ms)}0001{seq:04d}"
+
+
+def order_row(order_no: str, at: int, **values: Any) -> dict[str, Any]:
+    row = {
+        "order_no": order_no,
+        "order_id": new_order_id(),
+        "app_id": "app",
+        "cstm_order_no": f"c-{order_no}",
+        "cstm_order_name": "话费充值",
+        "company": "公司",
+        "supplier": "中国移动",
+        "phone_no": "13800138000",
+        "product_id": "YD10",
+        "face_value": 1000,
+        "price": 995,
+        "state": "succeeded",
+        "attempts": 0,
+        "fail_code": None,
+        "fail_reason": None,
+        "created_at": at,
+        "updated_at": at,
+        "finished_at": at,
+        "next_run_at": None,
+        "lease_owner": None,
+        "lease_until": None,
+    }
+    return row | values
+
+
+def attempt_row(
+    order_no: str, seq: int, plugin: str, state: str, started: int, took: int, **values: Any
+) -> dict[str, Any]:
+    row = {
+        "reference": f"{order_no}A{seq}",
+        "order_no": order_no,
+        "seq": seq,
+        "plugin": plugin,
+        "state": state,
+        "supplier_ref": None,
+        "code": None,
+        "message": None,
+        "queries": 0,
+        "created_at": started,
+        "updated_at": started + took,
+        "cost": 990,
+        "refused": False,
+    }
+    return row | values
+
+
+def notification_row(order_no: str, created: int, **values: Any) -> dict[str, Any]:
+    row = {
+        "order_no": order_no,
+        "app_id": "app",
+        "url": "https://partner.example/notify",
+        "attempts": 1,
+        "next_attempt_at": None,
+        "delivered_at": None,
+        "last_error": None,
+        "created_at": created,
+    }
+    return row | values
+
+
+async def write_rows(db: Database, **tables: list[dict[str, Any]]) -> None:
+    """Insert rows into the named tables (orders, attempts, order_events, notifications)."""
+    known = {
+        "orders": orders,
+        "attempts": attempts,
+        "order_events": order_events,
+        "notifications": notifications,
+    }
+
+    def write(conn) -> None:
+        for name, rows in tables.items():
+            if rows:
+                conn.execute(insert(known[name]), rows)
+
+    await db.write(write)
