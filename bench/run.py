@@ -136,14 +136,17 @@ def bench_config() -> Path:
     return path
 
 
-def topup_env(database_url: str, port: int, **extra: str) -> dict[str, str]:
-    return {
+def topup_env(database_url: str, port: int | None, **extra: str) -> dict[str, str]:
+    """The environment of a topup command; ``port`` None for one that serves nothing."""
+    env = {
         **os.environ,
         "TOPUP_DATABASE_URL": database_url,
         "TOPUP_CONFIG": str(bench_config()),
-        "TOPUP_PORT": str(port),
         **extra,
     }
+    if port is not None:
+        env["TOPUP_PORT"] = str(port)
+    return env
 
 
 def topup(*args: str, env: dict[str, str]) -> str:
@@ -405,7 +408,7 @@ def rss_kib(pid: int) -> int:
 def status_query(results: Results, workdir: Path) -> None:
     path = workdir / "status.db"
     url = f"sqlite+aiosqlite:///{path}"
-    env = topup_env(url, 0)
+    env = topup_env(url, None)
     secret = topup("app", "add", APP, "--company", COMPANY, env=env)
     numbers = populate(path, STATUS_ORDERS)
     with service(url, fund=False) as (server, _):
@@ -489,7 +492,7 @@ def postgres(results: Results) -> None:
         return
     for instances in (1, 2):
         reset_postgres()
-        env = topup_env(PG_URL, 0)
+        env = topup_env(PG_URL, None)
         topup("db", "upgrade", env=env)
         secret = topup("app", "add", APP, "--company", COMPANY, env=env)
         topup("app", "credit", APP, "100000000", "--reason", "bench", env=env)
