@@ -91,6 +91,24 @@ def desk(tmp_path: Path, services, simulator: str) -> Iterator[Desk]:
     desk.close()
 
 
+@pytest.fixture(scope="module")
+def unchanged_desk(
+    tmp_path_factory: pytest.TempPathFactory, backend: Backend, simulator: str
+) -> Iterator[Desk]:
+    """One service for the tests that read, or whose switches are refused: none of them
+    changes a route, so they can share it (a service start costs seconds)."""
+    workdir = tmp_path_factory.mktemp(f"suppliers-{backend.name}")
+    env = {"TOPUP_PLUGINS": "tests.fake_suppliers", **CREDENTIALS}
+    service = ServiceProcess(
+        workdir, config(workdir / "journal.jsonl", simulator), env=env, backend=backend
+    ).start()
+    desk = Desk(service)
+    yield desk
+    desk.close()
+    service.stop()
+    service.drop_database()
+
+
 def switch(console: Console, carrier: str, rows, reason: str = "切换测试", **extra: str):
     """Post the route form as a browser would: rows are (plugin, used, position, weight)."""
     form: dict = {"carrier": carrier, "reason": reason, "plugin": [r[0] for r in rows]}
@@ -126,7 +144,8 @@ def carrier_section(html: str, carrier: str) -> str:
     return html[start : html.index("</section>", start)]
 
 
-def test_routes_costs_balances_are_shown_and_only_admins_get_the_form(desk: Desk) -> None:
+def test_routes_costs_balances_are_shown_and_only_admins_get_the_form(unchanged_desk: Desk) -> None:
+    desk = unchanged_desk
     viewer = desk.consoles["viewer"]
     html = viewer.get(PAGE).text
     mobile = carrier_section(html, "中国移动")
@@ -212,8 +231,9 @@ def test_an_admin_switches_a_route_from_the_page_and_the_next_order_goes_there(
     ],
 )
 def test_an_invalid_switch_is_shown_on_the_page_and_changes_nothing(
-    desk: Desk, rows, reason: str, message: str
+    unchanged_desk: Desk, rows, reason: str, message: str
 ) -> None:
+    desk = unchanged_desk
     reply = switch(desk.consoles["admin"], "中国移动", rows, reason=reason)
     assert reply.status_code == 400
     assert 'id="route-error"' in reply.text and message in reply.text, reply.text
@@ -223,7 +243,8 @@ def test_an_invalid_switch_is_shown_on_the_page_and_changes_nothing(
 
 
 @pytest.mark.parametrize("role", ["viewer", "operator"])
-def test_viewers_and_operators_cannot_switch_or_reset(desk: Desk, role: str) -> None:
+def test_viewers_and_operators_cannot_switch_or_reset(unchanged_desk: Desk, role: str) -> None:
+    desk = unchanged_desk
     console = desk.consoles[role]
     refused = switch(console, "中国移动", [("backup", True, 1, 0)])
     assert refused.status_code == 403 and "需要管理员权限" in refused.text
@@ -232,7 +253,8 @@ def test_viewers_and_operators_cannot_switch_or_reset(desk: Desk, role: str) -> 
     assert desk.service.sql("SELECT count(*) FROM route_overrides") == [(0,)]
 
 
-def test_a_switch_without_the_csrf_token_is_refused(desk: Desk) -> None:
+def test_a_switch_without_the_csrf_token_is_refused(unchanged_desk: Desk) -> None:
+    desk = unchanged_desk
     forged = desk.consoles["admin"].http.post(
         f"{PAGE}/route",
         data={"carrier": "中国移动", "reason": "x", "plugin": "backup", "use:backup": "on"},
