@@ -14,7 +14,8 @@ ROLES = click.Choice([role.label for role in Role])
 
 
 def _actor() -> str:
-    return f"cli:{os.environ.get('USER', 'operator')}"
+    # The same name the other commands record (their --operator default).
+    return os.environ.get("USER", "operator")
 
 
 def _password(from_stdin: bool) -> str:
