@@ -11,7 +11,14 @@ from litestar.params import Body
 from litestar.response import Redirect, Template
 
 from core.operators import OperatorError, Role
-from service.console.render import ConsoleError, needs, operator, page, services
+from service.console.render import (
+    ConsoleError,
+    needs,
+    operator,
+    page,
+    required_reason,
+    services,
+)
 
 Form = Body(media_type=RequestEncodingType.URL_ENCODED)
 ADMIN = needs(Role.ADMIN)
@@ -60,9 +67,7 @@ async def add_operator(request: Request, data: Annotated[NewOperator, Form]) -> 
 async def change_operator(
     request: Request, name: str, data: Annotated[OperatorChange, Form]
 ) -> Redirect:
-    reason = data.reason.strip()
-    if not reason:
-        raise ConsoleError("请填写原因：它会记录在审计日志中")
+    reason = required_reason(data.reason)
     if name == operator(request).name:
         # An admin locking themselves out would leave nobody to undo it from here.
         raise ConsoleError("不能修改自己的账号；请另一位管理员操作，或使用 topup operator set")

@@ -24,7 +24,14 @@ from core.operators import Role
 from core.reconcile import partner_statement
 from core.statements import ledger_page
 from service.cli_reconcile import write_statement
-from service.console.render import ConsoleError, needs, operator, page, services
+from service.console.render import (
+    ConsoleError,
+    needs,
+    operator,
+    page,
+    required_reason,
+    services,
+)
 from service.notify_targets import TargetRefused, check_notify_url
 
 Form = Body(media_type=RequestEncodingType.URL_ENCODED)
@@ -78,13 +85,6 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
 
 
-def _reason(text: str) -> str:
-    reason = text.strip()
-    if not reason:
-        raise ConsoleError("请填写原因：它会记录在审计日志中")
-    return reason
-
-
 @get("/partners", include_in_schema=False)
 async def partners(request: Request) -> Template:
     everyone = await services(request).apps.all()
@@ -117,7 +117,7 @@ async def credit(request: Request, app_id: str, data: Annotated[CreditForm, Form
     amount = _fen(data.amount, "入账金额")
     if amount <= 0:
         raise ConsoleError("入账金额必须大于 0")
-    reason = _reason(data.reason)
+    reason = required_reason(data.reason)
     await services(request).ledger.credit(app_id, amount, reason, operator(request).name)
     return Redirect(f"/console/partners/{app_id}?done=credit", status_code=303)
 
@@ -129,7 +129,7 @@ async def credit_limit(request: Request, app_id: str, data: Annotated[LimitForm,
     if limit < 0:
         raise ConsoleError("信用额度不能为负数")
     await services(request).ledger.set_credit_limit(
-        app_id, limit, actor=operator(request).name, reason=_reason(data.reason)
+        app_id, limit, actor=operator(request).name, reason=required_reason(data.reason)
     )
     return Redirect(f"/console/partners/{app_id}?done=limit", status_code=303)
 
@@ -148,7 +148,7 @@ async def notify_url(request: Request, app_id: str, data: Annotated[NotifyForm, 
         url or None,
         allow_private=allow_private and bool(url),
         actor=operator(request).name,
-        reason=_reason(data.reason),
+        reason=required_reason(data.reason),
     )
     return Redirect(f"/console/partners/{app_id}?done=notify", status_code=303)
 
@@ -164,7 +164,7 @@ async def rotate_secret(
         grace = -1.0
     if not 0 <= grace <= 30 * 86400:
         raise ConsoleError("旧密钥的宽限期应在 0 到 2592000 秒（30 天）之间")
-    reason = _reason(data.reason)
+    reason = required_reason(data.reason)
     new_secret = await services(request).apps.rotate_secret(
         app_id, grace, actor=operator(request).name, reason=reason
     )

@@ -41,6 +41,14 @@ class ConsoleError(HTTPException):
     status_code = 400
 
 
+def required_reason(text: str, refusal: str = "请填写原因：它会记录在审计日志中") -> str:
+    """The reason an action is recorded with; every console action needs one."""
+    reason = text.strip()
+    if not reason:
+        raise ConsoleError(refusal)
+    return reason
+
+
 def services(request: Request) -> Services:
     return request.app.state.services
 

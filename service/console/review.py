@@ -15,7 +15,14 @@ from litestar.params import Body
 from litestar.response import Redirect, Template
 
 from core.operators import Role
-from service.console.render import ConsoleError, needs, operator, page, services
+from service.console.render import (
+    ConsoleError,
+    needs,
+    operator,
+    page,
+    required_reason,
+    services,
+)
 
 # The oldest orders in review are listed; a longer queue says so.
 QUEUE_PAGE = 200
@@ -50,11 +57,9 @@ async def decide(
     order_no: str,
     data: Annotated[Decision, Body(media_type=RequestEncodingType.URL_ENCODED)],
 ) -> Redirect:
-    reason = data.reason.strip()
     if data.decision not in DECISIONS:
         raise ConsoleError("请选择处理方式：确认成功、确认失败或重新查询")
-    if not reason:
-        raise ConsoleError("请填写处理原因：它会和决定一起记录在案")
+    reason = required_reason(data.reason, "请填写处理原因：它会和决定一起记录在案")
     store, actor = services(request).store, operator(request).name
     if data.decision == "requery":
         if not await store.requery(order_no, actor, reason):
