@@ -66,6 +66,11 @@ class DispatchConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     scan_interval: float = 0.5
     # Unanswered status queries (pending or unknown) before an order goes to manual review.
     max_queries: int = 30
+    # A plugin whose supplier refuses a reused reference, asked about an attempt it says
+    # it never received, has that attempt sent again (once) only if the attempt is older
+    # than call_timeout plus this many seconds: sooner, the first request may still be
+    # on its way.
+    resend_margin: float = 30.0
     # Consecutive definitive failures that open a plugin's circuit, and how long it stays open.
     breaker_threshold: int = 5
     breaker_cooldown: float = 60.0

@@ -41,7 +41,15 @@ from sqlalchemy.engine import URL, Engine, create_engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import SingletonThreadPool
 
-from core.writer import AsyncTransactions, GroupWriter, LoopTransactions, Transactions
+from core.writer import (
+    Answer,
+    AsyncTransactions,
+    Batch,
+    GroupWriter,
+    Item,
+    LoopTransactions,
+    Transactions,
+)
 
 T = TypeVar("T")
 
@@ -128,6 +136,9 @@ attempts = Table(
     Column("cost", BigInteger),
     # Refused before acceptance: the supplier never held it, so no statement will list it.
     Column("refused", Boolean, nullable=False, server_default=false()),
+    # Sent a second time with the same reference, once: its supplier said it never got it
+    # and refuses a reused reference (core/lifecycle/results.py).
+    Column("resent", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("order_no", "seq", name="uq_attempts_order_seq"),
 )
 
@@ -304,7 +315,11 @@ class Database:
     @property
     def writer(self) -> GroupWriter:
         if self._writer is None:
+            # The ledger is built on this module, so it is imported only once both exist.
+            from core.ledger import accounts_pass
+
             self._writer = GroupWriter(self._transactions)
+            self._writer.accounts_pass = accounts_pass
         return self._writer
 
     async def read(self, job: Callable[[Connection], T]) -> T:
@@ -336,8 +351,9 @@ class Database:
         """Run ``job`` in the next group transaction; returns once it is committed."""
         return await self.writer.run(job)
 
-    async def batched(self, kind: str, item: Any) -> Any:
-        return await self.writer.batched(kind, item)
+    async def batched(self, batch: Batch[Item, Answer], item: Item) -> Answer:
+        """Hand ``item`` to ``batch`` in the next group transaction (core/writer.py)."""
+        return await self.writer.batched(batch, item)
 
     async def exclusive(self, job: Callable[[Connection], T]) -> T:
         """Run ``job`` in a transaction of its own, off the event loop (schema migrations)."""

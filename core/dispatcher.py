@@ -1,7 +1,10 @@
 """The background worker that moves accepted orders to a terminal state.
 
-It leases due orders from the database (so several processes can share the work),
-and for each one either starts the next attempt or queries the open one:
+It claims due orders through the lifecycle (core/lifecycle/claim.py: leased, so
+several processes can share the work), which decides each one's next step in the
+claim's own transaction, with the route plan taken just before: send the attempt it
+has just recorded, or query the open one. The dispatcher makes those calls and hands
+the answers back to the lifecycle; it writes nothing itself.
 
 - an attempt is committed, with its reference, before ``submit`` is called;
 - whatever ``submit`` does other than answer (time out, raise, return garbage)
@@ -26,14 +29,16 @@ from collections.abc import Awaitable, Callable
 
 from core import circuits, metrics
 from core.clock import now_ms
+from core.lifecycle import Applied, Lifecycle, Query, Send, Step, Unroutable
 from core.order_store import OrderStore
-from core.orders import OPEN_ATTEMPT, READY_TO_SUBMIT, AttemptRecord, OrderRecord, State
-from core.routing import CircuitBreaker
+from core.orders import OPEN_ATTEMPT, AttemptRecord, State
+from core.routing import CircuitBreaker, RoutePlan
 from core.runtime import Runtime
 from core.suppliers import (
     CallbackReply,
     CallbackRequest,
     Outcome,
+    Supplier,
     SupplierResult,
     UpstreamOrder,
     alerts,
@@ -50,10 +55,15 @@ UNREADABLE_CALLBACK = CallbackReply(400, b"callback could not be read")
 # anyone can post callbacks, and a traceback per post would let them flood the log.
 CALLBACK_TRACEBACK_SECONDS = 60.0
 CIRCUIT_PUBLISH_SECONDS = 1.0
+# Where a supplier's answer came from: only submit's may move an order to another supplier.
+SUBMIT, QUERY, CALLBACK = "submit", "query", "callback"
 
 
 class Dispatcher:
-    def __init__(self, store: OrderStore, runtime: Callable[[], Runtime]) -> None:
+    def __init__(
+        self, lifecycle: Lifecycle, store: OrderStore, runtime: Callable[[], Runtime]
+    ) -> None:
+        self._lifecycle = lifecycle
         self._store = store
         self._runtime = runtime
         self.owner = f"worker-{secrets.token_hex(6)}"
@@ -104,33 +114,28 @@ class Dispatcher:
             metrics.circuit(plugin, not self.breaker.available(plugin))
 
     async def _claim(self) -> int:
-        settings = self._runtime().config.dispatch
+        runtime = self._runtime()
+        settings = runtime.config.dispatch
         free = settings.concurrency - len(self._in_flight)
         if free <= 0:
             await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
             return len(self._in_flight)
-        due = await self._store.claim_due(
+        steps = await self._lifecycle.claim(
             self.owner,
             int(settings.lease_seconds * 1000),
             min(free, settings.claim_batch),
-            plan=self._plan,
+            self.route_plan(runtime),
         )
-        for order, started in due:
-            task = asyncio.create_task(self._work(order, started))
+        for step in steps:
+            task = asyncio.create_task(self._work(step, runtime))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
-        return len(due)
+        return len(steps)
 
-    def _plan(self, order: OrderRecord) -> tuple[str, int | None] | None:
-        """The plugin and expected cost of an order's first attempt, if one can take it."""
-        runtime = self._runtime()
-        plugin = runtime.router.next_plugin(
-            order.supplier, order.order_no, [], self.breaker.available
-        )
-        if plugin is None or plugin not in runtime.suppliers:
-            return None
-        product = runtime.catalog.product(order.supplier, order.product_id)
-        return plugin, product.costs.get(plugin) if product else None
+    def route_plan(self, runtime: Runtime) -> RoutePlan:
+        """Routing as this claim will decide it: enabled plugins whose circuit is closed."""
+        usable = frozenset(p for p in runtime.suppliers if self.breaker.available(p))
+        return RoutePlan(runtime.router, runtime.catalog, usable)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -138,41 +143,26 @@ class Dispatcher:
                 await self._wake.wait()
         self._wake.clear()
 
-    async def _work(self, order: OrderRecord, started: tuple[UpstreamOrder, str] | None) -> None:
+    async def _work(self, step: Step, runtime: Runtime) -> None:
         try:
-            if started is not None:
-                await self._send(*started, self._runtime())
-            elif order.state in READY_TO_SUBMIT:
-                await self._submit(order)
+            if isinstance(step, Send):
+                await self._send(step.upstream, step.plugin, runtime)
+            elif isinstance(step, Query):
+                await self._query(step.attempt, step.upstream, runtime)
             else:
-                await self._query(order)
+                self._unroutable(step)
         except Exception:
             # The order keeps its state; its lease runs out and it is looked at again.
-            log.exception("order %s: dispatch step failed", order.order_no)
+            log.exception("order %s: dispatch step failed", _order_no(step))
 
-    async def _submit(self, order: OrderRecord) -> None:
-        runtime = self._runtime()
-        tried = await self._store.tried_plugins(order.order_no) if order.attempts else []
-        plugin = runtime.router.next_plugin(
-            order.supplier, order.order_no, tried, self.breaker.available
+    def _unroutable(self, step: Unroutable) -> None:
+        metrics.order_reached(State.FAILED, step.order.supplier, "none")
+        log.warning(
+            "order %s failed: no supplier left to try (tried %s, open circuits %s)",
+            step.order.order_no,
+            step.tried,
+            self.breaker.open_plugins(),
         )
-        supplier = runtime.suppliers.get(plugin) if plugin else None
-        if supplier is None or plugin is None:
-            reason = f"没有可用的供应商: {order.supplier}"
-            if await self._store.fail_unroutable(order.order_no, self.owner, reason):
-                metrics.order_reached(State.FAILED, order.supplier, "none")
-            log.warning(
-                "order %s failed: no supplier left to try (tried %s, open circuits %s)",
-                order.order_no,
-                tried,
-                self.breaker.open_plugins(),
-            )
-            return
-        product = runtime.catalog.product(order.supplier, order.product_id)
-        cost = product.costs.get(plugin) if product else None
-        upstream = await self._store.start_attempt(order.order_no, self.owner, plugin, cost)
-        if upstream is not None:
-            await self._send(upstream, plugin, runtime)
 
     async def _send(self, upstream: UpstreamOrder, plugin: str, runtime: Runtime) -> None:
         """Submit a recorded attempt, once, and apply the answer."""
@@ -183,37 +173,61 @@ class Dispatcher:
             log.error("attempt %s: plugin %r is not enabled", upstream.reference, plugin)
             return
         result = await self._call(supplier.submit, upstream, plugin)
-        await self._apply(plugin, upstream, result, runtime, queries_done=0, is_query=False)
+        await self._apply(plugin, upstream, result, runtime, queries_done=0, source=SUBMIT)
 
-    async def _query(self, order: OrderRecord) -> None:
-        runtime = self._runtime()
-        open_attempt = await self._store.open_attempt(order.order_no)
-        if open_attempt is None:
-            log.error("order %s is %s with no open attempt", order.order_no, order.state)
-            return
-        attempt, upstream = open_attempt
+    async def _query(self, attempt: AttemptRecord, upstream: UpstreamOrder, runtime: Runtime):
         supplier = runtime.suppliers.get(attempt.plugin)
         if supplier is None:
             # The plugin was disabled with this attempt open: keep the order, keep asking.
             log.error(
                 "order %s: attempt %s belongs to plugin %r, which is not enabled; "
                 "it stays open until the plugin is back or an operator resolves it",
-                order.order_no,
+                upstream.order_no,
                 upstream.reference,
                 attempt.plugin,
             )
             delay = runtime.config.dispatch.query_delays[-1]
-            await self._store.reschedule(order.order_no, self.owner, int(delay * 1000))
+            await self._lifecycle.reschedule(upstream.order_no, self.owner, int(delay * 1000))
             return
         result = await self._call(supplier.query, upstream, attempt.plugin)
+        if self._may_resend(supplier, attempt, result) and await self._resend(
+            upstream, attempt.plugin, runtime
+        ):
+            return
         await self._apply(
             attempt.plugin,
             upstream,
             result,
             runtime,
             queries_done=attempt.queries + 1,
-            is_query=True,
+            source=QUERY,
         )
+
+    @staticmethod
+    def _may_resend(supplier: Supplier, attempt: AttemptRecord, result: SupplierResult) -> bool:
+        return (
+            getattr(result, "no_such_order", False)
+            and getattr(supplier, "refuses_reused_reference", False)
+            and not attempt.resent
+            and attempt.state == State.UNKNOWN
+        )
+
+    async def _resend(self, upstream: UpstreamOrder, plugin: str, runtime: Runtime) -> bool:
+        """Send an attempt the supplier never received again, with the same reference,
+        once; False when the lifecycle does not allow it (too soon, or done already)."""
+        settings = runtime.config.dispatch
+        min_age_ms = int((settings.call_timeout + settings.resend_margin) * 1000)
+        again = await self._lifecycle.resend(upstream.reference, self.owner, min_age_ms)
+        if again is None:
+            return False
+        log.warning(
+            "order %s: %s has no attempt %s; sent again with the same reference",
+            upstream.order_no,
+            plugin,
+            upstream.reference,
+        )
+        await self._send(again, plugin, runtime)
+        return True
 
     # -- applying results -------------------------------------------------------------
 
@@ -244,7 +258,7 @@ class Dispatcher:
                 callback.result,
                 runtime,
                 queries_done=attempt.queries,
-                is_query=False,
+                source=CALLBACK,
             )
         else:
             await self._query_soon(plugin, attempt, upstream, callback.result)
@@ -269,7 +283,7 @@ class Dispatcher:
         if attempt.state not in OPEN_ATTEMPT:
             log.debug("%s callback for settled attempt %s ignored", plugin, upstream.reference)
             return
-        woken = await self._store.wake(upstream.order_no)
+        woken = await self._lifecycle.wake(upstream.order_no)
         # Routine (one per order), so DEBUG, like other routine progress.
         log.debug(
             "order %s: %s callback says %s %s; querying the supplier%s",
@@ -290,57 +304,55 @@ class Dispatcher:
         runtime: Runtime,
         *,
         queries_done: int,
-        is_query: bool,
+        source: str,
     ) -> None:
         """Apply one result; ``queries_done`` counts status queries including this one."""
         settings = runtime.config.dispatch
         await self._track_health(
-            plugin, result, settings.breaker_threshold, settings.breaker_cooldown
+            plugin, result, settings.breaker_threshold, settings.breaker_cooldown, source
         )
-        retry = result.outcome is Outcome.FAILED and result.failover
-        if retry:
-            tried = await self._store.tried_plugins(upstream.order_no)
-            retry = (
-                runtime.router.next_plugin(
-                    upstream.supplier, upstream.order_no, tried, self.breaker.available
-                )
-                is not None
-            )
-        applied = await self._store.apply(
+        applied = await self._lifecycle.apply(
             upstream.reference,
             result,
-            retry_elsewhere=retry,
+            from_submit=source == SUBMIT,
             next_query_delay_ms=_next_query_delay(
                 settings.query_delays, settings.max_queries, queries_done
             ),
-            counts_as_query=is_query,
+            counts_as_query=source == QUERY,
         )
         if applied is not None and applied.changed:
-            if applied.state in COUNTED:
-                metrics.order_reached(applied.state, upstream.supplier, plugin)
-            # Routine progress is DEBUG: at thousands of orders a second, INFO is for news.
-            level = logging.DEBUG if applied.state in ROUTINE else logging.INFO
-            log.log(
-                level,
-                "order %s -> %s (%s %s)",
+            self._report(applied, upstream, result, queries_done)
+
+    def _report(
+        self, applied: Applied, upstream: UpstreamOrder, result: SupplierResult, queries: int
+    ) -> None:
+        if applied.state in COUNTED:
+            metrics.order_reached(applied.state, applied.carrier, applied.plugin)
+        # Routine progress is DEBUG: at thousands of orders a second, INFO is for news.
+        level = logging.DEBUG if applied.state in ROUTINE else logging.INFO
+        log.log(
+            level,
+            "order %s -> %s (%s %s)",
+            upstream.order_no,
+            applied.state,
+            result.code,
+            result.message,
+        )
+        if applied.state is State.RETRYING:
+            self.wake()
+        if applied.state is State.REVIEW:
+            alerts.warning(
+                "order %s needs manual review: outcome still open after %s queries",
                 upstream.order_no,
-                applied.state,
-                result.code,
-                result.message,
+                queries,
             )
-            if applied.state is State.RETRYING:
-                self.wake()
-            if applied.state is State.REVIEW:
-                alerts.warning(
-                    "order %s needs manual review: outcome still open after %s queries",
-                    upstream.order_no,
-                    queries_done,
-                )
 
     async def _track_health(
-        self, plugin: str, result: SupplierResult, threshold: int, cooldown: float
+        self, plugin: str, result: SupplierResult, threshold: int, cooldown: float, source: str
     ) -> None:
-        if result.outcome is Outcome.FAILED and result.failover:
+        # Only submit's definitive failures count against a plugin (and only they may move
+        # an order on to the next supplier: core/lifecycle/rules.py).
+        if result.outcome is Outcome.FAILED and result.failover and source == SUBMIT:
             if self.breaker.record_failure(plugin, threshold, cooldown):
                 metrics.circuit(plugin, True, opened=True)
                 alerts.warning(
@@ -406,6 +418,10 @@ class Dispatcher:
             log.error("%s %s returned %r, not a SupplierResult", plugin, method.__name__, result)
             return SupplierResult.unknown("PLUGIN_ERROR", "invalid result")
         return result
+
+
+def _order_no(step: Step) -> str:
+    return step.order.order_no if isinstance(step, Unroutable) else step.upstream.order_no
 
 
 def _next_query_delay(delays: list[float], max_queries: int, queries_done: int) -> int | None:

@@ -2,7 +2,7 @@
 
 - a credit adds funds (``topup app credit``);
 - accepting an order holds its price, in the same transaction that stores the order
-  (core/order_batches.py);
+  (core/lifecycle/accept.py);
 - the order's final state settles the hold once: captured on success, released on failure.
 
 ``balance = credited - captured - held``; an order may be held while
@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
 
 import msgspec
 from sqlalchemy import Connection, case, func, select, update
@@ -25,6 +24,7 @@ from core.db import Database, accounts, insert_ignoring_conflicts, ledger
 from core.errors import ErrorCode, TopupError
 from core.fastsql import add_to_columns, insert_rows
 from core.money import fen_to_yuan
+from core.writer import Tx
 
 
 class Account(msgspec.Struct, frozen=True):
@@ -79,16 +79,17 @@ def insufficient(available: int, amount: int) -> TopupError:
     )
 
 
-def settle_many(conn: Connection, settlements: list[tuple[str, str, bool]]) -> None:
+def settle_many(tx: Tx, settlements: list[tuple[str, str, bool]]) -> None:
     """Capture or release the holds of orders that just became final, in their transaction.
 
     ``settlements``: (app_id, order_no, captured). Each order settles once: the entry's
     key ``settle:<orderNo>`` is unique, so a second settlement fails the transaction
     rather than booking twice. Orders without a hold (accepted before accounts existed)
-    have nothing to settle.
+    have nothing to settle. The accounts rows change in the transaction's accounts pass.
     """
     if not settlements:
         return
+    conn = tx.conn
     now = now_ms()
     holds = {
         row.order_no: row.amount
@@ -98,25 +99,61 @@ def settle_many(conn: Connection, settlements: list[tuple[str, str, bool]]) -> N
             )
         )
     }
-    entries, held, captured = [], defaultdict(int), defaultdict(int)
+    entries = []
     for app_id, order_no, success in settlements:
         amount = holds.get(order_no)
         if amount is None:
             continue
         kind, reason = ("capture", "充值成功扣款") if success else ("release", "充值失败解冻退回")
         entries.append(_entry(app_id, kind, amount, order_no, f"settle:{order_no}", reason, now))
-        held[app_id] += amount
-        captured[app_id] += amount if success else 0
-    if not entries:
-        return
-    insert_rows(conn, ledger, tuple(entries[0]), [tuple(entry.values()) for entry in entries])
-    add_to_columns(
-        conn,
-        accounts,
-        "app_id",
-        ("held", "captured"),
-        [(-held[app], captured[app], app) for app in held],
+        change_account(tx, app_id, held=-amount, captured=amount if success else 0)
+    if entries:
+        insert_rows(conn, ledger, tuple(entries[0]), [tuple(entry.values()) for entry in entries])
+
+
+def change_account(tx: Tx, app_id: str, *, held: int = 0, captured: int = 0) -> None:
+    """Add to an account's held and captured sums in the transaction's accounts pass."""
+    change = tx.account_changes.setdefault(app_id, [0, 0])
+    change[0] += held
+    change[1] += captured
+
+
+def lock_accounts(tx: Tx, app_ids: set[str]) -> dict[str, int]:
+    """The accounts pass: lock every account the transaction changes, once and in key
+    order (see core/writer.py), apply the changes waiting in ``tx``, and return what each
+    of ``app_ids`` has available now."""
+    wanted = sorted(app_ids | set(tx.account_changes))
+    rows = (
+        tx.conn.execute(
+            select(accounts)
+            .where(accounts.c.app_id.in_(wanted))
+            .order_by(accounts.c.app_id)
+            .with_for_update()
+        ).all()
+        if wanted
+        else []
     )
+    changes, tx.account_changes = tx.account_changes, {}
+    available = {}
+    for row in rows:
+        held, captured = changes.get(row.app_id, (0, 0))
+        available[row.app_id] = (
+            row.credited - (row.captured + captured) - (row.held + held) + row.credit_limit
+        )
+    apply_account_changes(tx.conn, changes)
+    return available
+
+
+def apply_account_changes(conn: Connection, changes: dict[str, list[int]]) -> None:
+    if changes:
+        rows = [(held, captured, app) for app, (held, captured) in changes.items()]
+        add_to_columns(conn, accounts, "app_id", ("held", "captured"), rows)
+
+
+def accounts_pass(tx: Tx) -> None:
+    """The end of a transaction that changed accounts without accepting orders."""
+    changes, tx.account_changes = tx.account_changes, {}
+    apply_account_changes(tx.conn, changes)
 
 
 def _entry(

@@ -1,42 +1,18 @@
-"""Reading and changing orders: every state change of an order goes through here.
+"""Reading orders, their attempts and their timelines.
 
-Hot writes (acceptance, attempt starts, supplier results) are queued to the group
-writer as batch items (core/order_batches.py); the rest are single jobs. Reads run on
-the read pool.
+Nothing here writes: every change of an order goes through the lifecycle
+(core/lifecycle/). Reads run on the read pool.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from sqlalchemy import Connection, and_, bindparam, func, select
 
-from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
-
-from core import metrics
-from core.audit import record
-from core.clock import now_ms
 from core.db import Database, attempts, order_events, orders
 from core.fastsql import fetch_one
-from core.leases import lease_due
-from core.ledger import settle_many
-from core.notify import enqueue_many
-from core.order_batches import (
-    ACCEPT,
-    APPLY,
-    START,
-    ApplyResult,
-    StartAttempt,
-    accept_batch,
-    apply_batch,
-    create_attempts,
-    start_batch,
-)
 from core.orders import (
     OPEN_ATTEMPT,
-    READY_TO_SUBMIT,
-    TERMINAL,
-    Applied,
     AttemptRecord,
-    NewOrder,
     OrderEvent,
     OrderRecord,
     State,
@@ -44,7 +20,7 @@ from core.orders import (
     order_from_row,
     order_from_tuple,
 )
-from core.suppliers import SupplierResult, UpstreamOrder
+from core.suppliers import UpstreamOrder
 
 # Built once: the status query runs them thousands of times a second, and building a
 # statement costs more than running it.
@@ -57,16 +33,8 @@ BY_ORDER_NO = select(orders).where(orders.c.order_no == bindparam("order_no"))
 class OrderStore:
     def __init__(self, db: Database) -> None:
         self.db = db
-        db.writer.register(ACCEPT, accept_batch)
-        db.writer.register(START, start_batch)
-        db.writer.register(APPLY, apply_batch)
 
     # -- acceptance and lookup ------------------------------------------------------
-
-    async def insert_or_get(self, new: NewOrder) -> tuple[OrderRecord, bool]:
-        """Store ``new`` with its hold, durably, or return the order its (appID,
-        cstmOrderNo) already made. Raises TopupError when the balance does not cover it."""
-        return await self.db.batched(ACCEPT, new)
 
     async def find(self, app_id: str, cstm_order_no: str) -> OrderRecord | None:
         return await self._one(BY_CSTM_ORDER_NO, {"app": app_id, "cstm": cstm_order_no})
@@ -94,49 +62,6 @@ class OrderStore:
         return await self.db.read(
             lambda conn: conn.execute(select(func.count()).select_from(orders)).scalar_one()
         )
-
-    # -- the dispatcher's side ------------------------------------------------------
-
-    async def claim_due(
-        self,
-        owner: str,
-        lease_ms: int,
-        limit: int,
-        plan: Callable[[OrderRecord], tuple[str, int | None] | None] | None = None,
-    ) -> list[tuple[OrderRecord, tuple[UpstreamOrder, str] | None]]:
-        """Lease up to ``limit`` orders whose next step is due and nobody else holds.
-
-        A claimed order falls due again when its lease runs out: if its worker dies
-        mid-step, that is when another worker (or this one, restarted) resumes it.
-        ``plan(order)`` gives (plugin, expected cost) for a first attempt: those attempts
-        are recorded in the same transaction (saving one commit per order), and come
-        back beside their order as (upstream order, plugin); every other order comes back
-        with None.
-        """
-
-        def claim(conn: Connection) -> list[tuple[OrderRecord, tuple[UpstreamOrder, str] | None]]:
-            rows = lease_due(conn, orders, orders.c.next_run_at, owner, lease_ms, limit, orders.c)
-            claimed = [order_from_row(row) for row in rows]
-            first = [
-                (order, *planned)
-                for order in claimed
-                if plan is not None
-                and order.state is State.ACCEPTED
-                and (planned := plan(order)) is not None
-            ]
-            started = create_attempts(conn, first) if first else {}
-            return [(order, started.get(order.order_no)) for order in claimed]
-
-        return await self.db.write(claim)
-
-    async def start_attempt(
-        self, order_no: str, owner: str, plugin: str, cost: int | None = None
-    ) -> UpstreamOrder | None:
-        """Record the next attempt before anything is sent; None if the order moved on.
-
-        ``cost``: what the plugin's supplier is expected to charge, for reconciliation.
-        """
-        return await self.db.batched(START, StartAttempt(order_no, owner, plugin, cost))
 
     async def open_attempt(self, order_no: str) -> tuple[AttemptRecord, UpstreamOrder] | None:
         """The order's attempt whose outcome is still open, as the plugin should see it."""
@@ -181,101 +106,6 @@ class OrderStore:
 
     async def tried_plugins(self, order_no: str) -> list[str]:
         return [attempt.plugin for attempt in await self.attempts_of(order_no)]
-
-    async def apply(
-        self,
-        reference: str,
-        result: SupplierResult,
-        *,
-        retry_elsewhere: bool,
-        next_query_delay_ms: int | None,
-        counts_as_query: bool,
-        event: tuple[str, str, str] | None = None,
-    ) -> Applied | None:
-        """Apply what a supplier said about one attempt; idempotent and monotonic.
-
-        ``retry_elsewhere``: a FAILED result that allows failover, with a next supplier
-        available, puts the order in ``retrying`` instead of ``failed``.
-        ``next_query_delay_ms``: when to query an outcome that is still open; None
-        gives up querying and sends the order to manual review.
-        ``event``: (kind, actor, detail) recorded with the change, in the same commit.
-        Returns None when the reference is not ours.
-        """
-        request = ApplyResult(
-            reference, result, retry_elsewhere, next_query_delay_ms, counts_as_query, event
-        )
-        return await self.db.batched(APPLY, request)
-
-    async def fail_unroutable(self, order_no: str, owner: str, reason: str) -> bool:
-        """Fail an order that no supplier could take; only before anything is open upstream."""
-
-        def fail(conn: Connection) -> bool:
-            now = now_ms()
-            failed = conn.execute(
-                update(orders)
-                .where(
-                    orders.c.order_no == order_no,
-                    orders.c.lease_owner == owner,
-                    orders.c.state.in_(list(READY_TO_SUBMIT)),
-                )
-                .values(
-                    state=State.FAILED,
-                    fail_code=func.coalesce(orders.c.fail_code, "NO_SUPPLIER"),
-                    fail_reason=func.coalesce(orders.c.fail_reason, reason),
-                    finished_at=now,
-                    updated_at=now,
-                    next_run_at=None,
-                    lease_owner=None,
-                    lease_until=None,
-                )
-                .returning(orders.c.app_id)
-            ).first()
-            if failed is None:
-                return False
-            settle_many(conn, [(failed.app_id, order_no, False)])
-            enqueue_many(conn, [(failed.app_id, order_no)])
-            return True
-
-        return await self.db.write(fail)
-
-    async def reschedule(self, order_no: str, owner: str, delay_ms: int) -> None:
-        """Give the lease back and look at the order again after ``delay_ms``."""
-        now = now_ms()
-        await self.db.write(
-            lambda conn: conn.execute(
-                update(orders)
-                .where(
-                    orders.c.order_no == order_no,
-                    orders.c.lease_owner == owner,
-                    orders.c.state.not_in(list(TERMINAL)),
-                )
-                .values(next_run_at=now + delay_ms, lease_owner=None, lease_until=None)
-            )
-        )
-
-    async def wake(self, order_no: str) -> bool:
-        """Make an order whose outcome is open due now, so that a worker queries it.
-
-        For a callback that cannot be believed by itself. An order a worker holds keeps
-        its lease; its next run time, now earlier than the lease's end, tells that
-        worker's result to bring the next query forward (core.order_batches). True if
-        the order was not already due.
-        """
-
-        def wake(conn: Connection) -> bool:
-            now = now_ms()
-            woken = conn.execute(
-                update(orders)
-                .where(
-                    orders.c.order_no == order_no,
-                    orders.c.state.in_([*OPEN_ATTEMPT, State.REVIEW]),
-                    or_(orders.c.next_run_at.is_(None), orders.c.next_run_at > now),
-                )
-                .values(next_run_at=now)
-            )
-            return woken.rowcount == 1
-
-        return await self.db.write(wake)
 
     # -- manual review ------------------------------------------------------------------
 
@@ -335,65 +165,3 @@ class OrderStore:
             return [OrderEvent(r.at, r.kind, r.actor, r.detail) for r in rows]
 
         return await self.db.read(find)
-
-    async def resolve(self, order_no: str, succeeded: bool, reason: str, actor: str) -> Applied:
-        """An operator's verdict on an order whose outcome the supplier never settled."""
-        open_attempt = await self.open_attempt(order_no)
-        if open_attempt is None:
-            raise LookupError(f"order {order_no} has no open attempt to resolve")
-        attempt, upstream = open_attempt
-        verdict = (
-            SupplierResult.succeeded(code="MANUAL", message=reason)
-            if succeeded
-            else SupplierResult.failed("MANUAL", reason)
-        )
-        outcome = "succeeded" if succeeded else "failed"
-        applied = await self.apply(
-            attempt.reference,
-            verdict,
-            retry_elsewhere=False,
-            next_query_delay_ms=None,
-            counts_as_query=False,
-            event=("resolved", actor, f"{outcome}: {reason}"),
-        )
-        assert applied is not None
-        if applied.changed and applied.state in TERMINAL:
-            metrics.order_reached(applied.state, upstream.supplier, attempt.plugin)
-        if applied.changed:
-            # The verdict is applied in a batch of the lifecycle's; the order's own event
-            # (kind "resolved") is written in that transaction, this record right after.
-            await self.db.write(
-                lambda conn: record(conn, actor, "order.resolve", order_no, reason, outcome=outcome)
-            )
-        return applied
-
-    async def requery(self, order_no: str, actor: str, reason: str) -> bool:
-        """Send an order in review back to automatic status queries, with a fresh count."""
-        open_attempt = await self.open_attempt(order_no)
-        if open_attempt is None:
-            return False
-        attempt, _upstream = open_attempt
-
-        def requery(conn: Connection) -> bool:
-            now = now_ms()
-            moved = conn.execute(
-                update(orders)
-                .where(orders.c.order_no == order_no, orders.c.state == State.REVIEW)
-                .values(state=attempt.state, next_run_at=now, updated_at=now)
-            )
-            if moved.rowcount != 1:
-                return False
-            conn.execute(
-                update(attempts)
-                .where(attempts.c.reference == attempt.reference)
-                .values(queries=0, updated_at=now)
-            )
-            conn.execute(
-                order_events.insert().values(
-                    order_no=order_no, at=now, kind="requeried", actor=actor, detail=reason
-                )
-            )
-            record(conn, actor, "order.requery", order_no, reason)
-            return True
-
-        return await self.db.write(requery)

@@ -22,6 +22,7 @@ from core.config import Product
 from core.errors import ErrorCode, TopupError
 from core.ids import OrderNumbers, new_order_id
 from core.ledger import Account, Ledger
+from core.lifecycle import Lifecycle
 from core.order_store import OrderStore
 from core.orders import NewOrder, OrderRecord
 from core.ratelimit import AbuseGuard
@@ -78,6 +79,7 @@ class PartnerDesk:
         apps: AppStore,
         tokens: TokenIssuer,
         store: OrderStore,
+        lifecycle: Lifecycle,
         ledger: Ledger,
         runtime: Callable[[], Runtime],
         on_accepted: Callable[[], None] = lambda: None,
@@ -88,6 +90,7 @@ class PartnerDesk:
         self._apps = apps
         self._tokens = tokens
         self._store = store
+        self._lifecycle = lifecycle
         self._ledger = ledger
         self._runtime = runtime
         self._on_accepted = on_accepted
@@ -127,7 +130,7 @@ class PartnerDesk:
             face_value=product.face_value,
             price=product.price,
         )
-        order, created = await self._store.insert_or_get(new)
+        order, created = await self._lifecycle.accept(new)
         if not created and not order.same_request(new):
             raise TopupError(
                 ErrorCode.ORDER_CONFLICT,

@@ -13,7 +13,9 @@ import random
 import time
 from collections.abc import Callable
 
-from core.config import Config, RouteEntry
+import msgspec
+
+from core.config import Catalog, Config, RouteEntry
 
 
 class Router:
@@ -85,3 +87,33 @@ class CircuitBreaker:
 
     def open_plugins(self) -> list[str]:
         return [plugin for plugin in self._open_until if not self.available(plugin)]
+
+
+class Choice(msgspec.Struct, frozen=True):
+    """The supplier plugin that takes an order's next attempt, and what it should cost."""
+
+    plugin: str
+    cost: int | None
+
+
+class RoutePlan:
+    """Routing decided before the transaction that records it.
+
+    A snapshot of the configuration (routes, costs), the enabled plugins and the open
+    circuits, taken when the dispatcher claims work: the lifecycle asks it which plugin
+    an order tries next, with the plugins the order has tried, and nothing else.
+    """
+
+    def __init__(self, router: Router, catalog: Catalog, usable: frozenset[str]) -> None:
+        self._router = router
+        self._catalog = catalog
+        self._usable = usable
+
+    def choose(
+        self, carrier: str, order_no: str, product_id: str, tried: list[str]
+    ) -> Choice | None:
+        plugin = self._router.next_plugin(carrier, order_no, tried, self._usable.__contains__)
+        if plugin is None:
+            return None
+        product = self._catalog.product(carrier, product_id)
+        return Choice(plugin, product.costs.get(plugin) if product else None)

@@ -7,10 +7,19 @@ queued, runs it all in one transaction, commits once, and only then answers each
 caller. Under load many jobs share one commit (one fsync), and nothing is answered
 before its data is durable.
 
-Jobs of the same *kind* (e.g. order acceptance) are handed over together to that
-kind's batch function, which can work set-wise (one multi-row INSERT for a hundred
-orders). Each kind's batch, and each single job, runs under its own SAVEPOINT: a job
-that fails rolls back alone and its caller gets the exception; the rest commit.
+Items for the same ``Batch`` (e.g. order acceptance) are handed over together to its
+function, which can work set-wise (one multi-row INSERT for a hundred orders). Each
+batch, and each single job, runs under its own SAVEPOINT: a job that fails rolls back
+alone and its caller gets the exception; the rest commit.
+
+Lock order. On PostgreSQL two group transactions of two instances must never wait on
+each other in a circle, so every transaction takes its row locks in one order: the
+order batches first (orders, then their attempts, each in key order), then the claims
+(``SKIP LOCKED``: they never wait), then single jobs, then the accounts pass (every
+account the transaction changes, locked once, in key order) with acceptance. Batches
+say which phase they belong to; account changes wait in the ``Tx`` until its last
+phase. A transaction PostgreSQL still aborts as a deadlock or serialization failure
+is run again, whole, before any caller hears of it.
 """
 
 from __future__ import annotations
@@ -21,11 +30,12 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from enum import IntEnum
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import metrics
@@ -33,16 +43,61 @@ from core import metrics
 log = logging.getLogger("topup.writer")
 
 T = TypeVar("T")
+Item = TypeVar("Item")
+Answer = TypeVar("Answer")
 BUSY_SECONDS = 30.0
+# PostgreSQL's deadlock_detected and serialization_failure: the whole transaction was
+# rolled back, so running it again is safe.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+TRANSACTION_RETRIES = 3
 Job = Callable[[Connection], Any]
-BatchFunction = Callable[[Connection, list[Any]], list[Any]]
+
+
+class Phase(IntEnum):
+    """Where in a group transaction a batch runs (see the lock order above)."""
+
+    ORDERS = 0
+    CLAIMS = 1
+    JOBS = 2
+    ACCOUNTS = 3
+
+
+class Tx:
+    """One group transaction, as the batches in it see it."""
+
+    __slots__ = ("account_changes", "conn")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        # app_id -> (held, captured) to add, in the accounts pass (core/ledger.py).
+        self.account_changes: dict[str, list[int]] = {}
+
+
+class Batch(Generic[Item, Answer]):
+    """A set-wise write: ``function(tx, items)`` answers each item, in order; an answer
+    that is an exception is raised to that item's caller."""
+
+    def __init__(
+        self, name: str, phase: Phase, function: Callable[[Tx, list[Item]], list[Answer]]
+    ) -> None:
+        self.name = name
+        self.phase = phase
+        self.function = function
+
+    def __repr__(self) -> str:
+        return f"Batch({self.name})"
+
+
+# Runs after every batch of a transaction that left account changes behind (set by
+# core/ledger.py, which the writer cannot import: the ledger is built on the database).
+AccountsPass = Callable[[Tx], None]
 
 
 class _Queued:
-    __slots__ = ("future", "item", "kind")
+    __slots__ = ("batch", "future", "item")
 
-    def __init__(self, kind: str | None, item: Any, future: asyncio.Future) -> None:
-        self.kind = kind
+    def __init__(self, batch: Batch | None, item: Any, future: asyncio.Future) -> None:
+        self.batch = batch
         self.item = item
         self.future = future
 
@@ -145,29 +200,24 @@ class GroupWriter:
     def __init__(self, transactions: Transactions, max_batch: int = 2000) -> None:
         self._transactions = transactions
         self._max_batch = max_batch
-        self._kinds: dict[str, BatchFunction] = {}
         self._queue: list[_Queued] = []
         self._pending = asyncio.Event()
         self._task: asyncio.Task | None = None
-
-    def register(self, kind: str, batch: BatchFunction) -> None:
-        """``batch(conn, items)`` returns one result per item, in order; a result that is
-        an exception is raised to that item's caller."""
-        self._kinds[kind] = batch
+        self.accounts_pass: AccountsPass | None = None
 
     async def run(self, job: Callable[[Connection], T]) -> T:
         """Run ``job`` in the next group transaction; returns once it is committed."""
         return await self._enqueue(None, job)
 
-    async def batched(self, kind: str, item: Any) -> Any:
-        """Hand ``item`` to the ``kind`` batch function of the next group transaction."""
-        return await self._enqueue(kind, item)
+    async def batched(self, batch: Batch[Item, Answer], item: Item) -> Answer:
+        """Hand ``item`` to ``batch`` in the next group transaction; its answer once committed."""
+        return await self._enqueue(batch, item)
 
-    async def _enqueue(self, kind: str | None, item: Any) -> Any:
+    async def _enqueue(self, batch: Batch | None, item: Any) -> Any:
         if self._task is None or self._task.done():
             self.start()
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Queued(kind, item, future))
+        self._queue.append(_Queued(batch, item, future))
         self._pending.set()
         result = await future
         if isinstance(result, BaseException):
@@ -201,7 +251,7 @@ class GroupWriter:
     async def _commit(self, batch: list[_Queued]) -> None:
         started = time.perf_counter()
         try:
-            outcomes = await self._transactions.run(partial(self._execute, batch=batch))
+            outcomes = await self._run_retrying(batch)
             metrics.group_commit(len(batch), time.perf_counter() - started)
         except Exception as exc:
             # Nothing of this batch is committed: every caller learns it.
@@ -216,43 +266,94 @@ class GroupWriter:
             if not queued.future.done():
                 queued.future.set_result(outcome)
 
+    async def _run_retrying(self, batch: list[_Queued]) -> list[Any]:
+        for retry in range(TRANSACTION_RETRIES + 1):
+            try:
+                return await self._transactions.run(partial(self._execute, batch=batch))
+            except DBAPIError as exc:
+                if retry == TRANSACTION_RETRIES or _sqlstate(exc) not in RETRYABLE_SQLSTATES:
+                    raise
+                log.warning(
+                    "group transaction of %s jobs aborted (%s); running it again",
+                    len(batch),
+                    _sqlstate(exc),
+                )
+        raise AssertionError("unreachable")
+
     def _execute(self, conn: Connection, batch: list[_Queued]) -> list[Any]:
+        tx = Tx(conn)
         outcomes: dict[int, Any] = {}
-        by_kind: dict[str, list[int]] = {}
+        by_batch: dict[Batch, list[int]] = {}
+        jobs: list[int] = []
         for index, queued in enumerate(batch):
-            if queued.kind is None:
-                outcomes[index] = _isolated(conn, queued.item)
+            if queued.batch is None:
+                jobs.append(index)
             else:
-                by_kind.setdefault(queued.kind, []).append(index)
-        for kind, indexes in by_kind.items():
-            items = [batch[i].item for i in indexes]
-            for index, outcome in zip(indexes, self._run_kind(conn, kind, items), strict=True):
-                outcomes[index] = outcome
+                by_batch.setdefault(queued.batch, []).append(index)
+        ordered = sorted(by_batch.items(), key=lambda pair: pair[0].phase)
+        for kind, indexes in [pair for pair in ordered if pair[0].phase < Phase.JOBS]:
+            self._run_batch(tx, kind, indexes, batch, outcomes)
+        for index in jobs:
+            outcomes[index] = _isolated(conn, batch[index].item)
+        for kind, indexes in [pair for pair in ordered if pair[0].phase >= Phase.JOBS]:
+            self._run_batch(tx, kind, indexes, batch, outcomes)
+        if tx.account_changes:
+            assert self.accounts_pass is not None, "account changes with no accounts pass"
+            self.accounts_pass(tx)
         return [outcomes[index] for index in range(len(batch))]
 
-    def _run_kind(self, conn: Connection, kind: str, items: list[Any]) -> list[Any]:
-        batch = self._kinds[kind]
-        savepoint = conn.begin_nested()
+    def _run_batch(
+        self, tx: Tx, kind: Batch, indexes: list[int], batch: list[_Queued], outcomes: dict
+    ) -> None:
+        items = [batch[i].item for i in indexes]
+        for index, outcome in zip(indexes, self._run_kind(tx, kind, items), strict=True):
+            outcomes[index] = outcome
+
+    def _run_kind(self, tx: Tx, kind: Batch, items: list[Any]) -> list[Any]:
+        savepoint = tx.conn.begin_nested()
+        changes = {app: list(values) for app, values in tx.account_changes.items()}
         try:
-            results = batch(conn, items)
+            results = kind.function(tx, items)
             savepoint.commit()
             return results
         except Exception as exc:
             savepoint.rollback()
+            tx.account_changes = changes
+            if _retryable(exc):
+                raise  # the whole transaction is gone: run it again (_run_retrying)
             if len(items) == 1:
                 return [exc]
         # Something in the batch failed as a whole: find which, one item at a time.
-        log.warning("%s batch of %s failed; retrying item by item", kind, len(items))
-        return [_isolated(conn, lambda c, item=item: batch(c, [item])[0]) for item in items]
+        log.warning("%s batch of %s failed; retrying item by item", kind.name, len(items))
+        return [self._one(tx, kind, item) for item in items]
+
+    def _one(self, tx: Tx, kind: Batch, item: Any) -> Any:
+        changes = {app: list(values) for app, values in tx.account_changes.items()}
+        outcome = _isolated(tx.conn, lambda _conn: kind.function(tx, [item])[0])
+        if isinstance(outcome, Exception):
+            tx.account_changes = changes
+        return outcome
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    original = exc.orig
+    return getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and _sqlstate(exc) in RETRYABLE_SQLSTATES
 
 
 def _isolated(conn: Connection, job: Job) -> Any:
-    """Run one job under a savepoint; its exception is returned, not raised."""
+    """Run one job under a savepoint; its exception is returned, not raised (unless the
+    whole transaction must run again)."""
     savepoint = conn.begin_nested()
     try:
         result = job(conn)
     except Exception as exc:
         savepoint.rollback()
+        if _retryable(exc):
+            raise
         return exc
     savepoint.commit()
     return result

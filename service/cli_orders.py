@@ -8,6 +8,7 @@ import click
 
 from core.clock import beijing_time
 from core.db import Database
+from core.lifecycle import Lifecycle
 from core.order_store import OrderStore
 from service.cli_support import operator_option, run_with_db
 
@@ -79,14 +80,14 @@ def orders_review(
     if not reason:
         raise click.UsageError("--reason is required: it is recorded with the decision")
     if requery:
-        done = run_with_db(lambda db: OrderStore(db).requery(order_no, operator, reason))
+        done = run_with_db(lambda db: Lifecycle(db).requery(order_no, operator, reason))
         if not done:
             raise click.ClickException(f"order {order_no} is not in review")
         click.echo(f"{order_no} is queried again")
         return
 
     async def settle(db: Database) -> Any:
-        return await OrderStore(db).resolve(order_no, resolve == "succeeded", reason, operator)
+        return await Lifecycle(db).resolve(order_no, resolve == "succeeded", reason, operator)
 
     try:
         applied = run_with_db(settle)

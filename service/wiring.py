@@ -15,6 +15,7 @@ from core.db import Database
 from core.dispatcher import Dispatcher
 from core.ids import NODE_COUNTER, OrderNumbers
 from core.ledger import Ledger
+from core.lifecycle import Lifecycle
 from core.migrate import ensure_schema
 from core.notify import Outbox
 from core.operators import OperatorStore, Sessions
@@ -76,11 +77,12 @@ class Services:
         self.runtime = load_runtime(settings, self.registry)
         self.db = Database(settings.database_url)
         self.store = OrderStore(self.db)
+        self.lifecycle = Lifecycle(self.db)
         # Loaded here so that a missing or malformed master key stops the start at once.
         self.sealer = load_sealer()
         self.apps = AppStore(self.db, sealer=self.sealer)
         self.ledger = Ledger(self.db)
-        self.dispatcher = Dispatcher(self.store, lambda: self.runtime)
+        self.dispatcher = Dispatcher(self.lifecycle, self.store, lambda: self.runtime)
         self.notifier = Notifier(
             Outbox(self.db), self.apps, self.store, lambda: self.runtime.config.notify
         )
@@ -110,6 +112,7 @@ class Services:
             self.apps,
             tokens,
             self.store,
+            self.lifecycle,
             self.ledger,
             lambda: self.runtime,
             on_accepted=self.dispatcher.wake,

@@ -1,7 +1,7 @@
 """Orders for the console's tests: through the real order store, or written in bulk.
 
-``Shop`` places orders the way the service does (OrderStore: accept with a hold,
-claim, start attempts, apply supplier results, resolve), one at a time so that each
+``Shop`` places orders the way the service does (the lifecycle: accept with a hold,
+claim with the first attempt, apply supplier results), one at a time so that each
 claim takes exactly that order. ``order_row`` and friends build rows at chosen times for
 shapes the store cannot make quickly (months of history, hundreds of orders).
 """
@@ -15,15 +15,29 @@ from sqlalchemy import insert
 
 from core.db import Database, attempts, notifications, order_events, orders
 from core.ids import OrderNumbers, new_order_id, order_no_floor
+from core.lifecycle import Lifecycle, Send
 from core.order_store import OrderStore
 from core.orders import NewOrder
+from core.routing import Choice
 from core.suppliers import SupplierResult
 
 PRODUCTS = {"中国移动": "YD10", "中国联通": "LT10", "中国电信": "DX10"}
 
 
+class Plan:
+    """A route plan for tests: ``plugins`` in failover order, each costing 990 fen."""
+
+    def __init__(self, *plugins: str) -> None:
+        self.plugins = plugins
+
+    def choose(self, carrier: str, order_no: str, product_id: str, tried: list[str]):
+        left = [plugin for plugin in self.plugins if plugin not in tried]
+        return Choice(left[0], 990) if left else None
+
+
 class Shop:
     def __init__(self, db: Database) -> None:
+        self.lifecycle = Lifecycle(db)
         self.store = OrderStore(db)
         self.numbers = OrderNumbers()
 
@@ -52,29 +66,31 @@ class Shop:
             face_value=1000,
             price=995,
         )
-        _record, created = await self.store.insert_or_get(new)
+        _record, created = await self.lifecycle.accept(new)
         assert created
-        for seq, plugin in enumerate(plugins, start=1):
-            [(claimed, _)] = await self.store.claim_due("worker", 60_000, 10)
-            assert claimed.order_no == new.order_no
-            upstream = await self.store.start_attempt(new.order_no, "worker", plugin)
-            assert upstream is not None
+        for seq, _plugin in enumerate(plugins, start=1):
+            [step] = await self.lifecycle.claim("worker", 60_000, 10, Plan(*plugins))
+            assert isinstance(step, Send) and step.upstream.order_no == new.order_no
             if seq < len(plugins):
                 refusal = SupplierResult.failed("NO_BALANCE", "余额不足", failover=True)
-                await self._apply(upstream.reference, refusal, retry=True)
+                await self._apply(step.upstream.reference, refusal, from_submit=True)
             else:
-                await self._apply(upstream.reference, *_RESULTS[outcome])
+                await self._apply(step.upstream.reference, *_RESULTS[outcome])
         return new.order_no
 
     async def _apply(
-        self, reference: str, result: SupplierResult, retry: bool = False, delay: int | None = 1000
+        self,
+        reference: str,
+        result: SupplierResult,
+        from_submit: bool = False,
+        delay: int | None = 1000,
     ) -> None:
-        applied = await self.store.apply(
+        applied = await self.lifecycle.apply(
             reference,
             result,
-            retry_elsewhere=retry,
+            from_submit=from_submit,
             next_query_delay_ms=delay,
-            counts_as_query=True,
+            counts_as_query=not from_submit,
         )
         assert applied is not None
 
@@ -136,6 +152,7 @@ def attempt_row(
         "updated_at": started + took,
         "cost": 990,
         "refused": False,
+        "resent": False,
     }
     return row | values
 

@@ -230,16 +230,17 @@ async def test_random_concurrent_histories_in_the_core(database_url: str, seed: 
     from core.db import Database
     from core.ids import OrderNumbers, new_order_id
     from core.ledger import Ledger
+    from core.lifecycle import Lifecycle, Send
     from core.migrate import ensure_schema
-    from core.order_store import OrderStore
     from core.orders import NewOrder
     from core.suppliers import SupplierResult
+    from tests.order_rows import Plan
 
     rng = random.Random(seed)
     db = Database(database_url)
     await ensure_schema(db)
     await AppStore(db).add("app", "co")
-    ledger, store, numbers = Ledger(db), OrderStore(db), OrderNumbers()
+    ledger, lifecycle, numbers = Ledger(db), Lifecycle(db), OrderNumbers()
     references: list[str] = []
 
     async def place(cstm: str) -> None:
@@ -257,23 +258,22 @@ async def test_random_concurrent_histories_in_the_core(database_url: str, seed: 
             rng.choice([995, 1990, 4975]),
         )
         try:
-            await store.insert_or_get(new)
+            await lifecycle.accept(new)
         except Exception as exc:  # only a refusal for lack of funds is acceptable
             assert getattr(exc, "code", None) == "INSUFFICIENT_BALANCE", exc
 
     async def settle_some() -> None:
-        for order, _started in await store.claim_due("w", 60_000, rng.randint(1, 5)):
-            upstream = await store.start_attempt(order.order_no, "w", "sandbox")
-            if upstream is not None:
-                references.append(upstream.reference)
+        for step in await lifecycle.claim("w", 60_000, rng.randint(1, 5), Plan("sandbox")):
+            if isinstance(step, Send):
+                references.append(step.upstream.reference)
         outcome = rng.choice([SupplierResult.succeeded(), SupplierResult.failed("9", "x")])
         chosen = rng.sample(references, k=min(len(references), rng.randint(0, 4)))
         await asyncio.gather(
             *(
-                store.apply(
+                lifecycle.apply(
                     ref,
                     outcome,
-                    retry_elsewhere=False,
+                    from_submit=False,
                     next_query_delay_ms=1000,
                     counts_as_query=True,
                 )

@@ -208,7 +208,7 @@ async def test_an_orders_page_tells_its_whole_story(db: Database) -> None:
     order_no = await shop.order(
         "shop1", "story", "13000000002", "中国联通", ("juhe", "sandbox"), "review"
     )
-    await shop.store.resolve(order_no, True, "供应商后台确认成功", "zhangwei")
+    await shop.lifecycle.resolve(order_no, True, "供应商后台确认成功", "zhangwei")
     detail = await OrderSearch(db).detail(order_no)
     assert detail is not None and detail.order.state == "succeeded"
     assert [(a.seq, a.plugin, a.state, a.refused, a.code) for a in detail.attempts] == [

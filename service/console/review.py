@@ -1,7 +1,7 @@
 """人工审核: orders whose outcome the supplier never settled, and the operator's verdict.
 
 The decisions go through the same core calls as ``topup orders review``
-(``OrderStore.resolve`` and ``OrderStore.requery``): one path for both.
+(``Lifecycle.resolve`` and ``Lifecycle.requery``): one path for both.
 """
 
 from __future__ import annotations
@@ -60,13 +60,13 @@ async def decide(
     if data.decision not in DECISIONS:
         raise ConsoleError("请选择处理方式：确认成功、确认失败或重新查询")
     reason = required_reason(data.reason, "请填写处理原因：它会和决定一起记录在案")
-    store, actor = services(request).store, operator(request).name
+    lifecycle, actor = services(request).lifecycle, operator(request).name
     if data.decision == "requery":
-        if not await store.requery(order_no, actor, reason):
+        if not await lifecycle.requery(order_no, actor, reason):
             raise ConsoleError(f"订单 {order_no} 不在人工审核中")
     else:
         try:
-            applied = await store.resolve(order_no, data.decision == "succeeded", reason, actor)
+            applied = await lifecycle.resolve(order_no, data.decision == "succeeded", reason, actor)
         except LookupError:
             raise ConsoleError(f"订单 {order_no} 没有待处理的上游尝试") from None
         if not applied.changed:

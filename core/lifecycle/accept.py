@@ -1,0 +1,132 @@
+"""accepted: a partner's order stored with the hold on its price, durably, once.
+
+A repeat of (appID, cstmOrderNo) gets the order it made the first time. Acceptance runs
+in its transaction's accounts pass (core/writer.py): the accounts it charges are locked
+there, with every other account that transaction changes, in one pass.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import msgspec
+from sqlalchemy import Connection, select
+
+from core.clock import now_ms
+from core.db import accounts, insert_ignoring_conflicts, ledger, orders
+from core.errors import TopupError
+from core.fastsql import add_to_columns, insert_rows
+from core.ledger import insufficient, lock_accounts
+from core.lifecycle.rules import new_record
+from core.lifecycle.work import chunks
+from core.orders import SYSTEM, NewOrder, OrderRecord, State, order_from_row
+from core.writer import Batch, Phase, Tx
+
+ORDER_COLUMNS = tuple(OrderRecord.__struct_fields__)
+HOLD_COLUMNS = (
+    "app_id",
+    "kind",
+    "amount",
+    "order_no",
+    "event_key",
+    "reason",
+    "actor",
+    "created_at",
+)
+
+Accepted = tuple[OrderRecord, bool]
+
+
+def accept_orders(tx: Tx, items: list[NewOrder]) -> list[Accepted | TopupError]:
+    """Store new orders with their holds; a repeat of (appID, cstmOrderNo) gets the original."""
+    conn = tx.conn
+    now = now_ms()
+    existing = _existing_orders(conn, {(n.app_id, n.cstm_order_no) for n in items})
+    available = lock_accounts(tx, {n.app_id for n in items})
+    created: dict[tuple[str, str], OrderRecord] = {}
+    answers: list[tuple[str, object]] = []
+    for new in items:
+        key = (new.app_id, new.cstm_order_no)
+        if key in existing or key in created:
+            answers.append(("repeat", key))
+        elif available.get(new.app_id, 0) < new.price:
+            answers.append(("refused", insufficient(available.get(new.app_id, 0), new.price)))
+        else:
+            available[new.app_id] -= new.price
+            created[key] = new_record(new, now)
+            answers.append(("created", key))
+    lost = _insert_orders(conn, list(created.values()))
+    for key in lost:  # another instance stored the same key first (PostgreSQL only)
+        del created[key]
+    existing |= _existing_orders(conn, set(lost))
+    _hold(conn, list(created.values()), now)
+    return [_answer(kind, value, created, existing) for kind, value in answers]
+
+
+ACCEPT = Batch("accept", Phase.ACCOUNTS, accept_orders)
+
+
+def _answer(kind: str, value, created: dict, existing: dict):
+    if kind == "refused":
+        return value
+    if kind == "created" and value in created:
+        return created[value], True
+    return (created.get(value) or existing[value]), False
+
+
+def _existing_orders(conn: Connection, keys: set[tuple[str, str]]) -> dict:
+    # One query per app: "app_id = ? AND cstm_order_no IN (...)" uses the unique index,
+    # where a row-value IN over both columns makes SQLite scan the table.
+    by_app: dict[str, list[str]] = defaultdict(list)
+    for app_id, cstm_order_no in keys:
+        by_app[app_id].append(cstm_order_no)
+    found = {}
+    for app_id, numbers in by_app.items():
+        query = select(orders).where(orders.c.app_id == app_id)
+        for chunk in chunks(sorted(numbers)):
+            for row in conn.execute(query.where(orders.c.cstm_order_no.in_(chunk))):
+                found[(row.app_id, row.cstm_order_no)] = order_from_row(row)
+    return found
+
+
+def _insert_orders(conn: Connection, records: list[OrderRecord]) -> list[tuple[str, str]]:
+    """Insert; returns the keys another writer had already taken."""
+    if not records:
+        return []
+    if conn.dialect.name == "sqlite":
+        # The single writer checked the keys under its lock: nothing can collide.
+        insert_rows(conn, orders, ORDER_COLUMNS, [_values(r) for r in records])
+        return []
+    inserted = {
+        row.order_no
+        for row in conn.execute(
+            insert_ignoring_conflicts(conn, orders, ["app_id", "cstm_order_no"]).returning(
+                orders.c.order_no
+            ),
+            [msgspec.structs.asdict(record) for record in records],
+        )
+    }
+    return [(r.app_id, r.cstm_order_no) for r in records if r.order_no not in inserted]
+
+
+def _values(record: OrderRecord) -> tuple:
+    return tuple(str(v) if isinstance(v, State) else v for v in msgspec.structs.astuple(record))
+
+
+def _hold(conn: Connection, records: list[OrderRecord], now: int) -> None:
+    if not records:
+        return
+    insert_rows(
+        conn,
+        ledger,
+        HOLD_COLUMNS,
+        [
+            (r.app_id, "hold", r.price, r.order_no, f"hold:{r.order_no}", "下单冻结", SYSTEM, now)
+            for r in records
+        ],
+    )
+    per_app: dict[str, int] = defaultdict(int)
+    for record in records:
+        per_app[record.app_id] += record.price
+    # Already locked by lock_accounts above: this waits for nobody.
+    add_to_columns(conn, accounts, "app_id", ("held",), [(a, app) for app, a in per_app.items()])

@@ -1,0 +1,142 @@
+"""pending, unknown, succeeded, failed, retrying, review: what a supplier's answer
+(to a submit, a status query or a callback) does to an attempt and its order.
+
+Applied idempotently and monotonically: a terminal attempt or order never changes, an
+acknowledged (pending) attempt never falls back to unknown, and a query or callback
+never moves an order to another supplier, whatever the plugin reports (only ``submit``'s
+definitive failure can: core/lifecycle/rules.py).
+
+A resend (``Resend``) is the one exception to "never send an attempt again": a plugin
+whose supplier refuses a reused reference said, in a query made well after the
+attempt, that it never received it. The same attempt, with the same reference, goes
+out once more; the supplier itself guarantees it cannot be taken twice.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from core.lifecycle.rules import next_attempt_state, order_state_after
+from core.lifecycle.work import AttemptChange, AttemptRow, Work
+from core.orders import TERMINAL, State
+from core.suppliers import SupplierResult, UpstreamOrder
+
+
+class Applied(msgspec.Struct, frozen=True):
+    """What applying a supplier result did to the order."""
+
+    order_no: str
+    state: State
+    changed: bool
+    carrier: str = ""
+    plugin: str = ""
+
+
+class ApplyResult(AttemptChange, frozen=True):
+    result: SupplierResult
+    # From submit: only then may a definitive failure move the order to another supplier.
+    from_submit: bool
+    # When to query an outcome still open; None gives up and sends the order to review.
+    next_query_delay_ms: int | None
+    counts_as_query: bool
+
+    def apply(self, work: Work) -> Applied | None:
+        attempt = work.attempts.get(self.reference)
+        if attempt is None:
+            return None
+        return apply_result(work, attempt, self)
+
+
+class Resend(AttemptChange, frozen=True):
+    """Mark an unknown attempt re-sent and hand it back to send, or None if it may not be."""
+
+    owner: str
+    # The attempt must be at least this old: a "no such order" sooner may only mean the
+    # first request is still on its way.
+    min_age_ms: int
+
+    def apply(self, work: Work) -> UpstreamOrder | None:
+        attempt = work.attempts.get(self.reference)
+        if attempt is None or attempt.resent or attempt.state is not State.UNKNOWN:
+            return None
+        order = work.orders[attempt.order_no]
+        if order.state is not State.UNKNOWN or order.lease_owner != self.owner:
+            return None
+        if work.now - attempt.created_at < self.min_age_ms:
+            return None
+        work.change_attempt(attempt, state=State.SUBMITTING, resent=True)
+        work.move(order, State.SUBMITTING)  # the lease stays: this worker sends it
+        work.event(
+            order.order_no,
+            "resent",
+            f"供应商 {attempt.plugin} 查无此单（参考号 {attempt.reference}），"
+            "以同一参考号重新提交一次",
+        )
+        return work.upstream(attempt)
+
+
+def apply_result(
+    work: Work,
+    attempt: AttemptRow,
+    change: ApplyResult,
+    event: tuple[str, str, str] | None = None,
+) -> Applied:
+    """One result against the attempt and its order. ``event``: (kind, actor, detail)."""
+    order = work.orders[attempt.order_no]
+    result = change.result
+    new_state = next_attempt_state(attempt.state, result.outcome)
+    if new_state is None:
+        return Applied(order.order_no, order.state, False, order.carrier, attempt.plugin)
+    work.change_attempt(
+        attempt,
+        state=new_state,
+        supplier_ref=result.supplier_ref or attempt.supplier_ref,
+        code=result.code or attempt.code,
+        message=result.message or attempt.message,
+        queries=attempt.queries + (1 if change.counts_as_query else 0),
+        refused=new_state is State.FAILED and result.failover,
+    )
+    if order.state in TERMINAL:
+        return Applied(order.order_no, order.state, False, order.carrier, attempt.plugin)
+    before = order.state
+    delay = _query_delay(order, change.next_query_delay_ms)
+    to = order_state_after(
+        before, new_state, result, may_fail_over=change.from_submit, give_up=delay is None
+    )
+    work.move(order, to, **_columns(to, result, delay, work.now))
+    if event is not None:
+        work.event(order.order_no, event[0], event[2], actor=event[1])
+    elif to is State.REVIEW and before is not State.REVIEW:
+        # Read by operators (the console's timeline, `topup orders show`): in Chinese.
+        last_code = f"，最后一次返回 {result.code}" if result.code else ""
+        detail = f"向供应商查询 {attempt.queries} 次仍无最终结果{last_code}，转人工审核"
+        work.event(order.order_no, "review", detail)
+    return Applied(order.order_no, to, to is not before, order.carrier, attempt.plugin)
+
+
+def _columns(to: State, result: SupplierResult, delay: int | None, now: int) -> dict:
+    released = {"lease_owner": None, "lease_until": None}
+    if to is State.SUCCEEDED:
+        return {"fail_code": None, "fail_reason": None}
+    if to is State.FAILED:
+        return {
+            "fail_code": result.code or "FAILED",
+            "fail_reason": result.message or "供应商充值失败",
+        }
+    if to is State.RETRYING:
+        fail = {"fail_code": result.code or None, "fail_reason": result.message or None}
+        return {**released, **fail, "next_run_at": now}
+    if to is State.REVIEW or delay is None:
+        return {**released, "next_run_at": None}
+    return {**released, "next_run_at": now + delay}
+
+
+def _query_delay(order, delay: int | None) -> int | None:
+    """When to query an outcome still open: at once if a callback woke the order while a
+    worker held it (core/lifecycle/schedule.py moved its next run before the lease's end)."""
+    woken = (
+        order.lease_until is not None
+        and order.next_run_at is not None
+        and order.next_run_at < order.lease_until
+    )
+    return 0 if woken and delay is not None else delay
