@@ -17,6 +17,7 @@ import csv
 import io
 import logging
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -193,13 +194,14 @@ class NoSettings(msgspec.Struct, forbid_unknown_fields=True):
     pass
 
 
-class Supplier:
+class Supplier(ABC):
     """Base class of supplier implementations.
 
-    Subclasses set ``name`` (what ``plugins.toml`` calls them) and, if they take
-    settings, ``Settings``: a msgspec Struct that the ``[plugin.NAME]`` table of
-    ``plugins.toml`` is decoded into. Credentials belong in the environment; read
-    them in ``__init__`` from variables whose names the settings give.
+    Subclasses set ``name`` (what ``plugins.toml`` calls them), implement ``submit``
+    and ``query`` (a class missing either is refused when it is registered) and, if
+    they take settings, ``Settings``: a msgspec Struct that the ``[plugin.NAME]``
+    table of ``plugins.toml`` is decoded into. Credentials belong in the environment;
+    read them in ``__init__`` from variables whose names the settings give.
     """
 
     name: ClassVar[str]
@@ -223,13 +225,13 @@ class Supplier:
         settings = msgspec.convert(dict(raw), type=cls.Settings)
         return cls(settings)
 
+    @abstractmethod
     async def submit(self, order: UpstreamOrder) -> SupplierResult:
         """Send the order upstream, once. Report what the supplier said."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def query(self, order: UpstreamOrder) -> SupplierResult:
         """Ask the supplier for the state of ``order.reference``; never resubmit."""
-        raise NotImplementedError
 
     async def balance(self) -> int | None:
         """Our balance with the supplier in fen, where its protocol can tell it; None
@@ -251,5 +253,5 @@ class Supplier:
         """
         return Callback(CallbackReply(404, b"callbacks not supported"))
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional: not every plugin holds a client
         """Release clients and connections at shutdown."""
