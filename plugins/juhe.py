@@ -18,9 +18,7 @@ from urllib.parse import parse_qsl
 import httpx
 import msgspec
 
-from core import hookimpl
-from core.money import yuan_to_fen
-from core.suppliers import (
+from topup import (
     Callback,
     CallbackReply,
     CallbackRequest,
@@ -31,8 +29,12 @@ from core.suppliers import (
     SupplierResult,
     UpstreamOrder,
     classify_error,
+    exchange,
+    hookimpl,
     read_statement_csv,
     secret_from_env,
+    unknown_answer,
+    yuan_to_fen,
 )
 
 log = logging.getLogger("topup.plugins.juhe")
@@ -188,19 +190,17 @@ class Juhe(Supplier):
         ]
 
     async def _exchange(self, method: str, path: str, **kwargs) -> JuheReply | SupplierResult:
-        """One HTTP exchange; a transport problem comes back as the result it implies."""
-        try:
-            response = await self._http.request(method, path, **kwargs)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            return SupplierResult.not_sent(f"juhe unreachable: {type(exc).__name__}")
-        except httpx.HTTPError as exc:
-            return SupplierResult.unknown("TRANSPORT", f"{type(exc).__name__}: {exc}")
+        """One HTTP exchange; a transport problem comes back as the result it implies.
+
+        juhe answers errors with HTTP 200 and a code in the body, so even a 5xx is read:
+        its body decides, and a body that is not juhe's JSON proves nothing."""
+        response = await exchange(self._http, method, path, plugin=self.name, **kwargs)
+        if isinstance(response, SupplierResult):
+            return response
         try:
             return msgspec.json.decode(response.content, type=JuheReply)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            return SupplierResult.unknown(
-                f"HTTP_{response.status_code}", "juhe answered something that is not its JSON"
-            )
+            return unknown_answer(response, "juhe answered something that is not its JSON")
 
 
 def _from_state(result: dict, reason: str) -> SupplierResult:

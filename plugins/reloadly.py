@@ -17,9 +17,7 @@ import time
 import httpx
 import msgspec
 
-from core import hookimpl
-from core.money import yuan_to_fen
-from core.suppliers import (
+from topup import (
     Callback,
     CallbackReply,
     CallbackRequest,
@@ -29,8 +27,12 @@ from core.suppliers import (
     SupplierResult,
     UpstreamOrder,
     classify_error,
+    exchange,
+    hookimpl,
     read_statement_csv,
     secret_from_env,
+    unknown_answer,
+    yuan_to_fen,
 )
 
 log = logging.getLogger("topup.plugins.reloadly")
@@ -207,23 +209,23 @@ class Reloadly(Supplier):
 
     async def _call(self, method: str, path: str, **kwargs) -> httpx.Response | SupplierResult:
         """Send with a valid token; a stale-token refusal is refreshed and sent once more."""
-        try:
-            for fresh in (False, True):
+        for fresh in (False, True):
+            try:
                 token = await self._bearer(force=fresh)
-                headers = {"Authorization": f"Bearer {token}", "Accept": ACCEPT}
-                response = await self._http.request(method, path, headers=headers, **kwargs)
-                stale = response.status_code == 401 and (
-                    _error_reply(response).errorCode in STALE_TOKEN
-                )
-                if not stale:
-                    return response
-            return SupplierResult.not_sent("reloadly refused a freshly issued token")
-        except NotSent as exc:
-            return SupplierResult.not_sent(str(exc))
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            return SupplierResult.not_sent(f"reloadly unreachable: {type(exc).__name__}")
-        except httpx.HTTPError as exc:
-            return SupplierResult.unknown("TRANSPORT", f"{type(exc).__name__}: {exc}")
+            except NotSent as exc:
+                return SupplierResult.not_sent(str(exc))
+            headers = {"Authorization": f"Bearer {token}", "Accept": ACCEPT}
+            response = await exchange(
+                self._http, method, path, plugin=self.name, headers=headers, **kwargs
+            )
+            if isinstance(response, SupplierResult):
+                return response
+            stale = response.status_code == 401 and (
+                _error_reply(response).errorCode in STALE_TOKEN
+            )
+            if not stale:
+                return response
+        return SupplierResult.not_sent("reloadly refused a freshly issued token")
 
     async def _bearer(self, force: bool) -> str:
         async with self._token_lock:
@@ -250,7 +252,7 @@ class Reloadly(Supplier):
         error = _error_reply(response)
         if error.errorCode is None:
             # A bare 5xx (or anything without the supplier's error body) proves nothing.
-            return SupplierResult.unknown(f"HTTP_{response.status_code}", error.message)
+            return unknown_answer(response, error.message)
         return classify_error(self.name, ERRORS, error.errorCode, error.message)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,6 +150,23 @@ def test_a_supplier_missing_its_methods_is_refused_at_start(tmp_path: Path, comm
     assert "Traceback" not in result.stderr
 
 
+def test_builtin_plugins_import_only_the_public_topup_package() -> None:
+    """A built-in plugin is written as a third-party one would be: what it needs from us
+    comes from ``topup``, so the modules behind it (``core.*``) can move freely."""
+    ours = {"core", "service", "plugins", "topup", "tests", "bench"}
+    for path in sorted((REPO / "plugins").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                assert top not in ours or top == "topup", f"{path.name} imports {module}"
+
+
 def test_every_hook_is_documented() -> None:
     hooks = [
         fn
@@ -166,8 +184,9 @@ def test_every_hook_is_documented() -> None:
 
 
 def test_public_api_exports_what_a_plugin_needs() -> None:
-    for name in ("hookimpl", "Supplier", "SupplierResult", "UpstreamOrder", "Outcome"):
-        assert hasattr(topup, name)
+    needed = ("hookimpl", "Supplier", "SupplierResult", "UpstreamOrder", "Outcome")
+    for name in (*needed, "yuan_to_fen", "exchange", "unknown_answer"):
+        assert name in topup.__all__ and hasattr(topup, name), name
 
 
 # -- configuration --------------------------------------------------------------------
