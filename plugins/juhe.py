@@ -53,10 +53,12 @@ ERRORS: dict[str, ErrorClass] = {
     "208501": ErrorClass.DEFINITIVE,  # 不允许充值的手机号码及金额
     "208502": ErrorClass.DEFINITIVE,  # 请求手机号码归属地出错
     "208505": ErrorClass.DEFINITIVE,  # 错误的请求参数或校验值
-    "208506": ErrorClass.UNKNOWN,  # 订单号不存在
+    "208506": ErrorClass.UNKNOWN,  # 订单号不存在 (from a query: never_received)
     "208507": ErrorClass.DEFINITIVE,  # 账户余额不足
     "208509": ErrorClass.UNKNOWN,  # 订单号重复: usually the first try was paid
 }
+# ordersta's answer for an orderid juhe never accepted.
+NO_SUCH_ORDER = "208506"
 
 GAME_STATE = {
     "0": SupplierResult.pending,
@@ -94,6 +96,9 @@ class Juhe(Supplier):
     # time: anyone who saw one callback could resend it with the opposite outcome. So a
     # callback only has the core query the order (the base class's default, said aloud).
     authoritative_callbacks = False
+    # juhe documents orderid as unique: a second onlineorder with one it has seen is
+    # refused with 208509 (订单号重复), which submit reads as unknown.
+    refuses_reused_reference = True
 
     def __init__(self, settings: JuheSettings) -> None:
         super().__init__(settings)
@@ -132,6 +137,8 @@ class Juhe(Supplier):
         if isinstance(reply, SupplierResult):
             # A query that went nowhere says nothing about the order; never fail over on it.
             return SupplierResult.unknown(reply.code, reply.message)
+        if str(reply.error_code) == NO_SUCH_ORDER:
+            return SupplierResult.never_received(NO_SUCH_ORDER, reply.reason)
         if str(reply.error_code) != "0":
             # An error on a status query is about the query, not the order.
             return SupplierResult.unknown(str(reply.error_code), reply.reason)

@@ -116,6 +116,9 @@ class Reloadly(Supplier):
     # The webhook's HMAC covers the whole body, status included, and a timestamp whose
     # age is checked: what a verified webhook says can be applied as it stands.
     authoritative_callbacks = True
+    # Reloadly documents customIdentifier as unique: a second top-up with one it has seen
+    # is refused with DUPLICATED_CUSTOM_IDENTIFIER, which submit reads as unknown.
+    refuses_reused_reference = True
 
     def __init__(self, settings: ReloadlySettings) -> None:
         super().__init__(settings)
@@ -164,6 +167,9 @@ class Reloadly(Supplier):
         if isinstance(response, SupplierResult):
             return SupplierResult.unknown(response.code, response.message)
         if response.status_code != 200:
+            # An error on a status query is about the query, not the order. That includes
+            # TRANSACTION_NOT_FOUND for a transactionId: reloadly gave us that id, so it
+            # has the order, whatever its status endpoint says now.
             error = _error_reply(response)
             return SupplierResult.unknown(
                 error.errorCode or f"HTTP_{response.status_code}", error.message
@@ -295,8 +301,11 @@ def _from_status(reply: StatusReply) -> SupplierResult:
 
 
 def _from_report(report: Report) -> SupplierResult:
+    # Asked by our customIdentifier: an empty report is reloadly saying it has no such order.
     if not report.content:
-        return SupplierResult.unknown("NOT_FOUND", "reloadly has no transaction with this id")
+        return SupplierResult.never_received(
+            "NOT_FOUND", "reloadly has no transaction with this customIdentifier"
+        )
     return _from_transaction(report.content[0])
 
 
