@@ -30,7 +30,7 @@ def register_suppliers(register: Callable[[type[Supplier]], None]) -> None:
     """Register the supplier implementations this plugin provides.
 
     Parameters:
-        register: call it once per ``core.Supplier`` subclass (the class, not an
+        register: call it once per ``topup.Supplier`` subclass (the class, not an
             instance). The class's ``name`` is what ``plugins.toml`` enables and
             routes to; two classes with one name are refused at start-up.
 

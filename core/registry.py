@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
 import os
 from collections.abc import Iterable
 from types import ModuleType
@@ -127,6 +128,12 @@ def _check_supplier_class(cls: object, plugin_name: str) -> None:
         raise ConfigError(f"plugin {plugin_name} registered {cls!r}, which is not a Supplier class")
     if not getattr(cls, "name", ""):
         raise ConfigError(f"plugin {plugin_name}: supplier class {cls.__name__} has no name")
+    if inspect.isabstract(cls):
+        # Refused here, at start, rather than as orders drifting into review one by one.
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        raise ConfigError(
+            f"plugin {plugin_name}: supplier class {cls.__name__} does not implement {missing}"
+        )
 
 
 def _env_modules() -> list[str]:

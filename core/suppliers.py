@@ -17,6 +17,7 @@ import csv
 import io
 import logging
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -67,6 +68,16 @@ class SupplierResult(msgspec.Struct, frozen=True):
     """With FAILED only: the failure proves nothing was delivered, so the core may
     try the next supplier in the route (balance exhausted, rejected before
     acceptance...). Set it from the supplier's error code, never from HTTP status."""
+    no_such_order: bool = False
+    """With UNKNOWN only, from ``query``: the supplier says it has no order with our
+    reference. Make it with ``never_received``. For a plugin that declares
+    ``Supplier.refuses_reused_reference`` the core may then send the attempt again
+    with the same reference, once; for any other plugin it is just unknown."""
+
+    def __post_init__(self) -> None:
+        if self.no_such_order and self.outcome is not Outcome.UNKNOWN:
+            # "No such order" says nothing was credited yet, which only UNKNOWN may carry.
+            raise ValueError(f"no_such_order with outcome {self.outcome}: use never_received")
 
     @classmethod
     def succeeded(cls, supplier_ref: str | None = None, code: str = "", message: str = ""):
@@ -95,6 +106,15 @@ class SupplierResult(msgspec.Struct, frozen=True):
     def not_sent(cls, message: str):
         """The request provably never left (connection refused, no token): try elsewhere."""
         return cls(Outcome.FAILED, "NOT_SENT", message, None, True)
+
+    @classmethod
+    def never_received(cls, code: str = "", message: str = ""):
+        """A status query's answer that the supplier has no order with our reference.
+
+        Still unknown: the order may yet appear (a supplier's records can lag). Only a
+        plugin that declares ``refuses_reused_reference`` lets the core act on it.
+        """
+        return cls(Outcome.UNKNOWN, code, message, no_such_order=True)
 
 
 class ErrorClass(StrEnum):
@@ -193,13 +213,14 @@ class NoSettings(msgspec.Struct, forbid_unknown_fields=True):
     pass
 
 
-class Supplier:
+class Supplier(ABC):
     """Base class of supplier implementations.
 
-    Subclasses set ``name`` (what ``plugins.toml`` calls them) and, if they take
-    settings, ``Settings``: a msgspec Struct that the ``[plugin.NAME]`` table of
-    ``plugins.toml`` is decoded into. Credentials belong in the environment; read
-    them in ``__init__`` from variables whose names the settings give.
+    Subclasses set ``name`` (what ``plugins.toml`` calls them), implement ``submit``
+    and ``query`` (a class missing either is refused when it is registered) and, if
+    they take settings, ``Settings``: a msgspec Struct that the ``[plugin.NAME]``
+    table of ``plugins.toml`` is decoded into. Credentials belong in the environment;
+    read them in ``__init__`` from variables whose names the settings give.
     """
 
     name: ClassVar[str]
@@ -214,6 +235,19 @@ class Supplier:
     query's answer. That costs a query per callback and protects against a signature
     that someone who saw one callback can reuse with the opposite outcome (juhe's
     ``md5(key + sporder_id + orderid)`` signs neither ``sta`` nor a time)."""
+    refuses_reused_reference: ClassVar[bool] = False
+    """Whether the supplier documents that it refuses a second order with a caller
+    reference it has already seen (juhe's ``orderid``, Reloadly's ``customIdentifier``).
+
+    Set it True only when that is documented, and have ``query`` answer
+    ``SupplierResult.never_received`` when the supplier says it has no such order. The
+    core may then, when a status query made well after an attempt says so (the attempt
+    was recorded but never arrived, say after a crash), send that same attempt again
+    with the same reference, once: if the first did arrive after all, the supplier
+    refuses the second instead of charging twice. ``submit`` must read that refusal as
+    UNKNOWN (it proves the first exists), never as a failure, and never fail over on
+    it. The conformance tests check both. When False, the default, such an order goes
+    to manual review after its queries, as every unknown does."""
 
     def __init__(self, settings: Any) -> None:
         self.settings = settings
@@ -223,13 +257,13 @@ class Supplier:
         settings = msgspec.convert(dict(raw), type=cls.Settings)
         return cls(settings)
 
+    @abstractmethod
     async def submit(self, order: UpstreamOrder) -> SupplierResult:
         """Send the order upstream, once. Report what the supplier said."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def query(self, order: UpstreamOrder) -> SupplierResult:
         """Ask the supplier for the state of ``order.reference``; never resubmit."""
-        raise NotImplementedError
 
     async def balance(self) -> int | None:
         """Our balance with the supplier in fen, where its protocol can tell it; None
@@ -251,5 +285,5 @@ class Supplier:
         """
         return Callback(CallbackReply(404, b"callbacks not supported"))
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional: not every plugin holds a client
         """Release clients and connections at shutdown."""

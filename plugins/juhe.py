@@ -18,9 +18,7 @@ from urllib.parse import parse_qsl
 import httpx
 import msgspec
 
-from core import hookimpl
-from core.money import yuan_to_fen
-from core.suppliers import (
+from topup import (
     Callback,
     CallbackReply,
     CallbackRequest,
@@ -31,8 +29,12 @@ from core.suppliers import (
     SupplierResult,
     UpstreamOrder,
     classify_error,
+    exchange,
+    hookimpl,
     read_statement_csv,
     secret_from_env,
+    unknown_answer,
+    yuan_to_fen,
 )
 
 log = logging.getLogger("topup.plugins.juhe")
@@ -51,10 +53,12 @@ ERRORS: dict[str, ErrorClass] = {
     "208501": ErrorClass.DEFINITIVE,  # 不允许充值的手机号码及金额
     "208502": ErrorClass.DEFINITIVE,  # 请求手机号码归属地出错
     "208505": ErrorClass.DEFINITIVE,  # 错误的请求参数或校验值
-    "208506": ErrorClass.UNKNOWN,  # 订单号不存在
+    "208506": ErrorClass.UNKNOWN,  # 订单号不存在 (from a query: never_received)
     "208507": ErrorClass.DEFINITIVE,  # 账户余额不足
     "208509": ErrorClass.UNKNOWN,  # 订单号重复: usually the first try was paid
 }
+# ordersta's answer for an orderid juhe never accepted.
+NO_SUCH_ORDER = "208506"
 
 GAME_STATE = {
     "0": SupplierResult.pending,
@@ -92,6 +96,9 @@ class Juhe(Supplier):
     # time: anyone who saw one callback could resend it with the opposite outcome. So a
     # callback only has the core query the order (the base class's default, said aloud).
     authoritative_callbacks = False
+    # juhe documents orderid as unique: a second onlineorder with one it has seen is
+    # refused with 208509 (订单号重复), which submit reads as unknown.
+    refuses_reused_reference = True
 
     def __init__(self, settings: JuheSettings) -> None:
         super().__init__(settings)
@@ -130,6 +137,8 @@ class Juhe(Supplier):
         if isinstance(reply, SupplierResult):
             # A query that went nowhere says nothing about the order; never fail over on it.
             return SupplierResult.unknown(reply.code, reply.message)
+        if str(reply.error_code) == NO_SUCH_ORDER:
+            return SupplierResult.never_received(NO_SUCH_ORDER, reply.reason)
         if str(reply.error_code) != "0":
             # An error on a status query is about the query, not the order.
             return SupplierResult.unknown(str(reply.error_code), reply.reason)
@@ -188,19 +197,17 @@ class Juhe(Supplier):
         ]
 
     async def _exchange(self, method: str, path: str, **kwargs) -> JuheReply | SupplierResult:
-        """One HTTP exchange; a transport problem comes back as the result it implies."""
-        try:
-            response = await self._http.request(method, path, **kwargs)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            return SupplierResult.not_sent(f"juhe unreachable: {type(exc).__name__}")
-        except httpx.HTTPError as exc:
-            return SupplierResult.unknown("TRANSPORT", f"{type(exc).__name__}: {exc}")
+        """One HTTP exchange; a transport problem comes back as the result it implies.
+
+        juhe answers errors with HTTP 200 and a code in the body, so even a 5xx is read:
+        its body decides, and a body that is not juhe's JSON proves nothing."""
+        response = await exchange(self._http, method, path, plugin=self.name, **kwargs)
+        if isinstance(response, SupplierResult):
+            return response
         try:
             return msgspec.json.decode(response.content, type=JuheReply)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            return SupplierResult.unknown(
-                f"HTTP_{response.status_code}", "juhe answered something that is not its JSON"
-            )
+            return unknown_answer(response, "juhe answered something that is not its JSON")
 
 
 def _from_state(result: dict, reason: str) -> SupplierResult:

@@ -17,9 +17,7 @@ import time
 import httpx
 import msgspec
 
-from core import hookimpl
-from core.money import yuan_to_fen
-from core.suppliers import (
+from topup import (
     Callback,
     CallbackReply,
     CallbackRequest,
@@ -29,8 +27,12 @@ from core.suppliers import (
     SupplierResult,
     UpstreamOrder,
     classify_error,
+    exchange,
+    hookimpl,
     read_statement_csv,
     secret_from_env,
+    unknown_answer,
+    yuan_to_fen,
 )
 
 log = logging.getLogger("topup.plugins.reloadly")
@@ -114,6 +116,9 @@ class Reloadly(Supplier):
     # The webhook's HMAC covers the whole body, status included, and a timestamp whose
     # age is checked: what a verified webhook says can be applied as it stands.
     authoritative_callbacks = True
+    # Reloadly documents customIdentifier as unique: a second top-up with one it has seen
+    # is refused with DUPLICATED_CUSTOM_IDENTIFIER, which submit reads as unknown.
+    refuses_reused_reference = True
 
     def __init__(self, settings: ReloadlySettings) -> None:
         super().__init__(settings)
@@ -162,6 +167,9 @@ class Reloadly(Supplier):
         if isinstance(response, SupplierResult):
             return SupplierResult.unknown(response.code, response.message)
         if response.status_code != 200:
+            # An error on a status query is about the query, not the order. That includes
+            # TRANSACTION_NOT_FOUND for a transactionId: reloadly gave us that id, so it
+            # has the order, whatever its status endpoint says now.
             error = _error_reply(response)
             return SupplierResult.unknown(
                 error.errorCode or f"HTTP_{response.status_code}", error.message
@@ -207,23 +215,23 @@ class Reloadly(Supplier):
 
     async def _call(self, method: str, path: str, **kwargs) -> httpx.Response | SupplierResult:
         """Send with a valid token; a stale-token refusal is refreshed and sent once more."""
-        try:
-            for fresh in (False, True):
+        for fresh in (False, True):
+            try:
                 token = await self._bearer(force=fresh)
-                headers = {"Authorization": f"Bearer {token}", "Accept": ACCEPT}
-                response = await self._http.request(method, path, headers=headers, **kwargs)
-                stale = response.status_code == 401 and (
-                    _error_reply(response).errorCode in STALE_TOKEN
-                )
-                if not stale:
-                    return response
-            return SupplierResult.not_sent("reloadly refused a freshly issued token")
-        except NotSent as exc:
-            return SupplierResult.not_sent(str(exc))
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            return SupplierResult.not_sent(f"reloadly unreachable: {type(exc).__name__}")
-        except httpx.HTTPError as exc:
-            return SupplierResult.unknown("TRANSPORT", f"{type(exc).__name__}: {exc}")
+            except NotSent as exc:
+                return SupplierResult.not_sent(str(exc))
+            headers = {"Authorization": f"Bearer {token}", "Accept": ACCEPT}
+            response = await exchange(
+                self._http, method, path, plugin=self.name, headers=headers, **kwargs
+            )
+            if isinstance(response, SupplierResult):
+                return response
+            stale = response.status_code == 401 and (
+                _error_reply(response).errorCode in STALE_TOKEN
+            )
+            if not stale:
+                return response
+        return SupplierResult.not_sent("reloadly refused a freshly issued token")
 
     async def _bearer(self, force: bool) -> str:
         async with self._token_lock:
@@ -250,7 +258,7 @@ class Reloadly(Supplier):
         error = _error_reply(response)
         if error.errorCode is None:
             # A bare 5xx (or anything without the supplier's error body) proves nothing.
-            return SupplierResult.unknown(f"HTTP_{response.status_code}", error.message)
+            return unknown_answer(response, error.message)
         return classify_error(self.name, ERRORS, error.errorCode, error.message)
 
 
@@ -293,8 +301,11 @@ def _from_status(reply: StatusReply) -> SupplierResult:
 
 
 def _from_report(report: Report) -> SupplierResult:
+    # Asked by our customIdentifier: an empty report is reloadly saying it has no such order.
     if not report.content:
-        return SupplierResult.unknown("NOT_FOUND", "reloadly has no transaction with this id")
+        return SupplierResult.never_received(
+            "NOT_FOUND", "reloadly has no transaction with this customIdentifier"
+        )
     return _from_transaction(report.content[0])
 
 

@@ -17,7 +17,7 @@ import time
 
 import msgspec
 
-from core import Supplier, SupplierResult, UpstreamOrder, hookimpl
+from topup import Supplier, SupplierResult, UpstreamOrder, hookimpl
 
 
 class SandboxSettings(msgspec.Struct, forbid_unknown_fields=True):

@@ -188,14 +188,16 @@ def plugins() -> None:
     """List discovered plugins, their suppliers, and the Supplier routes."""
     settings = Settings.from_env()
     registry = build_registry()
-    for info in registry.plugins():
-        version = f" {info.version}" if info.version else ""
-        suppliers = ", ".join(info.suppliers) or "-"
-        click.echo(f"{info.name}{version}  [{info.source}]  suppliers: {suppliers}")
     try:
+        # Listing checks every registered supplier class: a bad one is refused here too.
+        found = registry.plugins()
         runtime = load_runtime(settings, registry)
     except ConfigError as exc:
         raise click.ClickException(f"invalid configuration: {exc}") from exc
+    for info in found:
+        version = f" {info.version}" if info.version else ""
+        suppliers = ", ".join(info.suppliers) or "-"
+        click.echo(f"{info.name}{version}  [{info.source}]  suppliers: {suppliers}")
     click.echo(f"\nenabled ({settings.config_path}): {', '.join(runtime.suppliers) or 'none'}")
     click.echo("routes:")
     for supplier in runtime.catalog.suppliers:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from core.balances import BalanceCache
-from core.suppliers import Supplier
+from core.suppliers import Supplier, SupplierResult, UpstreamOrder
 from plugins.juhe import BalanceError, Juhe, JuheSettings
 from tests.test_conformance import CREDENTIALS
 from topup.testing import new_order, running_simulator, settle
@@ -57,7 +57,17 @@ async def test_a_refused_balance_query_raises_with_juhe_s_reason(
         await plugin.aclose()
 
 
-class Silent(Supplier):
+class BalanceOnly(Supplier):
+    """A supplier these tests ask only about balances."""
+
+    async def submit(self, order: UpstreamOrder) -> SupplierResult:
+        raise AssertionError("a balance test submitted an order")
+
+    async def query(self, order: UpstreamOrder) -> SupplierResult:
+        raise AssertionError("a balance test queried an order")
+
+
+class Silent(BalanceOnly):
     """A supplier that never answers a balance query."""
 
     name = "silent"
@@ -67,7 +77,7 @@ class Silent(Supplier):
         return 0
 
 
-class Unsupported(Supplier):
+class Unsupported(BalanceOnly):
     name = "unsupported"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,7 +90,7 @@ def test_registering_something_that_is_not_a_supplier_is_refused(registry: Regis
 
 
 def test_two_suppliers_with_one_name_are_refused(registry: Registry) -> None:
-    class Clash(topup.Supplier):
+    class Clash(FakeSupplier):
         name = "sandbox"
 
     class Clashing:
@@ -100,6 +101,70 @@ def test_two_suppliers_with_one_name_are_refused(registry: Registry) -> None:
     registry.pm.register(Clashing(), name="clashing")
     with pytest.raises(ConfigError, match="two plugins register a supplier named 'sandbox'"):
         registry.supplier_classes()
+
+
+class WithoutQuery(topup.Supplier):
+    name = "no-query"
+
+    async def submit(self, order: topup.UpstreamOrder) -> topup.SupplierResult:
+        return topup.SupplierResult.pending()
+
+
+def test_a_supplier_without_query_is_refused_at_registration(registry: Registry) -> None:
+    class Incomplete:
+        @topup.hookimpl
+        def register_suppliers(self, register):
+            register(WithoutQuery)
+
+    registry.pm.register(Incomplete(), name="incomplete")
+    config = parse_config(sandbox_config())
+    with pytest.raises(
+        ConfigError, match="plugin incomplete: supplier class WithoutQuery does not implement query"
+    ):
+        Runtime.build(config, registry)
+
+
+INCOMPLETE_PLUGIN = """
+import topup
+
+class Halfway(topup.Supplier):
+    name = "halfway"
+
+@topup.hookimpl
+def register_suppliers(register):
+    register(Halfway)
+"""
+
+
+@pytest.mark.parametrize("command", ["plugins", "serve"])
+def test_a_supplier_missing_its_methods_is_refused_at_start(tmp_path: Path, command: str) -> None:
+    (tmp_path / "halfway_plugin.py").write_text(INCOMPLETE_PLUGIN)
+    env = {"PYTHONPATH": str(tmp_path), "TOPUP_PLUGINS": "halfway_plugin"}
+    service = ServiceProcess(tmp_path, sandbox_config(), env=env)
+    result = service.cli(command, check=False)
+    assert result.returncode != 0
+    assert (
+        "invalid configuration: plugin halfway_plugin: "
+        "supplier class Halfway does not implement query, submit"
+    ) in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_builtin_plugins_import_only_the_public_topup_package() -> None:
+    """A built-in plugin is written as a third-party one would be: what it needs from us
+    comes from ``topup``, so the modules behind it (``core.*``) can move freely."""
+    ours = {"core", "service", "plugins", "topup", "tests", "bench"}
+    for path in sorted((REPO / "plugins").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                assert top not in ours or top == "topup", f"{path.name} imports {module}"
 
 
 def test_every_hook_is_documented() -> None:
@@ -119,8 +184,9 @@ def test_every_hook_is_documented() -> None:
 
 
 def test_public_api_exports_what_a_plugin_needs() -> None:
-    for name in ("hookimpl", "Supplier", "SupplierResult", "UpstreamOrder", "Outcome"):
-        assert hasattr(topup, name)
+    needed = ("hookimpl", "Supplier", "SupplierResult", "UpstreamOrder", "Outcome")
+    for name in (*needed, "yuan_to_fen", "exchange", "unknown_answer"):
+        assert name in topup.__all__ and hasattr(topup, name), name
 
 
 # -- configuration --------------------------------------------------------------------

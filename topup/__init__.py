@@ -14,7 +14,9 @@ Everything a plugin needs is importable from here; the modules behind it
 (``core.*``) are internal and may move.
 """
 
+from core.exchange import exchange, unknown_answer
 from core.hookspecs import hookimpl
+from core.money import yuan_to_fen
 from core.suppliers import (
     Callback,
     CallbackReply,
@@ -47,7 +49,10 @@ __all__ = [
     "UpstreamOrder",
     "alerts",
     "classify_error",
+    "exchange",
     "hookimpl",
     "read_statement_csv",
     "secret_from_env",
+    "unknown_answer",
+    "yuan_to_fen",
 ]

@@ -62,6 +62,10 @@ class Upstream(Protocol):
     def submissions(self, reference: str) -> int:
         """How many submits with this reference reached the upstream."""
 
+    def charges(self, reference: str) -> int:
+        """How many top-ups the upstream made for this reference (credited phones). Only
+        the tests of a plugin that declares ``refuses_reused_reference`` ask."""
+
     def callbacks(self, reference: str) -> list[CallbackRequest] | None:
         """Callbacks the upstream sent about ``reference`` so far, as received; None if the
         supplier has no callbacks."""
@@ -152,6 +156,37 @@ class SupplierConformance:
         result = await supplier.query(new_order(upstream.phone(SUCCEED)))
         assert result.outcome in (Outcome.UNKNOWN, Outcome.PENDING), result
 
+    async def test_a_reference_never_sent_is_no_such_order(
+        self, supplier: Supplier, upstream: Upstream
+    ) -> None:
+        """What lets the core send again an attempt that never arrived: asked by our
+        reference alone, the plugin tells "no such order" from an order it has."""
+        _skip_unless_it_refuses_reused_references(supplier)
+        never_sent = await supplier.query(new_order(upstream.phone(SUCCEED)))
+        assert never_sent.outcome is Outcome.UNKNOWN and never_sent.no_such_order, never_sent
+        order, _known, _submitted = await self._submitted(supplier, upstream, NEVER_SETTLE)
+        sent = await supplier.query(order)
+        assert not sent.no_such_order, f"the supplier has this order: {sent}"
+
+    @pytest.mark.parametrize("first", ["open", "settled"])
+    async def test_a_reused_reference_is_refused_not_charged_twice(
+        self, supplier: Supplier, upstream: Upstream, first: str
+    ) -> None:
+        """The core may resend an attempt whose query said "no such order". If the first
+        did arrive after all, the supplier must refuse the second and the plugin must read
+        that refusal as what it is: the first exists, so unknown (or the first's state),
+        never a failure and never a failover, which would pay the phone twice."""
+        _skip_unless_it_refuses_reused_references(supplier)
+        order, known, _submitted = await self._submitted(supplier, upstream, SUCCEED)
+        if first == "settled":
+            assert (await settle(supplier, known)).outcome is Outcome.SUCCEEDED
+        again = await supplier.submit(order)
+        assert isinstance(again, SupplierResult), f"submit returned {again!r}"
+        assert again.outcome is not Outcome.FAILED, f"the reference was already used: {again}"
+        assert upstream.submissions(order.reference) == 2, "the second submit was not sent"
+        assert (await settle(supplier, known)).outcome is Outcome.SUCCEEDED
+        assert upstream.charges(order.reference) == 1, "the phone was credited twice"
+
     async def test_an_unsettled_order_stays_open(
         self, supplier: Supplier, upstream: Upstream
     ) -> None:
@@ -220,6 +255,11 @@ class SupplierConformance:
         genuine = (await _callbacks_or_skip(upstream, order.reference))[0]
         for hostile in _hostile_variants(genuine):
             supplier.parse_callback(hostile)
+
+
+def _skip_unless_it_refuses_reused_references(supplier: Supplier) -> None:
+    if not supplier.refuses_reused_reference:
+        pytest.skip("the plugin does not declare refuses_reused_reference")
 
 
 def _hostile_variants(genuine: CallbackRequest) -> Iterator[CallbackRequest]:
@@ -332,6 +372,10 @@ class SimulatorUpstream:
     def submissions(self, reference: str) -> int:
         transactions = self._http.get("/_sim/transactions").json()
         return sum(t["submits"] for t in transactions if t["reference"] == reference)
+
+    def charges(self, reference: str) -> int:
+        transactions = self._http.get("/_sim/transactions").json()
+        return sum(t["paid"] for t in transactions if t["reference"] == reference)
 
     def callbacks(self, reference: str) -> list[CallbackRequest] | None:
         return None if self.inbox is None else self.inbox.about(reference)

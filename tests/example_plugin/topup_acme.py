@@ -94,17 +94,14 @@ class Acme(topup.Supplier):
         return topup.Callback(ok, reply.reference, _result(reply))
 
     async def _exchange(self, method: str, path: str, **kwargs) -> topup.SupplierResult:
-        try:
-            response = await self._http.request(method, path, **kwargs)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            return topup.SupplierResult.not_sent(f"ACME unreachable: {exc!r}")
-        except httpx.HTTPError as exc:
-            # The request may have arrived: only a status query can tell.
-            return topup.SupplierResult.unknown("TRANSPORT", repr(exc))
+        # Connection refused: not sent; a timeout or a dropped connection: unknown.
+        response = await topup.exchange(self._http, method, path, plugin=self.name, **kwargs)
+        if isinstance(response, topup.SupplierResult):
+            return response
         try:
             reply = msgspec.json.decode(response.content, type=AcmeReply)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            return topup.SupplierResult.unknown(f"HTTP_{response.status_code}", "unreadable")
+            return topup.unknown_answer(response, "unreadable")
         return _result(reply)
 
 
