@@ -206,8 +206,8 @@ class Dispatcher:
     @staticmethod
     def _may_resend(supplier: Supplier, attempt: AttemptRecord, result: SupplierResult) -> bool:
         return (
-            getattr(result, "no_such_order", False)
-            and getattr(supplier, "refuses_reused_reference", False)
+            result.no_such_order
+            and supplier.refuses_reused_reference
             and not attempt.resent
             and attempt.state == State.UNKNOWN
         )

@@ -46,6 +46,7 @@ enabled = ["juhe", "reloadly", "acme"]
 query_delays = [1.5, 0.5]
 max_queries = 4
 call_timeout = 2.5
+resend_margin = 1
 lease_seconds = 5
 scan_interval = 0.1
 breaker_threshold = 3
@@ -243,6 +244,27 @@ def test_no_proper_answer_is_resolved_by_query(
     [transaction] = stack.upstream(order_no)  # never rerouted to another supplier
     assert transaction["protocol"] == protocol
     assert transaction["submits"] == 1 and transaction["paid"] == 1
+
+
+@pytest.mark.parametrize(
+    ("carrier", "sim", "protocol"),
+    [("中国移动", "sim_a", "juhe"), ("中国联通", "sim_b", "reloadly")],
+)
+def test_a_submit_lost_on_the_way_is_sent_again_once_with_the_same_reference(
+    stack: Stack, carrier: str, sim: str, protocol: str
+) -> None:
+    # juhe and reloadly refuse a reused reference, so their "no such order" (asked well
+    # after call_timeout) proves the first submit never arrived: the attempt goes again.
+    number = phone("1")
+    stack.fault(getattr(stack, sim), number, "lose_submit")
+    cstm, order_no = stack.order(number, carrier)
+    assert stack.final(cstm)["status"] == "2"
+    [transaction] = stack.upstream(order_no)
+    assert transaction["protocol"] == protocol
+    assert transaction["reference"] == f"{order_no}A1" and transaction["paid"] == 1
+    [(resent,)] = stack.service.sql("SELECT resent FROM attempts WHERE order_no = ?", order_no)
+    assert resent
+    assert "resent by system" in stack.service.cli("orders", "show", order_no).stdout
 
 
 def test_slow_answer_within_the_timeout(stack: Stack) -> None:

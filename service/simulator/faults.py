@@ -13,6 +13,9 @@ FAULT_DEFAULT_SECONDS: dict[str, float | None] = {
     "error_after_topup": None,
     "garbage": None,
     "reject": None,
+    # The first submit of each reference never arrives: nothing is recorded, and the
+    # answer is held this long (then the connection fails) as a lost request would be.
+    "lose_submit": 5.0,
     "lose_callback": None,
     "duplicate_callback": None,
     "early_callback": None,

@@ -27,6 +27,10 @@ CALLBACK_TIMEOUT = httpx.Timeout(5.0)
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
+class SubmitLost(Exception):
+    """A submit the simulator pretends never arrived (fault lose_submit)."""
+
+
 class Status(enum.StrEnum):
     PROCESSING = "processing"
     SUCCEEDED = "succeeded"
@@ -151,6 +155,8 @@ class Simulator:
         self._by_seq: dict[tuple[str, int], Transaction] = {}
         self._seq = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
+        # References whose first submit was lost on purpose (fault lose_submit).
+        self._lost: set[tuple[str, str]] = set()
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
@@ -185,6 +191,11 @@ class Simulator:
         """Record one submit and start its settlement; the caller shapes the protocol's answer."""
         faults = self.faults.for_phone(phone_no)
         known = self._transactions.get((protocol, reference))
+        if "lose_submit" in faults and known is None and (protocol, reference) not in self._lost:
+            self._lost.add((protocol, reference))
+            log.info("%s %s: submit lost on purpose", protocol, reference)
+            await asyncio.sleep(faults.seconds("lose_submit"))
+            raise SubmitLost(reference)
         if known is not None and known.status is not Status.REFUSED:
             known.submits += 1
             return Verdict.DUPLICATE, known, faults
