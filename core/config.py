@@ -36,7 +36,7 @@ class RouteEntry(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     weight: int = 0
 
 
-class SupplierConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class CarrierConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Plugins in failover order: names, or {plugin = NAME, weight = N} tables.
     route: list[str | RouteEntry]
     products: list[ProductConfig] = []
@@ -143,7 +143,9 @@ class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     enabled: list[str] = []
     plugin: dict[str, dict[str, Any]] = {}
-    suppliers: dict[str, SupplierConfig] = {}
+    # [suppliers."中国移动"] in plugins.toml: each carrier (the partner's Supplier) with
+    # its route through supplier plugins and its products.
+    carriers: dict[str, CarrierConfig] = msgspec.field(default_factory=dict, name="suppliers")
     dispatch: DispatchConfig = DispatchConfig()
     notify: NotifyConfig = NotifyConfig()
     limits: LimitsConfig = LimitsConfig()
@@ -152,7 +154,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class Product(msgspec.Struct, frozen=True):
     """A product a partner can order, with amounts in fen."""
 
-    supplier: str
+    carrier: str
     product_id: str
     name: str
     face_value: int
@@ -197,20 +199,20 @@ def check_config(config: Config, source: str) -> None:
             "its lease"
         )
     _check_limits(config.limits, source)
-    for name, supplier in config.suppliers.items():
+    for name, carrier in config.carriers.items():
         where = f"{source}: suppliers.{name!r}"
-        if not supplier.route:
+        if not carrier.route:
             raise ConfigError(f"{where}.route is empty: name at least one plugin")
-        names = [entry.plugin for entry in supplier.entries]
+        names = [entry.plugin for entry in carrier.entries]
         for plugin in names:
             if plugin not in config.enabled:
                 raise ConfigError(f"{where}.route names {plugin!r}, which is not in `enabled`")
         if len(set(names)) != len(names):
             raise ConfigError(f"{where}.route names a plugin twice")
-        if any(entry.weight < 0 for entry in supplier.entries):
+        if any(entry.weight < 0 for entry in carrier.entries):
             raise ConfigError(f"{where}.route: weights cannot be negative")
         seen: set[str] = set()
-        for product in supplier.products:
+        for product in carrier.products:
             # A cost may name any enabled plugin, not only those routed now: an operator
             # switching the route (core/route_overrides.py) sees what the switch costs.
             for plugin in product.cost:
@@ -233,7 +235,7 @@ def _check_limits(limits: LimitsConfig, source: str) -> None:
             raise ConfigError(f"{source}: limits.trusted_proxies[{index}]: {exc}") from exc
 
 
-def _product(supplier: str, product: ProductConfig, where: str) -> Product:
+def _product(carrier: str, product: ProductConfig, where: str) -> Product:
     where = f"{where}: product {product.product_id!r}"
     try:
         face_value, price = yuan_to_fen(product.face_value), yuan_to_fen(product.price)
@@ -242,7 +244,7 @@ def _product(supplier: str, product: ProductConfig, where: str) -> Product:
         raise ConfigError(f"{where}: {exc}") from exc
     if face_value <= 0 or price <= 0 or any(cost <= 0 for cost in costs.values()):
         raise ConfigError(f"{where}: amounts must be positive")
-    return Product(supplier, product.product_id, product.name, face_value, price, costs)
+    return Product(carrier, product.product_id, product.name, face_value, price, costs)
 
 
 class Catalog:
@@ -250,19 +252,19 @@ class Catalog:
 
     def __init__(self, config: Config) -> None:
         self._products: dict[str, dict[str, Product]] = {
-            name: {p.product_id: _product(name, p, name) for p in supplier.products}
-            for name, supplier in config.suppliers.items()
+            name: {p.product_id: _product(name, p, name) for p in carrier.products}
+            for name, carrier in config.carriers.items()
         }
 
-    def has_supplier(self, supplier: str) -> bool:
-        return supplier in self._products
+    def has_carrier(self, carrier: str) -> bool:
+        return carrier in self._products
 
-    def product(self, supplier: str, product_id: str) -> Product | None:
-        return self._products.get(supplier, {}).get(product_id)
+    def product(self, carrier: str, product_id: str) -> Product | None:
+        return self._products.get(carrier, {}).get(product_id)
 
-    def products(self, supplier: str) -> list[Product]:
-        return list(self._products.get(supplier, {}).values())
+    def products(self, carrier: str) -> list[Product]:
+        return list(self._products.get(carrier, {}).values())
 
     @property
-    def suppliers(self) -> list[str]:
+    def carriers(self) -> list[str]:
         return list(self._products)

@@ -156,7 +156,7 @@ class Dispatcher:
             log.exception("order %s: dispatch step failed", _order_no(step))
 
     def _unroutable(self, step: Unroutable) -> None:
-        metrics.order_reached(State.FAILED, step.order.supplier, "none")
+        metrics.order_reached(State.FAILED, step.order.carrier, "none")
         log.warning(
             "order %s failed: no supplier left to try (tried %s, open circuits %s)",
             step.order.order_no,

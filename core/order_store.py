@@ -94,7 +94,7 @@ class OrderStore:
                 order_no=row.order_no,
                 attempt=row.seq,
                 phone_no=row.phone_no,
-                supplier=row.supplier,
+                carrier=row.supplier,
                 product_id=row.product_id,
                 face_value=row.face_value,
                 created_at=row.created_at,

@@ -47,7 +47,9 @@ class NewOrder(msgspec.Struct, frozen=True):
     cstm_order_no: str
     cstm_order_name: str
     company: str
-    supplier: str
+    # The partner's ``Supplier`` field: the carrier (中国移动...), stored in the column
+    # ``supplier``. The upstream vendor is a supplier *plugin*, never this.
+    carrier: str
     phone_no: str
     product_id: str
     face_value: int
@@ -73,14 +75,24 @@ class OrderRecord(NewOrder, frozen=True):
         return PARTNER_STATUS[self.state]
 
     def same_request(self, new: NewOrder) -> bool:
-        return (self.phone_no, self.product_id, self.supplier) == (
+        return (self.phone_no, self.product_id, self.carrier) == (
             new.phone_no,
             new.product_id,
-            new.supplier,
+            new.carrier,
         )
 
 
-_ORDER_FIELDS = tuple(name for name in OrderRecord.__struct_fields__ if name != "state")
+# The orders table's columns, in OrderRecord's order: only the carrier is named otherwise.
+ORDER_TABLE_COLUMNS = tuple(
+    "supplier" if name == "carrier" else name for name in OrderRecord.__struct_fields__
+)
+
+
+def order_columns(record: NewOrder) -> dict[str, object]:
+    """A record as the orders table's column values."""
+    values = msgspec.structs.asdict(record)
+    values["supplier"] = values.pop("carrier")
+    return values
 
 
 class AttemptRecord(msgspec.Struct, frozen=True):
@@ -102,7 +114,7 @@ class AttemptRecord(msgspec.Struct, frozen=True):
 
 def order_from_row(row) -> OrderRecord:
     columns = row._mapping
-    return OrderRecord(**{name: columns[name] for name in _ORDER_FIELDS}, state=State(row.state))
+    return order_from_tuple(tuple(columns[name] for name in ORDER_TABLE_COLUMNS))
 
 
 def order_from_tuple(row: tuple) -> OrderRecord:

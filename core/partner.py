@@ -124,7 +124,7 @@ class PartnerDesk:
             cstm_order_no=params["cstmOrderNo"],
             cstm_order_name=params["cstmOrderName"],
             company=app.company,
-            supplier=product.supplier,
+            carrier=product.carrier,
             phone_no=phone_no,
             product_id=product.product_id,
             face_value=product.face_value,
@@ -135,10 +135,10 @@ class PartnerDesk:
             raise TopupError(
                 ErrorCode.ORDER_CONFLICT,
                 f"cstmOrderNo {new.cstm_order_no} 已用于另一笔订单 (手机号 {order.phone_no}, "
-                f"产品 {order.product_id}, 供应商 {order.supplier}); 原订单未改变",
+                f"产品 {order.product_id}, 供应商 {order.carrier}); 原订单未改变",
             )
         if created:
-            metrics.order_accepted(order.supplier, order.order_no, self._runtime().router)
+            metrics.order_accepted(order.carrier, order.order_no, self._runtime().router)
             self._on_accepted()
         return order, created
 
@@ -154,10 +154,10 @@ class PartnerDesk:
                 ErrorCode.ORDER_NO_MISMATCH,
                 f"orderNo {order_no} 与 cstmOrderNo {cstm_order_no} 的订单不符",
             )
-        if params["Supplier"] != order.supplier:
+        if params["Supplier"] != order.carrier:
             raise TopupError(
                 ErrorCode.SUPPLIER_MISMATCH,
-                f"该订单的供应商是 {order.supplier}, 不是 {params['Supplier']}",
+                f"该订单的供应商是 {order.carrier}, 不是 {params['Supplier']}",
             )
         return order
 
@@ -170,15 +170,15 @@ class PartnerDesk:
         await self._authenticate(params, "products", client)
         supplier = params["Supplier"]
         catalog = self._runtime().catalog
-        if not catalog.has_supplier(supplier):
-            raise _unknown_supplier(supplier, catalog.suppliers)
+        if not catalog.has_carrier(supplier):
+            raise _unknown_supplier(supplier, catalog.carriers)
         return catalog.products(supplier)
 
     def _product(self, params: Mapping[str, str]) -> Product:
         supplier, product_id = params["Supplier"], params["productId"]
         catalog = self._runtime().catalog
-        if not catalog.has_supplier(supplier):
-            raise _unknown_supplier(supplier, catalog.suppliers)
+        if not catalog.has_carrier(supplier):
+            raise _unknown_supplier(supplier, catalog.carriers)
         product = catalog.product(supplier, product_id)
         if product is None:
             raise TopupError(

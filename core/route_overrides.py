@@ -90,12 +90,12 @@ def parse_route(words: Iterable[str]) -> list[RouteEntry]:
 
 
 def with_route(config: Config, carrier: str, route: list[RouteEntry]) -> Config:
-    supplier = config.suppliers.get(carrier)
+    supplier = config.carriers.get(carrier)
     if supplier is None:
-        known = ", ".join(config.suppliers) or "none"
+        known = ", ".join(config.carriers) or "none"
         raise ConfigError(f"{carrier!r} is not a carrier in plugins.toml (carriers: {known})")
     changed = msgspec.structs.replace(supplier, route=list(route))
-    return msgspec.structs.replace(config, suppliers={**config.suppliers, carrier: changed})
+    return msgspec.structs.replace(config, carriers={**config.carriers, carrier: changed})
 
 
 def apply_overrides(
@@ -122,18 +122,18 @@ def effective_routes(file_config: Config, overrides: Iterable[RouteOverride]) ->
     routes = [
         CarrierRoute(
             carrier=name,
-            route=config.suppliers[name].entries,
+            route=config.carriers[name].entries,
             file_route=supplier.entries,
             override=by_carrier.get(name),
             skipped=why.get(name),
         )
-        for name, supplier in file_config.suppliers.items()
+        for name, supplier in file_config.carriers.items()
     ]
     # An override of a carrier the file no longer has is listed, so it can be reset.
     routes += [
         CarrierRoute(carrier=name, route=[], file_route=[], override=o, skipped=why.get(name))
         for name, o in by_carrier.items()
-        if name not in file_config.suppliers
+        if name not in file_config.carriers
     ]
     return routes
 
@@ -187,7 +187,7 @@ async def set_route(
             await build(candidate)
     except ConfigError as exc:
         raise RouteRefused(str(exc)) from exc
-    old = current.suppliers[carrier].entries
+    old = current.carriers[carrier].entries
 
     def write(conn: Connection) -> int:
         conn.execute(delete(route_overrides).where(route_overrides.c.carrier == carrier))
@@ -212,7 +212,7 @@ async def reset_route(
     """Remove ``carrier``'s override: the file's route applies again in every instance."""
     if not reason.strip():
         raise RouteRefused("a reason is required")
-    supplier = file_config.suppliers.get(carrier)
+    supplier = file_config.carriers.get(carrier)
     file_route = supplier.entries if supplier is not None else []
 
     def write(conn: Connection) -> int:

@@ -20,7 +20,7 @@ from core.config import Catalog, Config, RouteEntry
 
 class Router:
     def __init__(self, config: Config) -> None:
-        self._routes = {name: s.entries for name, s in config.suppliers.items()}
+        self._routes = {name: s.entries for name, s in config.carriers.items()}
 
     def route(self, supplier: str) -> list[str]:
         return [entry.plugin for entry in self._routes.get(supplier, [])]

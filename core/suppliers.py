@@ -47,8 +47,9 @@ class UpstreamOrder(msgspec.Struct, frozen=True):
     order_no: str
     attempt: int
     phone_no: str
-    supplier: str
-    """The partner's Supplier name, i.e. the carrier: 中国移动, 中国联通..."""
+    carrier: str
+    """The carrier the phone number belongs to, as the partner named it in its
+    ``Supplier`` field: 中国移动, 中国联通, 中国电信... (The supplier is you, the plugin.)"""
     product_id: str
     face_value: int
     """Face value in fen."""
@@ -56,6 +57,11 @@ class UpstreamOrder(msgspec.Struct, frozen=True):
     """When this attempt was recorded, in Unix milliseconds."""
     supplier_ref: str | None = None
     """The supplier's own transaction id, once a submit or callback reported one."""
+
+    @property
+    def supplier(self) -> str:
+        """Deprecated: the carrier, under the partner API's name for it; use ``carrier``."""
+        return self.carrier
 
 
 class SupplierResult(msgspec.Struct, frozen=True):

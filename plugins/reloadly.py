@@ -136,10 +136,10 @@ class Reloadly(Supplier):
         await self._auth.aclose()
 
     async def submit(self, order: UpstreamOrder) -> SupplierResult:
-        operator = self.settings.operators.get(order.supplier)
+        operator = self.settings.operators.get(order.carrier)
         if operator is None:
             return SupplierResult.failed(
-                "NO_OPERATOR", f"no reloadly operatorId for {order.supplier}", failover=True
+                "NO_OPERATOR", f"no reloadly operatorId for {order.carrier}", failover=True
             )
         body = {
             "operatorId": operator,

@@ -200,7 +200,7 @@ def plugins() -> None:
         click.echo(f"{info.name}{version}  [{info.source}]  suppliers: {suppliers}")
     click.echo(f"\nenabled ({settings.config_path}): {', '.join(runtime.suppliers) or 'none'}")
     click.echo("routes:")
-    for supplier in runtime.catalog.suppliers:
+    for supplier in runtime.catalog.carriers:
         route = " -> ".join(runtime.router.route(supplier))
         count = len(runtime.catalog.products(supplier))
         click.echo(f"  {supplier}: {route}  ({count} products)")

@@ -36,7 +36,7 @@ def orders_show(order_no: str) -> None:
         raise click.ClickException(f"no order {order_no}")
     click.echo(
         f"{order.order_no}  {order.state}  app {order.app_id}  cstmOrderNo {order.cstm_order_no}"
-        f"  {order.supplier} {order.product_id} -> {order.phone_no}"
+        f"  {order.carrier} {order.product_id} -> {order.phone_no}"
     )
     for attempt in attempts:
         click.echo(
@@ -72,7 +72,7 @@ def orders_review(
         for order in run_with_db(lambda db: OrderStore(db).in_review()):
             click.echo(
                 f"{order.order_no}  since {beijing_time(order.updated_at)}  app {order.app_id}"
-                f"  {order.supplier} {order.product_id} -> {order.phone_no}"
+                f"  {order.carrier} {order.product_id} -> {order.phone_no}"
             )
         return
     if bool(resolve) == requery:

@@ -50,7 +50,7 @@ def notification_params(order: OrderRecord, app: App) -> dict[str, str]:
     params = {
         "appID": app.app_id,
         "company": order.company,
-        "Supplier": order.supplier,
+        "Supplier": order.carrier,
         **{name: str(value) for name, value in status.items()},
         "ts": str(int(time.time())),
     }

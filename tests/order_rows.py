@@ -60,7 +60,7 @@ class Shop:
             cstm_order_no=cstm_order_no,
             cstm_order_name="话费充值",
             company=f"{app_id}公司",
-            supplier=carrier,
+            carrier=carrier,
             phone_no=phone_no,
             product_id=PRODUCTS[carrier],
             face_value=1000,

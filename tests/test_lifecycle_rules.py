@@ -55,7 +55,7 @@ def new_order(cstm: str) -> NewOrder:
         cstm_order_no=cstm,
         cstm_order_name="name",
         company="co",
-        supplier="中国移动",
+        carrier="中国移动",
         phone_no="13800138000",
         product_id="YD10",
         face_value=1000,

@@ -218,9 +218,9 @@ def override(carrier: str, words: list[str]) -> RouteOverride:
 def test_overrides_replace_routes_and_the_ones_that_do_not_fit_are_skipped() -> None:
     applied, skipped = apply_overrides(FILE, [override("X", ["b:2", "a"])])
     assert skipped == []
-    assert [(e.plugin, e.weight) for e in applied.suppliers["X"].entries] == [("b", 2), ("a", 0)]
+    assert [(e.plugin, e.weight) for e in applied.carriers["X"].entries] == [("b", 2), ("a", 0)]
     # A cost may name an enabled plugin outside the route: what a switch would cost.
-    assert applied.suppliers["X"].products == FILE.suppliers["X"].products
+    assert applied.carriers["X"].products == FILE.carriers["X"].products
     applied, skipped = apply_overrides(FILE, [override("X", ["c"]), override("Y", ["a"])])
     assert applied == FILE
     assert [(s.override.carrier, "not in `enabled`" in s.error) for s in skipped] == [

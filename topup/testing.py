@@ -71,14 +71,14 @@ class Upstream(Protocol):
         supplier has no callbacks."""
 
 
-def new_order(phone_no: str, supplier: str = "中国移动", face_value: int = 1000) -> UpstreamOrder:
+def new_order(phone_no: str, carrier: str = "中国移动", face_value: int = 1000) -> UpstreamOrder:
     reference = f"TC{time.time_ns()}{secrets.randbelow(1000):03d}A1"
     return UpstreamOrder(
         reference=reference,
         order_no=reference[:-2],
         attempt=1,
         phone_no=phone_no,
-        supplier=supplier,
+        carrier=carrier,
         product_id="TEST10",
         face_value=face_value,
         created_at=int(time.time() * 1000),

@@ -19,10 +19,17 @@ from core.fastsql import add_to_columns, insert_rows
 from core.ledger import insufficient, lock_accounts
 from core.lifecycle.rules import new_record
 from core.lifecycle.work import chunks
-from core.orders import SYSTEM, NewOrder, OrderRecord, State, order_from_row
+from core.orders import (
+    ORDER_TABLE_COLUMNS,
+    SYSTEM,
+    NewOrder,
+    OrderRecord,
+    State,
+    order_columns,
+    order_from_row,
+)
 from core.writer import Batch, Phase, Tx
 
-ORDER_COLUMNS = tuple(OrderRecord.__struct_fields__)
 HOLD_COLUMNS = (
     "app_id",
     "kind",
@@ -95,7 +102,7 @@ def _insert_orders(conn: Connection, records: list[OrderRecord]) -> list[tuple[s
         return []
     if conn.dialect.name == "sqlite":
         # The single writer checked the keys under its lock: nothing can collide.
-        insert_rows(conn, orders, ORDER_COLUMNS, [_values(r) for r in records])
+        insert_rows(conn, orders, ORDER_TABLE_COLUMNS, [_values(r) for r in records])
         return []
     inserted = {
         row.order_no
@@ -103,7 +110,7 @@ def _insert_orders(conn: Connection, records: list[OrderRecord]) -> list[tuple[s
             insert_ignoring_conflicts(conn, orders, ["app_id", "cstm_order_no"]).returning(
                 orders.c.order_no
             ),
-            [msgspec.structs.asdict(record) for record in records],
+            [order_columns(record) for record in records],
         )
     }
     return [(r.app_id, r.cstm_order_no) for r in records if r.order_no not in inserted]

@@ -41,7 +41,7 @@ class OrderRow(msgspec.Struct):
     cstm_order_no: str
     cstm_order_name: str
     company: str
-    supplier: str
+    carrier: str
     phone_no: str
     product_id: str
     face_value: int
@@ -59,11 +59,6 @@ class OrderRow(msgspec.Struct):
 
     def record(self) -> OrderRecord:
         return OrderRecord(**msgspec.structs.asdict(self))
-
-    @property
-    def carrier(self) -> str:
-        """The partner's ``Supplier``: the carrier (中国移动...), not a supplier plugin."""
-        return self.supplier
 
 
 MUTABLE_COLUMNS = (

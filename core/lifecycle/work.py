@@ -20,13 +20,12 @@ from core.fastsql import insert_rows, update_rows
 from core.ledger import settle_many
 from core.lifecycle.rules import MUTABLE_COLUMNS, OrderRow, move
 from core.notify import enqueue_many
-from core.orders import OPEN_ATTEMPT, SYSTEM, TERMINAL, AttemptRecord, State
+from core.orders import OPEN_ATTEMPT, ORDER_TABLE_COLUMNS, SYSTEM, TERMINAL, AttemptRecord, State
 from core.suppliers import UpstreamOrder
 from core.writer import Batch, Phase, Tx
 
 # Keeps every IN (...) list well inside SQLite's limit on bound parameters.
 CHUNK = 400
-ORDER_COLUMNS = tuple(OrderRow.__struct_fields__)
 
 
 class AttemptRow(msgspec.Struct):
@@ -60,9 +59,10 @@ def chunks(values: list) -> list[list]:
 
 
 def order_row(row) -> OrderRow:
-    values = dict(row._mapping)
-    values["state"] = State(values["state"])
-    return OrderRow(**{name: values[name] for name in ORDER_COLUMNS})
+    columns = row._mapping
+    values = [columns[name] for name in ORDER_TABLE_COLUMNS]
+    values[ORDER_TABLE_COLUMNS.index("state")] = State(columns["state"])
+    return OrderRow(*values)
 
 
 class Work:
@@ -124,7 +124,7 @@ class Work:
             order_no=order.order_no,
             attempt=attempt.seq,
             phone_no=order.phone_no,
-            supplier=order.supplier,
+            carrier=order.carrier,
             product_id=order.product_id,
             face_value=order.face_value,
             created_at=attempt.created_at,

@@ -105,7 +105,7 @@ async def orders_page(request: Request) -> Template:
         first_link="/console/orders?" + urlencode(query),
         next_link=next_link,
         partners=await _partners(request),
-        carriers=sorted(config.suppliers),
+        carriers=sorted(config.carriers),
         plugins=sorted(set(config.enabled)),
         scan_limit=SCAN_LIMIT,
         active="orders",

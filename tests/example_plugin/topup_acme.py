@@ -68,7 +68,7 @@ class Acme(topup.Supplier):
             "reference": order.reference,
             "msisdn": order.phone_no,
             "amount": order.face_value,
-            "carrier": order.supplier,
+            "carrier": order.carrier,
             "callback_url": self.settings.callback_url,
         }
         return await self._exchange("POST", "/acme/v1/topups", json=body)
