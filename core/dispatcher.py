@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from core import circuits, metrics
 from core.clock import now_ms
 from core.lifecycle import Applied, Lifecycle, Query, Send, Step, Unroutable
+from core.lifecycle.results import UNANSWERED
 from core.order_store import OrderStore
 from core.orders import OPEN_ATTEMPT, AttemptRecord, State
 from core.routing import CircuitBreaker, RoutePlan
@@ -209,7 +210,7 @@ class Dispatcher:
             result.no_such_order
             and supplier.refuses_reused_reference
             and not attempt.resent
-            and attempt.state == State.UNKNOWN
+            and attempt.state in UNANSWERED
         )
 
     async def _resend(self, upstream: UpstreamOrder, plugin: str, runtime: Runtime) -> bool:

@@ -31,8 +31,11 @@ enabled = ["juhe"]
 
 [dispatch]
 query_delays = [0.3, 0.5, 1.0]
-max_queries = 5
+max_queries = 12
 call_timeout = 2
+# juhe refuses a reused orderid: an attempt the killed instance recorded but never sent
+# is sent again once its "no such order" comes this long after call_timeout.
+resend_margin = 1
 lease_seconds = 4
 scan_interval = 0.1
 
@@ -79,6 +82,9 @@ def test_three_instances_one_killed_mid_run(tmp_path: Path, postgres) -> None:
             acknowledged = fire(partner, instances)
             settle_everything(instances[1], len(acknowledged), simulator)
             check_outcomes(instances[1], partner, acknowledged, simulator)
+            for survivor in instances[:2]:
+                # A callback settling an order a worker holds is routine, not an error.
+                assert "no open attempt" not in survivor.log()
     finally:
         for instance in instances:
             instance.stop()
@@ -90,6 +96,7 @@ def fire(partner: Partner, instances: list[ServiceProcess]) -> dict[str, str]:
     after a third of them. Returns cstmOrderNo -> orderNo for every acknowledged order."""
     token = partner.token()
     acknowledged: dict[str, set[str]] = {}
+    refused: list[dict] = []  # by an instance still alive: e.g. a deadlock as a 503
     lock = threading.Lock()
     victim = instances[2]
     sent = itertools.count()
@@ -100,9 +107,11 @@ def fire(partner: Partner, instances: list[ServiceProcess]) -> dict[str, str]:
             reply = httpx.post(f"{instance.url}/sign/api/order", data=params, timeout=30).json()
         except (httpx.TransportError, ValueError):
             return  # the killed instance; the partner would retry elsewhere
-        if reply["code"] == "0":
-            with lock:
+        with lock:
+            if reply["code"] == "0":
                 acknowledged.setdefault(cstm, set()).add(reply["data"]["orderNo"])
+            elif instance is not victim:
+                refused.append(reply)
         if next(sent) == ORDERS // 3 and victim.proc is not None:
             victim.kill9()
 
@@ -115,6 +124,7 @@ def fire(partner: Partner, instances: list[ServiceProcess]) -> dict[str, str]:
     random.shuffle(jobs)
     with ThreadPoolExecutor(max_workers=24) as pool:
         list(pool.map(lambda job: send(*job), jobs))
+    assert not refused, refused[:3]
     duplicates = {cstm: numbers for cstm, numbers in acknowledged.items() if len(numbers) > 1}
     assert not duplicates, f"one cstmOrderNo, several orders: {list(duplicates.items())[:3]}"
     assert len(acknowledged) > ORDERS // 2
@@ -122,9 +132,9 @@ def fire(partner: Partner, instances: list[ServiceProcess]) -> dict[str, str]:
 
 
 def settle_everything(survivor: ServiceProcess, expected: int, simulator: str) -> None:
-    """Wait until every order is final or in review, then settle the reviews as an operator
-    would: an attempt recorded by the killed instance but never sent is unknown forever to
-    the service (it never guesses), and the supplier's records show it was not made."""
+    """Wait until every order is final. None needs an operator: an attempt the killed
+    instance recorded but never sent is sent again, once, with the same reference (juhe
+    refuses a reused one, so its "no such order" proves the first never arrived)."""
     deadline = time.monotonic() + 120
     open_states = "('accepted', 'submitting', 'pending', 'unknown', 'retrying')"
     while survivor.sql(f"SELECT count(*) FROM orders WHERE state IN {open_states}") != [(0,)]:
@@ -132,19 +142,7 @@ def settle_everything(survivor: ServiceProcess, expected: int, simulator: str) -
             "SELECT state, count(*) FROM orders GROUP BY state"
         )
         time.sleep(0.5)
-    transactions = httpx.get(f"{simulator}/_sim/transactions", timeout=10).json()
-    known = {t["reference"].rsplit("A", 1)[0] for t in transactions}
-    for (order_no,) in survivor.sql("SELECT order_no FROM orders WHERE state = 'review'"):
-        assert order_no not in known, f"{order_no} is in review, yet the supplier has it"
-        survivor.cli(
-            "orders",
-            "review",
-            order_no,
-            "--resolve",
-            "failed",
-            "--reason",
-            "the supplier has no record of it",
-        )
+    assert survivor.sql("SELECT order_no FROM orders WHERE state = 'review'") == []
     [(stored,)] = survivor.sql("SELECT count(*) FROM orders")
     assert stored >= expected
     assert survivor.sql(

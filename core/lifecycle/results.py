@@ -47,8 +47,13 @@ class ApplyResult(AttemptChange, frozen=True):
         return apply_result(work, attempt, self)
 
 
+# An attempt the supplier never acknowledged: its submit went unanswered (unknown), or a
+# crash came between recording it and sending it (submitting).
+UNANSWERED = frozenset({State.SUBMITTING, State.UNKNOWN})
+
+
 class Resend(AttemptChange, frozen=True):
-    """Mark an unknown attempt re-sent and hand it back to send, or None if it may not be."""
+    """Mark an unanswered attempt re-sent and hand it back to send, or None if it may not be."""
 
     owner: str
     # The attempt must be at least this old: a "no such order" sooner may only mean the
@@ -57,10 +62,10 @@ class Resend(AttemptChange, frozen=True):
 
     def apply(self, work: Work) -> UpstreamOrder | None:
         attempt = work.attempts.get(self.reference)
-        if attempt is None or attempt.resent or attempt.state is not State.UNKNOWN:
+        if attempt is None or attempt.resent or attempt.state not in UNANSWERED:
             return None
         order = work.orders[attempt.order_no]
-        if order.state is not State.UNKNOWN or order.lease_owner != self.owner:
+        if order.state not in UNANSWERED or order.lease_owner != self.owner:
             return None
         if work.now - attempt.created_at < self.min_age_ms:
             return None
