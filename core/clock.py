@@ -3,13 +3,48 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 
 BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
 
 
-def now_ms() -> int:
+def _system_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+_source: Callable[[], int] = _system_ms
+
+
+def now_ms() -> int:
+    """Unix milliseconds: the system clock, or a test's (``use_clock``)."""
+    return _source()
+
+
+@contextmanager
+def use_clock(source: Callable[[], int]) -> Iterator[None]:
+    """Within the block, every ``now_ms()`` of this process reads ``source``: an in-process
+    test moves time forward instead of sleeping (lease ends, query delays, resend ages)."""
+    global _source
+    previous, _source = _source, source
+    try:
+        yield
+    finally:
+        _source = previous
+
+
+class FakeClock:
+    """A clock that only moves when told to."""
+
+    def __init__(self, start_ms: int | None = None) -> None:
+        self.ms = _system_ms() if start_ms is None else start_ms
+
+    def __call__(self) -> int:
+        return self.ms
+
+    def advance(self, seconds: float) -> None:
+        self.ms += int(seconds * 1000)
 
 
 def beijing_time(ms: int | None) -> str:
