@@ -17,7 +17,7 @@ from tests.test_lifecycle import calls, wait_for
 PLUGINS_ENV = {"TOPUP_PLUGINS": "tests.fake_suppliers"}
 # The promise: an order in flight at a kill -9 is final this soon after the restart.
 RECOVERY_SECONDS = 15.0
-SLOW_SECONDS = 2.5
+SLOW_SECONDS = 3.0
 
 
 def config(journal: Path, script: dict[str, str], heartbeat: str = "") -> str:
@@ -83,10 +83,10 @@ def test_a_slow_supplier_call_keeps_its_order_while_another_process_looks(
 ) -> None:
     journal = tmp_path / "journal.jsonl"
     phones = [f"1390000{n:04d}" for n in range(4)]
-    # Each submit takes five times as long as a heartbeat may be missed: a worker that
-    # judged by the age of a lease, or whose heartbeat waited for its calls, would be
-    # taken over by the other process, which would query the order mid-submit.
-    heartbeat = "heartbeat_seconds = 0.2\ntakeover_seconds = 0.5"
+    # Each submit lasts well beyond the takeover time: a worker judged by the age of its
+    # lease, or whose heartbeat waited for its calls, would be taken over by the other
+    # process, which would query the order mid-submit.
+    heartbeat = "heartbeat_seconds = 0.3\ntakeover_seconds = 1.2"
     settings = config(journal, dict.fromkeys(phones, "slow"), heartbeat)
     first = services(settings, env=PLUGINS_ENV)
     second = services(settings, env=PLUGINS_ENV, database_url=first.database_url)
