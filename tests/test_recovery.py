@@ -7,8 +7,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import new_partner
 from tests.fake_suppliers import read_journal
 from tests.support import PRODUCTS, fresh_order_no
@@ -44,11 +42,6 @@ route = ["scripted"]
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the dispatcher beats no heartbeat until it runs on core.worker_loop.LeasedWorker "
-    "(the lead's conversion); remove this mark then",
-)
 def test_orders_in_flight_at_a_kill_9_are_final_within_seconds_of_the_restart(
     services, tmp_path: Path
 ) -> None:
