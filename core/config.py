@@ -55,8 +55,15 @@ class DispatchConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Hard limit on any single call into a supplier plugin, on top of the plugin's own.
     call_timeout: float = 20.0
     # How long a worker owns an order it is working on; another worker (or this one
-    # after a crash) takes an order over only once its lease has run out.
+    # after a crash) takes an order over once its lease has run out, or sooner once the
+    # worker's heartbeat has stopped (takeover_seconds).
     lease_seconds: float = 60.0
+    # How often each background worker (dispatcher, notifier) writes its heartbeat.
+    heartbeat_seconds: float = 1.0
+    # A worker whose heartbeat is older than this is taken for dead: its orders and
+    # notifications are taken over at once rather than when their leases run out. A live
+    # worker keeps what it holds however long a supplier takes (its heartbeat runs apart).
+    takeover_seconds: float = 5.0
     # Orders worked on at once (upstream calls in flight), per background process.
     concurrency: int = 500
     # Orders claimed per transaction: small claims keep the write lock short, which is
@@ -197,6 +204,13 @@ def check_config(config: Config, source: str) -> None:
             f"{source}: dispatch.call_timeout ({dispatch.call_timeout}) must be shorter than "
             f"dispatch.lease_seconds ({dispatch.lease_seconds}), or a slow call could outlive "
             "its lease"
+        )
+    heartbeat = dispatch.heartbeat_seconds
+    if heartbeat <= 0 or dispatch.takeover_seconds < 2 * heartbeat:
+        raise ConfigError(
+            f"{source}: dispatch.takeover_seconds ({dispatch.takeover_seconds}) must be at "
+            f"least twice dispatch.heartbeat_seconds ({dispatch.heartbeat_seconds}), which "
+            "must be positive: one late heartbeat must not make a live worker look dead"
         )
     _check_limits(config.limits, source)
     for name, carrier in config.carriers.items():

@@ -270,6 +270,23 @@ route_overrides = Table(
     Column("updated_at", BigInteger, nullable=False),
 )
 
+# The background workers running now (core/worker_loop.py), each beating its heartbeat here
+# every second or so: a lease whose owner has no row, or a stale one, is free to take over
+# (core/leases.py). Times are the database's clock, so hosts' clocks need not agree.
+workers = Table(
+    "workers",
+    metadata,
+    # The owner name a worker writes into the leases it takes.
+    Column("owner", String(64), primary_key=True),
+    # dispatcher, notifier
+    Column("kind", String(16), nullable=False),
+    # For operators: where it runs.
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", BigInteger, nullable=False),
+    Column("heartbeat_at", BigInteger, nullable=False),
+)
+
 # Small shared counters, e.g. the configuration generation that `topup reload` bumps.
 control = Table(
     "control",

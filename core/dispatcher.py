@@ -21,11 +21,11 @@ so that a worker queries the supplier and applies what the query says.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+
+from sqlalchemy import Connection
 
 from core import circuits, metrics
 from core.clock import now_ms
@@ -44,6 +44,7 @@ from core.suppliers import (
     UpstreamOrder,
     alerts,
 )
+from core.worker_loop import LeasedWorker
 
 log = logging.getLogger("topup.dispatcher")
 
@@ -67,43 +68,34 @@ class Dispatcher:
         self._lifecycle = lifecycle
         self._store = store
         self._runtime = runtime
-        self.owner = f"worker-{secrets.token_hex(6)}"
         self.breaker = CircuitBreaker()
-        self._wake = asyncio.Event()
-        self._in_flight: set[asyncio.Task] = set()
-        self._loop_task: asyncio.Task | None = None
+        self._worker = LeasedWorker(
+            lifecycle.db,
+            "dispatcher",
+            self._claim,
+            self._work,
+            lambda: self._runtime().config.dispatch,
+            self._make_due,
+            after_claim=self._publish_circuits,
+            log=log,
+        )
+        self.owner = self._worker.owner
         # Per plugin: until when (event-loop time) a failing parse_callback logs one line.
         self._quiet_until: dict[str, float] = {}
         self._circuits_published = 0.0
 
     def wake(self) -> None:
         """Look for due work now rather than at the next scan."""
-        self._wake.set()
+        self._worker.wake()
 
     def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._run(), name="topup-dispatcher")
+        self._worker.start()
 
     async def stop(self) -> None:
         """Stop without waiting for suppliers: open attempts are resumed by querying."""
-        tasks = [t for t in (self._loop_task, *self._in_flight) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._worker.stop()
 
     # -- the work loop ----------------------------------------------------------------
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                claimed = await self._claim()
-            except Exception:
-                log.exception("could not claim work; retrying")
-                claimed = 0
-            self._publish_circuits()
-            if claimed == 0:
-                await self._sleep(self._runtime().config.dispatch.scan_interval)
 
     def _publish_circuits(self) -> None:
         """Circuit gauges, at most once a second: a circuit's cool-down ends by itself."""
@@ -114,37 +106,29 @@ class Dispatcher:
         for plugin in self._runtime().suppliers:
             metrics.circuit(plugin, not self.breaker.available(plugin))
 
-    async def _claim(self) -> int:
+    async def _claim(self, owner: str, limit: int) -> list[tuple[Step, Runtime]]:
         runtime = self._runtime()
         settings = runtime.config.dispatch
-        free = settings.concurrency - len(self._in_flight)
-        if free <= 0:
-            await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
-            return len(self._in_flight)
         steps = await self._lifecycle.claim(
-            self.owner,
+            owner,
             int(settings.lease_seconds * 1000),
-            min(free, settings.claim_batch),
+            limit,
             self.route_plan(runtime),
+            takeover_ms=int(settings.takeover_seconds * 1000),
         )
-        for step in steps:
-            task = asyncio.create_task(self._work(step, runtime))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
-        return len(steps)
+        return [(step, runtime) for step in steps]
+
+    def _make_due(self, conn: Connection, owners: Sequence[str]) -> int:
+        lease_ms = int(self._runtime().config.dispatch.lease_seconds * 1000)
+        return self._lifecycle.make_due(conn, owners, lease_ms)
 
     def route_plan(self, runtime: Runtime) -> RoutePlan:
         """Routing as this claim will decide it: enabled plugins whose circuit is closed."""
         usable = frozenset(p for p in runtime.suppliers if self.breaker.available(p))
         return RoutePlan(runtime.router, runtime.catalog, usable)
 
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._wake.wait()
-        self._wake.clear()
-
-    async def _work(self, step: Step, runtime: Runtime) -> None:
+    async def _work(self, claimed: tuple[Step, Runtime]) -> None:
+        step, runtime = claimed
         try:
             if isinstance(step, Send):
                 await self._send(step.upstream, step.plugin, runtime)

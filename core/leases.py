@@ -4,15 +4,49 @@ A worker claims rows whose time has come and that nobody holds, and marks them h
 until the lease runs out; the row is due again at that moment, so if the worker dies
 mid-step, the next worker to look takes it over. On PostgreSQL ``SKIP LOCKED`` lets
 concurrent claims pass each other instead of queueing; SQLite has one writer anyway.
+
+Workers also beat a heartbeat in the ``workers`` table (core/worker_loop.py), so a dead
+worker's leases need not wait for their end: a lease whose owner has no row there, or a
+row whose heartbeat is older than ``takeover_ms``, is free. The claim only looks at rows
+that are due (the index on the due column), so a dead worker's rows are brought to it:
+the first worker of the same kind to see the stale heartbeat makes them due now and
+deletes the row (``reap_workers``), and a worker that stops cleanly does the same for
+itself (``sign_off``). A live worker's lease is never taken before it runs out, however
+long its step takes, since its heartbeat runs apart from its work.
+
+Heartbeats are written and judged by the database's clock, so the hosts of several
+instances need not agree on the time for this.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import socket
+from collections.abc import Callable, Sequence
 
-from sqlalchemy import Column, Connection, Row, Table, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ColumnElement,
+    Connection,
+    Row,
+    Table,
+    cast,
+    delete,
+    exists,
+    extract,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from core.clock import now_ms
+from core.db import workers
+
+# Makes the rows that the given (dead) owners hold due now, in the caller's transaction.
+Release = Callable[[Connection, list[str]], object]
 
 
 def lease_due(
@@ -23,17 +57,25 @@ def lease_due(
     lease_ms: int,
     limit: int,
     returning: Sequence[Column],
+    takeover_ms: int | None = None,
 ) -> list[Row]:
     """Hold up to ``limit`` rows of ``table`` whose ``due`` time has passed; returns them.
 
     The table needs ``lease_owner`` and ``lease_until`` columns and a one-column key.
+    ``takeover_ms``: also take rows whose owner has no heartbeat younger than that (for
+    owners that beat one); None takes a held row only once its lease has run out.
     """
     now = now_ms()
     until = now + lease_ms
     key = table.primary_key.columns.values()[0]
+    free = or_(table.c.lease_until.is_(None), table.c.lease_until < now)
+    if takeover_ms is not None:
+        # Checked last, and only for the rare due row that is still held (one woken by a
+        # callback, or one a dead worker's reaper made due): a primary-key probe.
+        free = or_(free, ~_alive(conn, table.c.lease_owner, takeover_ms))
     claimable = (
         select(key)
-        .where(due <= now, or_(table.c.lease_until.is_(None), table.c.lease_until < now))
+        .where(due <= now, free)
         .order_by(due)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -44,3 +86,107 @@ def lease_due(
         .values({"lease_owner": owner, "lease_until": until, due.key: until})
         .returning(*returning)
     ).all()
+
+
+def make_due(
+    conn: Connection, table: Table, due: Column, owners: Sequence[str], horizon_ms: int
+) -> int:
+    """Make the rows that ``owners`` hold due now, so that a claim looks at them; returns
+    how many. Held rows are due when their lease ends, at most ``horizon_ms`` (the lease's
+    length) from now: only that stretch of the due index is read."""
+    now = now_ms()
+    key = table.primary_key.columns.values()[0]
+    held = (
+        select(key)
+        .where(due > now, due <= now + horizon_ms, table.c.lease_owner.in_(owners))
+        # A row locked now is being changed by someone else; if it stays held, its lease
+        # runs out as it always did.
+        .with_for_update(skip_locked=True)
+    )
+    changed = conn.execute(
+        update(table).where(key.in_(held.scalar_subquery())).values({due.key: now})
+    )
+    return changed.rowcount
+
+
+# -- heartbeats -------------------------------------------------------------------------------
+
+
+def database_now_ms(conn: Connection) -> ColumnElement[int]:
+    """The database's clock in Unix milliseconds, as SQL."""
+    if conn.dialect.name == "postgresql":
+        return cast(extract("epoch", func.statement_timestamp()) * 1000, BigInteger)
+    # 2440587.5: the Julian day of the Unix epoch.
+    return cast((func.julianday("now") - 2440587.5) * 86_400_000, BigInteger)
+
+
+def _alive(conn: Connection, owner: ColumnElement[str], takeover_ms: int) -> ColumnElement[bool]:
+    return exists().where(
+        workers.c.owner == owner,
+        workers.c.heartbeat_at >= database_now_ms(conn) - takeover_ms,
+    )
+
+
+def beat(conn: Connection, owner: str, kind: str) -> bool:
+    """Record that ``owner`` is alive now; True if it had no row (first beat, or a worker
+    taken for dead) and was registered."""
+    now = database_now_ms(conn)
+    beaten = conn.execute(update(workers).where(workers.c.owner == owner).values(heartbeat_at=now))
+    if beaten.rowcount == 1:
+        return False
+    conn.execute(
+        insert(workers).values(
+            owner=owner,
+            kind=kind,
+            host=socket.gethostname()[:255],
+            pid=os.getpid(),
+            started_at=now,
+            heartbeat_at=now,
+        )
+    )
+    return True
+
+
+def stale_workers(conn: Connection, kind: str, me: str, takeover_ms: int) -> list[str]:
+    """Workers of ``kind`` other than ``me`` whose heartbeat is older than ``takeover_ms``."""
+    return list(
+        conn.execute(
+            select(workers.c.owner).where(
+                workers.c.kind == kind,
+                workers.c.owner != me,
+                workers.c.heartbeat_at < database_now_ms(conn) - takeover_ms,
+            )
+        ).scalars()
+    )
+
+
+def reap_workers(
+    conn: Connection, owners: Sequence[str], takeover_ms: int, release: Release
+) -> list[str]:
+    """Delete the rows of those of ``owners`` whose heartbeat is still stale, and make what
+    they held due now (``release``); returns the owners reaped."""
+    still_stale = (
+        select(workers.c.owner)
+        .where(
+            workers.c.owner.in_(owners),
+            workers.c.heartbeat_at < database_now_ms(conn) - takeover_ms,
+        )
+        # A row locked now is a worker beating its heartbeat: not dead, and not waited for.
+        .with_for_update(skip_locked=True)
+    )
+    dead = list(
+        conn.execute(
+            delete(workers)
+            .where(workers.c.owner.in_(still_stale.scalar_subquery()))
+            .returning(workers.c.owner)
+        ).scalars()
+    )
+    if dead:
+        release(conn, dead)
+    return dead
+
+
+def sign_off(conn: Connection, owner: str, release: Release) -> None:
+    """A worker stopping cleanly: what it held is due now, and its row goes."""
+    release(conn, [owner])
+    conn.execute(delete(workers).where(workers.c.owner == owner))

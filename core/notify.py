@@ -8,12 +8,14 @@ growing schedule until the partner acknowledges.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import msgspec
 from sqlalchemy import Connection, select, update
 
 from core.clock import now_ms
 from core.db import Database, apps, insert_ignoring_conflicts, notifications
-from core.leases import lease_due
+from core.leases import lease_due, make_due
 
 
 class Notification(msgspec.Struct, frozen=True):
@@ -59,7 +61,11 @@ class Outbox:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def claim_due(self, owner: str, lease_ms: int, limit: int) -> list[Notification]:
+    async def claim_due(
+        self, owner: str, lease_ms: int, limit: int, takeover_ms: int | None = None
+    ) -> list[Notification]:
+        """Lease up to ``limit`` due notifications (``takeover_ms``: see core.leases)."""
+
         def claim(conn: Connection) -> list[Notification]:
             rows = lease_due(
                 conn,
@@ -75,10 +81,16 @@ class Outbox:
                     notifications.c.url,
                     notifications.c.attempts,
                 ),
+                takeover_ms=takeover_ms,
             )
             return [Notification(*row) for row in rows]
 
         return await self.db.write(claim)
+
+    @staticmethod
+    def make_due(conn: Connection, owners: Sequence[str], lease_ms: int) -> int:
+        """Make the notifications ``owners`` hold due now (they died or stopped)."""
+        return make_due(conn, notifications, notifications.c.next_attempt_at, owners, lease_ms)
 
     async def delivered(self, notification_id: int) -> None:
         await self._update(

@@ -17,6 +17,7 @@ from core.ids import NODE_COUNTER, OrderNumbers
 from core.ledger import Ledger
 from core.lifecycle import Lifecycle
 from core.migrate import ensure_schema
+from core.notifier import Notifier
 from core.notify import Outbox
 from core.operators import OperatorStore, Sessions
 from core.order_store import OrderStore
@@ -28,7 +29,7 @@ from core.runtime import Runtime
 from core.sealing import load_sealer
 from core.tokens import TokenIssuer
 from plugins import BUILTIN_PLUGINS
-from service.notifier import Notifier
+from service.notifier import NotificationSender
 from service.settings import Settings
 
 log = logging.getLogger("topup.service")
@@ -83,8 +84,11 @@ class Services:
         self.apps = AppStore(self.db, sealer=self.sealer)
         self.ledger = Ledger(self.db)
         self.dispatcher = Dispatcher(self.lifecycle, self.store, lambda: self.runtime)
+        self.notification_sender = NotificationSender(
+            self.apps, self.store, lambda: self.runtime.config.notify
+        )
         self.notifier = Notifier(
-            Outbox(self.db), self.apps, self.store, lambda: self.runtime.config.notify
+            Outbox(self.db), self.notification_sender.send, lambda: self.runtime.config
         )
         # Abuse limits of this process; counts survive a reload, settings follow it.
         self.guard = AbuseGuard(self.runtime.config.limits)
@@ -138,6 +142,7 @@ class Services:
         await self.balances.stop()
         await self.dispatcher.stop()
         await self.notifier.stop()
+        await self.notification_sender.aclose()
         await self.runtime.aclose()
         await self.db.dispose()
 

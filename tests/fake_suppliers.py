@@ -10,6 +10,7 @@ Behaviours:
 - ``hang``: submit never answers (the core's call timeout or a crash ends it),
   the query says success;
 - ``timeout-then-succeed``: submit answers unknown after a short wait, query says success;
+- ``slow``: submit answers "processing" after ``slow_seconds``, the query says success;
 - ``reject``: submit is refused definitively before acceptance (failover allowed);
 - ``raise``: submit raises an exception; the query says success;
 - ``pending``: the query never settles.
@@ -30,6 +31,7 @@ import topup
 class ScriptedSettings(msgspec.Struct, forbid_unknown_fields=True):
     journal: str
     script: dict[str, str] = {}
+    slow_seconds: float = 3.0
 
 
 class Scripted(topup.Supplier):
@@ -56,6 +58,8 @@ class Scripted(topup.Supplier):
         behaviour = self._record("submit", order)
         if behaviour == "hang":
             await asyncio.sleep(3600)
+        if behaviour == "slow":
+            await asyncio.sleep(self.settings.slow_seconds)
         if behaviour == "timeout-then-succeed":
             await asyncio.sleep(0.1)
             return topup.SupplierResult.unknown("TIMEOUT", "read timed out")

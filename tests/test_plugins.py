@@ -205,6 +205,8 @@ def test_public_api_exports_what_a_plugin_needs() -> None:
             "more than two decimals",
         ),
         ("[dispatch]\ncall_timeout = 90\nlease_seconds = 60", "must be shorter"),
+        ("[dispatch]\nheartbeat_seconds = 2\ntakeover_seconds = 3", "at least twice"),
+        ("[dispatch]\nheartbeat_seconds = 0", "at least twice"),
     ],
 )
 def test_invalid_config_is_refused_with_a_clear_message(toml: str, message: str) -> None:

@@ -33,11 +33,15 @@ transaction and one commit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from sqlalchemy import Connection
+
 from core import metrics
 from core.db import Database
 from core.errors import TopupError
 from core.lifecycle.accept import ACCEPT, Accepted
-from core.lifecycle.claim import CLAIM, Claim, Query, Send, Step, Unroutable
+from core.lifecycle.claim import CLAIM, Claim, Query, Send, Step, Unroutable, make_held_due
 from core.lifecycle.results import Applied, ApplyResult, Resend
 from core.lifecycle.review import Requery, Resolve
 from core.lifecycle.schedule import Reschedule, Wake
@@ -69,10 +73,24 @@ class Lifecycle:
         assert not isinstance(answer, TopupError)  # raised by the writer
         return answer
 
-    async def claim(self, owner: str, lease_ms: int, limit: int, plan: RoutePlan) -> list[Step]:
+    async def claim(
+        self,
+        owner: str,
+        lease_ms: int,
+        limit: int,
+        plan: RoutePlan,
+        takeover_ms: int | None = None,
+    ) -> list[Step]:
         """Lease up to ``limit`` due orders and decide each one's next step: send a
-        just-recorded attempt, query an open one, or (failed here) none left to try."""
-        return await self.db.batched(CLAIM, Claim(owner, lease_ms, limit, plan))
+        just-recorded attempt, query an open one, or (failed here) none left to try.
+        ``takeover_ms``: also take orders whose worker's heartbeat is that old."""
+        return await self.db.batched(CLAIM, Claim(owner, lease_ms, limit, plan, takeover_ms))
+
+    @staticmethod
+    def make_due(conn: Connection, owners: Sequence[str], lease_ms: int) -> int:
+        """Make the orders ``owners`` hold due now (they died or stopped): run inside the
+        worker loop's reaping or signing-off transaction."""
+        return make_held_due(conn, owners, lease_ms)
 
     async def apply(
         self,

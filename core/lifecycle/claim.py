@@ -14,12 +14,14 @@ The claim leases due orders (core/leases.py) and, for each, decides its next ste
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import msgspec
+from sqlalchemy import Connection
 
 from core.db import orders
 from core.ids import attempt_reference
-from core.leases import lease_due
+from core.leases import lease_due, make_due
 from core.lifecycle.work import AttemptRow, Work, order_row
 from core.orders import READY_TO_SUBMIT, AttemptRecord, OrderRecord, State
 from core.routing import RoutePlan
@@ -34,6 +36,8 @@ class Claim(msgspec.Struct, frozen=True):
     lease_ms: int
     limit: int
     plan: RoutePlan
+    # Also take orders whose worker's heartbeat is this old (core/leases.py).
+    takeover_ms: int | None = None
 
 
 class Send(msgspec.Struct, frozen=True):
@@ -69,13 +73,25 @@ CLAIM = Batch("claim", Phase.CLAIMS, claim_work)
 
 def _claim(tx: Tx, claim: Claim) -> list[Step]:
     rows = lease_due(
-        tx.conn, orders, orders.c.next_run_at, claim.owner, claim.lease_ms, claim.limit, orders.c
+        tx.conn,
+        orders,
+        orders.c.next_run_at,
+        claim.owner,
+        claim.lease_ms,
+        claim.limit,
+        orders.c,
+        claim.takeover_ms,
     )
     work = Work(tx, {row.order_no: order_row(row) for row in rows})
     work.load_attempts()
     steps = [_next_step(work, order, claim.plan) for order in work.orders.values()]
     work.write()
     return [step for step in steps if step is not None]
+
+
+def make_held_due(conn: Connection, owners: Sequence[str], lease_ms: int) -> int:
+    """Make the orders ``owners`` hold due now (they died or stopped), for a claim to take."""
+    return make_due(conn, orders, orders.c.next_run_at, owners, lease_ms)
 
 
 def _next_step(work: Work, order, plan: RoutePlan) -> Step | None:
