@@ -118,6 +118,16 @@ class Dispatcher:
         )
         return [(step, runtime) for step in steps]
 
+    async def run_once(self) -> int:
+        """One claim, and every step it claimed carried to its end; how many there were.
+
+        The loop's work without the loop (no heartbeat, no waiting): for in-process tests
+        that move a fake clock between rounds, and for tools.
+        """
+        claimed = await self._claim(self.owner, self._runtime().config.dispatch.claim_batch)
+        await asyncio.gather(*(self._work(item) for item in claimed))
+        return len(claimed)
+
     def _make_due(self, conn: Connection, owners: Sequence[str]) -> int:
         lease_ms = int(self._runtime().config.dispatch.lease_seconds * 1000)
         return self._lifecycle.make_due(conn, owners, lease_ms)

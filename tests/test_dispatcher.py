@@ -1,0 +1,270 @@
+"""The dispatcher in process: the real lifecycle on a real database (SQLite and
+PostgreSQL), a scripted supplier, and a fake clock moved between rounds instead of
+sleeping. Crashes, kill -9 and scale-out stay with the subprocess tests."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import ClassVar
+
+import msgspec
+import pytest
+
+import topup
+from core.apps import AppStore
+from core.clock import FakeClock, use_clock
+from core.config import parse_config
+from core.db import Database
+from core.dispatcher import Dispatcher
+from core.ids import OrderNumbers, new_order_id
+from core.ledger import Ledger
+from core.lifecycle import Lifecycle
+from core.migrate import ensure_schema
+from core.order_store import OrderStore
+from core.orders import NewOrder, OrderRecord, State
+from core.registry import Registry
+from core.runtime import Runtime
+from core.suppliers import CallbackReply, CallbackRequest, SupplierResult, UpstreamOrder
+
+CONFIG = """
+enabled = ["first", "second", "strict"]
+
+[dispatch]
+query_delays = [1, 2]
+max_queries = 3
+call_timeout = 1
+resend_margin = 1
+lease_seconds = 5
+
+[suppliers."中国移动"]
+route = ["first", "second"]
+products = [{ product_id = "YD10", face_value = "10", price = "9.95" }]
+
+[suppliers."中国联通"]
+route = ["strict"]
+products = [{ product_id = "LT10", face_value = "10", price = "9.95" }]
+"""
+
+
+class Script:
+    """What each plugin answers, per call, in order (then success), and what it was asked."""
+
+    def __init__(self) -> None:
+        self.answers: dict[tuple[str, str], list[SupplierResult]] = {}
+        self.calls: list[tuple[str, str, str]] = []  # (plugin, call, reference)
+        self.during_query = None  # an async callable run inside the next query
+
+    def will(self, plugin: str, call: str, *results: SupplierResult) -> None:
+        self.answers.setdefault((plugin, call), []).extend(results)
+
+    def asked(self, plugin: str, call: str) -> list[str]:
+        return [ref for p, c, ref in self.calls if (p, c) == (plugin, call)]
+
+
+class Scripted(topup.Supplier):
+    script: ClassVar[Script]
+    authoritative_callbacks = True
+
+    async def submit(self, order: UpstreamOrder) -> SupplierResult:
+        return self._answer("submit", order)
+
+    async def query(self, order: UpstreamOrder) -> SupplierResult:
+        hook, self.script.during_query = self.script.during_query, None
+        if hook is not None:
+            await hook(order)
+        return self._answer("query", order)
+
+    def _answer(self, call: str, order: UpstreamOrder) -> SupplierResult:
+        self.script.calls.append((self.name, call, order.reference))
+        queued = self.script.answers.get((self.name, call))
+        return queued.pop(0) if queued else SupplierResult.succeeded(f"S-{order.reference}")
+
+    def parse_callback(self, request: CallbackRequest) -> topup.Callback:
+        said = msgspec.json.decode(request.body)
+        result = SupplierResult.succeeded(code="CB") if said["ok"] else None
+        return topup.Callback(CallbackReply(), said["reference"], result)
+
+
+class First(Scripted):
+    name = "first"
+
+
+class Second(Scripted):
+    name = "second"
+
+
+class Strict(Scripted):
+    """A supplier that refuses a reused reference (as juhe and reloadly document)."""
+
+    name = "strict"
+    refuses_reused_reference = True
+
+
+class Plugins:
+    @topup.hookimpl
+    def register_suppliers(self, register) -> None:
+        for cls in (First, Second, Strict):
+            register(cls)
+
+
+class Desk(msgspec.Struct):
+    dispatcher: Dispatcher
+    lifecycle: Lifecycle
+    store: OrderStore
+    ledger: Ledger
+    clock: FakeClock
+    script: Script
+
+    async def order(self, carrier: str = "中国移动") -> str:
+        product = {"中国移动": "YD10", "中国联通": "LT10"}[carrier]
+        new = NewOrder(
+            numbers.next(), new_order_id(), "app", f"c-{new_order_id()}", "n", "co",
+            carrier, "13800138000", product, 1000, 995,
+        )  # fmt: skip
+        _order, created = await self.lifecycle.accept(new)
+        assert created
+        return new.order_no
+
+    async def round(self, advance: float = 0.0) -> int:
+        """Move the clock on, then one claim with every step it took carried through."""
+        self.clock.advance(advance)
+        return await self.dispatcher.run_once()
+
+    async def get(self, order_no: str) -> OrderRecord:
+        found = await self.store.get(order_no)
+        assert found is not None
+        return found
+
+
+numbers = OrderNumbers()
+
+
+@pytest.fixture
+def clock() -> Iterator[FakeClock]:
+    fake = FakeClock()
+    with use_clock(fake):
+        yield fake
+
+
+@pytest.fixture
+async def desk(database_url: str, clock: FakeClock) -> AsyncIterator[Desk]:
+    db = Database(database_url)
+    await ensure_schema(db)
+    await AppStore(db).add("app", "co")
+    await Ledger(db).credit("app", 1_000_000, "test funds", "test")
+    script = Scripted.script = Script()
+    runtime = Runtime.build(parse_config(CONFIG), Registry(extra=[Plugins()]))
+    lifecycle, store = Lifecycle(db), OrderStore(db)
+    yield Desk(
+        Dispatcher(lifecycle, store, lambda: runtime), lifecycle, store, Ledger(db), clock, script
+    )
+    await db.dispose()
+
+
+async def test_an_unknown_submit_is_queried_never_sent_again(desk: Desk) -> None:
+    desk.script.will("first", "submit", SupplierResult.unknown("TIMEOUT"))
+    order_no = await desk.order()
+    assert await desk.round() == 1
+    assert (await desk.get(order_no)).state is State.UNKNOWN
+    assert await desk.round(0.5) == 0  # not due before its query delay
+    assert await desk.round(0.6) == 1
+    assert (await desk.get(order_no)).state is State.SUCCEEDED
+    assert desk.script.asked("first", "submit") == [f"{order_no}A1"]
+    assert desk.script.asked("second", "submit") == []
+    assert (await desk.ledger.account("app")).captured == 995
+
+
+async def test_a_definitive_refusal_fails_over_through_the_same_claim(desk: Desk) -> None:
+    refused = SupplierResult.failed("NO_BALANCE", "余额不足", failover=True)
+    desk.script.will("first", "submit", refused)
+    order_no = await desk.order()
+    await desk.round()
+    assert (await desk.get(order_no)).state is State.RETRYING
+    await desk.round()
+    assert (await desk.get(order_no)).state is State.SUCCEEDED
+    assert desk.script.asked("second", "submit") == [f"{order_no}A2"]
+
+
+async def test_a_failure_a_query_reports_never_fails_over(desk: Desk) -> None:
+    desk.script.will("first", "submit", SupplierResult.pending())
+    desk.script.will("first", "query", SupplierResult.failed("NO_BALANCE", failover=True))
+    order_no = await desk.order()
+    await desk.round()
+    await desk.round(1)
+    order = await desk.get(order_no)
+    assert (order.state, order.fail_code) == (State.FAILED, "NO_BALANCE")
+    assert desk.script.asked("second", "submit") == []
+    assert (await desk.ledger.account("app")).held == 0
+
+
+async def test_a_callback_settling_an_order_mid_query_is_routine(
+    desk: Desk, caplog: pytest.LogCaptureFixture
+) -> None:
+    desk.script.will("first", "submit", SupplierResult.pending())
+    desk.script.will("first", "query", SupplierResult.pending())
+    order_no = await desk.order()
+    await desk.round()
+
+    async def callback_arrives(order: UpstreamOrder) -> None:
+        body = msgspec.json.encode({"reference": order.reference, "ok": True})
+        await desk.dispatcher.handle_callback("first", CallbackRequest(body, {}, {}))
+
+    desk.script.during_query = callback_arrives
+    with caplog.at_level(logging.WARNING):
+        assert await desk.round(1) == 1
+    assert (await desk.get(order_no)).state is State.SUCCEEDED
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert await desk.round(10) == 0  # nothing left to do
+
+
+async def test_an_outcome_still_open_after_max_queries_goes_to_review(desk: Desk) -> None:
+    desk.script.will("first", "submit", SupplierResult.unknown("TIMEOUT"))
+    desk.script.will("first", "query", *[SupplierResult.unknown("TIMEOUT")] * 3)
+    order_no = await desk.order()
+    await desk.round()
+    for delay in (1, 2, 2):
+        assert await desk.round(delay) == 1
+    assert (await desk.get(order_no)).state is State.REVIEW
+    assert await desk.round(60) == 0
+    assert len(desk.script.asked("first", "submit")) == 1
+
+
+async def test_a_never_received_attempt_is_resent_once_where_the_supplier_allows(
+    desk: Desk,
+) -> None:
+    lost = SupplierResult.unknown("TIMEOUT")
+    desk.script.will("strict", "submit", lost)
+    desk.script.will("strict", "query", *[SupplierResult.never_received("NOT_FOUND")] * 3)
+    order_no = await desk.order("中国联通")
+    await desk.round()
+    await desk.round(1)  # 1 s after the attempt: too soon to tell a lost request
+    assert desk.script.asked("strict", "submit") == [f"{order_no}A1"]
+    await desk.round(2)  # 3 s: past call_timeout (1) + resend_margin (1)
+    assert desk.script.asked("strict", "submit") == [f"{order_no}A1"] * 2
+    assert (await desk.get(order_no)).state is State.SUCCEEDED
+    [attempt] = await desk.store.attempts_of(order_no)
+    assert attempt.resent
+
+
+async def test_a_supplier_that_may_take_a_reference_twice_gets_no_resend(desk: Desk) -> None:
+    desk.script.will("first", "submit", SupplierResult.unknown("TIMEOUT"))
+    desk.script.will("first", "query", *[SupplierResult.never_received("NOT_FOUND")] * 3)
+    order_no = await desk.order()
+    await desk.round()
+    for delay in (1, 2, 2):
+        await desk.round(delay)
+    assert (await desk.get(order_no)).state is State.REVIEW
+    assert desk.script.asked("first", "submit") == [f"{order_no}A1"]
+
+
+async def test_a_resend_lost_again_is_not_sent_a_third_time(desk: Desk) -> None:
+    lost = SupplierResult.unknown("TIMEOUT")
+    desk.script.will("strict", "submit", lost, lost)
+    desk.script.will("strict", "query", *[SupplierResult.never_received("NOT_FOUND")] * 5)
+    order_no = await desk.order("中国联通")
+    await desk.round()
+    for delay in (3, 3, 3, 3):
+        await desk.round(delay)
+    assert desk.script.asked("strict", "submit") == [f"{order_no}A1"] * 2
+    assert (await desk.get(order_no)).state is State.REVIEW
