@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test install lint format clean bench bench-console browser screenshots
+.PHONY: run test install lint format clean bench bench-profile bench-console browser screenshots
 
 run: $(INSTALLED)
 	$(BIN)/topup serve
@@ -19,7 +19,7 @@ install: $(INSTALLED)
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $@
 
 # The console's browser tests (and `make screenshots`) drive Debian's chromium through
@@ -41,9 +41,16 @@ screenshots: $(INSTALLED) browser
 	$(BIN)/python -m tests.screenshots
 
 # Measures throughput and latency against a bare Litestar handler; writes BENCHMARKS.md.
+# BENCH_PROFILE=1 also profiles the service during the sustained end-to-end phase.
 bench: $(INSTALLED) bench/.build/loadgen
 	@command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
 	$(BIN)/python bench/run.py
+
+# The sustained end-to-end phase alone, profiled with py-spy: writes bench/PROFILE.md,
+# which the next `make bench` includes in BENCHMARKS.md.
+bench-profile: $(INSTALLED) bench/.build/loadgen
+	@command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
+	$(BIN)/python bench/run.py --profile
 
 bench/.build/loadgen: bench/loadgen.c
 	mkdir -p bench/.build
