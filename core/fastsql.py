@@ -12,8 +12,11 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, insert, update
+from sqlalchemy import Column, Connection, Select, Table, bindparam, insert, update
 from sqlalchemy.engine import Dialect
+
+# Keeps every IN (...) list well inside SQLite's limit on bound parameters.
+IN_CHUNK = 512
 
 
 def insert_rows(
@@ -47,6 +50,44 @@ def add_to_columns(
     if rows:
         ordered = sorted(rows, key=lambda row: row[-1])
         _run(conn, _increment_sql(conn.dialect, table, key, tuple(columns)), ordered)
+
+
+def fetch_in(conn: Connection, query: Select, column: Column, values: Sequence[Any]) -> list[tuple]:
+    """The rows of ``query`` whose ``column`` is one of ``values``, as tuples in the
+    query's column order, chunk by chunk in sorted order (so that ``FOR UPDATE`` takes its
+    locks in key order everywhere).
+
+    ``query`` must be built once (a module constant): its SQL is compiled once per dialect
+    and IN-list size, and lists are padded to a power of two so that few sizes occur.
+    """
+    ordered = sorted(set(values))
+    rows: list[tuple] = []
+    for start in range(0, len(ordered), IN_CHUNK):
+        chunk = ordered[start : start + IN_CHUNK]
+        size = 1 << (len(chunk) - 1).bit_length()
+        padded = chunk + [chunk[-1]] * (size - len(chunk))
+        sql = _in_sql(conn.dialect, query, column, size)
+        if conn.dialect.name == "sqlite":
+            rows += conn.connection.dbapi_connection.execute(sql, padded).fetchall()
+        else:
+            rows += [tuple(row) for row in conn.exec_driver_sql(sql, tuple(padded))]
+    return rows
+
+
+_IN_CACHE: dict[tuple[str, int, int, int], str] = {}
+
+
+def _in_sql(dialect: Dialect, query: Select, column: Column, size: int) -> str:
+    key = (dialect.name, id(query), id(column), size)
+    sql = _IN_CACHE.get(key)
+    if sql is None:
+        params = [bindparam(f"v{i}") for i in range(size)]
+        statement = query.where(column.in_(params))
+        compiled = statement.compile(dialect=dialect)
+        if list(compiled.positiontup or []) != [f"v{i}" for i in range(size)]:
+            raise AssertionError("fetch_in: the query must take no parameters of its own")
+        sql = _IN_CACHE[key] = compiled.string
+    return sql
 
 
 def fetch_one(conn: Connection, statement, params: dict[str, Any]) -> tuple | None:

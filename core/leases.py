@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Sequence
+from functools import cache
 
 from sqlalchemy import (
     BigInteger,
@@ -31,6 +32,7 @@ from sqlalchemy import (
     Connection,
     Row,
     Table,
+    bindparam,
     cast,
     delete,
     exists,
@@ -66,26 +68,46 @@ def lease_due(
     owners that beat one); None takes a held row only once its lease has run out.
     """
     now = now_ms()
-    until = now + lease_ms
-    key = table.primary_key.columns.values()[0]
-    free = or_(table.c.lease_until.is_(None), table.c.lease_until < now)
+    statement = _lease_statement(
+        conn.dialect.name, table, due, tuple(returning), takeover_ms is not None
+    )
+    params = {"now": now, "until": now + lease_ms, "owner": owner, "limit": limit}
     if takeover_ms is not None:
+        params["takeover_ms"] = takeover_ms
+    return conn.execute(statement, params).all()
+
+
+@cache
+def _lease_statement(
+    dialect: str, table: Table, due: Column, returning: tuple[Column, ...], takeover: bool
+):
+    """Built once per shape: the claim runs many times a second, and building a statement
+    costs more than running it."""
+    key = table.primary_key.columns.values()[0]
+    now = bindparam("now")
+    free = or_(table.c.lease_until.is_(None), table.c.lease_until < now)
+    if takeover:
         # Checked last, and only for the rare due row that is still held (one woken by a
         # callback, or one a dead worker's reaper made due): a primary-key probe.
-        free = or_(free, ~_alive(conn, table.c.lease_owner, takeover_ms))
+        alive = exists().where(
+            workers.c.owner == table.c.lease_owner,
+            workers.c.heartbeat_at >= _database_now(dialect) - bindparam("takeover_ms"),
+        )
+        free = or_(free, ~alive)
     claimable = (
         select(key)
         .where(due <= now, free)
         .order_by(due)
-        .limit(limit)
+        .limit(bindparam("limit"))
         .with_for_update(skip_locked=True)
     )
-    return conn.execute(
+    until = bindparam("until")
+    return (
         update(table)
         .where(key.in_(claimable.scalar_subquery()))
-        .values({"lease_owner": owner, "lease_until": until, due.key: until})
+        .values({"lease_owner": bindparam("owner"), "lease_until": until, due.key: until})
         .returning(*returning)
-    ).all()
+    )
 
 
 def make_due(
@@ -114,17 +136,14 @@ def make_due(
 
 def database_now_ms(conn: Connection) -> ColumnElement[int]:
     """The database's clock in Unix milliseconds, as SQL."""
-    if conn.dialect.name == "postgresql":
+    return _database_now(conn.dialect.name)
+
+
+def _database_now(dialect: str) -> ColumnElement[int]:
+    if dialect == "postgresql":
         return cast(extract("epoch", func.statement_timestamp()) * 1000, BigInteger)
     # 2440587.5: the Julian day of the Unix epoch.
     return cast((func.julianday("now") - 2440587.5) * 86_400_000, BigInteger)
-
-
-def _alive(conn: Connection, owner: ColumnElement[str], takeover_ms: int) -> ColumnElement[bool]:
-    return exists().where(
-        workers.c.owner == owner,
-        workers.c.heartbeat_at >= database_now_ms(conn) - takeover_ms,
-    )
 
 
 def beat(conn: Connection, owner: str, kind: str) -> bool:

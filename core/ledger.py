@@ -22,7 +22,7 @@ from core.audit import record
 from core.clock import now_ms
 from core.db import Database, accounts, insert_ignoring_conflicts, ledger
 from core.errors import ErrorCode, TopupError
-from core.fastsql import add_to_columns, insert_rows
+from core.fastsql import add_to_columns, fetch_in, insert_rows
 from core.money import fen_to_yuan
 from core.writer import Tx
 
@@ -79,6 +79,10 @@ def insufficient(available: int, amount: int) -> TopupError:
     )
 
 
+# The holds of orders, by their event key (fetch_in: built once).
+HOLDS = select(ledger.c.order_no, ledger.c.amount)
+
+
 def settle_many(tx: Tx, settlements: list[tuple[str, str, bool]]) -> None:
     """Capture or release the holds of orders that just became final, in their transaction.
 
@@ -91,14 +95,8 @@ def settle_many(tx: Tx, settlements: list[tuple[str, str, bool]]) -> None:
         return
     conn = tx.conn
     now = now_ms()
-    holds = {
-        row.order_no: row.amount
-        for row in conn.execute(
-            select(ledger.c.order_no, ledger.c.amount).where(
-                ledger.c.event_key.in_([f"hold:{order_no}" for _, order_no, _ in settlements])
-            )
-        )
-    }
+    keys = [f"hold:{order_no}" for _, order_no, _ in settlements]
+    holds = dict(fetch_in(conn, HOLDS, ledger.c.event_key, keys))
     entries = []
     for app_id, order_no, success in settlements:
         amount = holds.get(order_no)

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, select, update
 
 from core.clock import now_ms
 from core.db import Database, apps, insert_ignoring_conflicts, notifications
+from core.fastsql import fetch_in
 from core.leases import lease_due, make_due
 
 
@@ -26,20 +27,16 @@ class Notification(msgspec.Struct, frozen=True):
     attempts: int
 
 
+# Apps that take notifications, and where (fetch_in: built once).
+NOTIFY_URLS = select(apps.c.app_id, apps.c.notify_url).where(apps.c.notify_url.is_not(None))
+
+
 def enqueue_many(conn: Connection, finished: list[tuple[str, str]]) -> None:
     """Queue a notification for each (app_id, order_no) just made final, in that transaction,
     if the app has a notify URL."""
     if not finished:
         return
-    urls = {
-        row.app_id: row.notify_url
-        for row in conn.execute(
-            select(apps.c.app_id, apps.c.notify_url).where(
-                apps.c.app_id.in_({app_id for app_id, _ in finished}),
-                apps.c.notify_url.is_not(None),
-            )
-        )
-    }
+    urls = dict(fetch_in(conn, NOTIFY_URLS, apps.c.app_id, {app for app, _ in finished}))
     now = now_ms()
     rows = [
         {

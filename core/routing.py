@@ -29,7 +29,12 @@ class Router:
         """The plugins in the order this particular order tries them."""
         entries = self._routes.get(supplier, [])
         weighted = [e for e in entries if e.weight > 0]
-        first = _weighted_order(weighted, random.Random(order_no))
+        # One weighted plugin (or none) needs no draw: seeding a generator per order costs
+        # more than the rest of the choice.
+        if len(weighted) <= 1:
+            first = [e.plugin for e in weighted]
+        else:
+            first = _weighted_order(weighted, random.Random(order_no))
         return first + [e.plugin for e in entries if e.plugin not in first]
 
     def next_plugin(

@@ -78,19 +78,26 @@ def can_move(order: OrderRow, to: State) -> bool:
     return (to is order.state and to not in TERMINAL) or to in ALLOWED[order.state]
 
 
-def move(order: OrderRow, to: State, now: int, **columns: object) -> None:
+ALWAYS_SET = ("state", "updated_at")
+SET_WHEN_FINISHED = ("finished_at", "next_run_at", "lease_owner", "lease_until")
+
+
+def move(order: OrderRow, to: State, now: int, **columns: object) -> tuple[str, ...]:
     """Move ``order`` to ``to`` (staying put is a move too, unless terminal), setting
     ``columns`` with it. A terminal state records when the order finished and ends both
-    its schedule and its lease."""
+    its schedule and its lease. Returns the names of the columns it set."""
     if not can_move(order, to):
         raise IllegalMove(f"order {order.order_no}: {order.state} -> {to} is not allowed")
     order.state = to
     order.updated_at = now
+    changed = ALWAYS_SET
     if to in TERMINAL:
         order.finished_at = now
         order.next_run_at = order.lease_owner = order.lease_until = None
+        changed += SET_WHEN_FINISHED
     for name, value in columns.items():
         setattr(order, name, value)
+    return changed + tuple(columns)
 
 
 def new_record(new: NewOrder, now: int) -> OrderRecord:

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, select
 from core.audit import record
 from core.clock import now_ms
 from core.db import attempts, order_events, orders
-from core.fastsql import insert_rows, update_rows
+from core.fastsql import fetch_in, insert_rows, update_rows
 from core.ledger import settle_many
 from core.lifecycle.rules import MUTABLE_COLUMNS, OrderRow, move
 from core.notify import enqueue_many
@@ -51,6 +51,9 @@ class AttemptRow(msgspec.Struct):
 
 
 ATTEMPT_COLUMNS = tuple(AttemptRow.__struct_fields__)
+# Built once: fetch_in compiles each once per dialect and IN-list size.
+LOCK_ORDERS = select(*(orders.c[name] for name in ORDER_TABLE_COLUMNS)).with_for_update()
+ATTEMPTS = select(*(attempts.c[name] for name in ATTEMPT_COLUMNS))
 ATTEMPT_CHANGES = ("state", "supplier_ref", "code", "message", "queries", "refused", "resent")
 
 
@@ -73,7 +76,10 @@ class Work:
         self.now = now_ms() if now is None else now
         self.orders = orders_by_no
         self.attempts: dict[str, AttemptRow] = {}
-        self._changed_orders: set[str] = set()
+        self._by_order: dict[str, list[AttemptRow]] = {}
+        # order_no -> the columns changed: only those are written (an indexed column
+        # written unchanged still costs its index an update).
+        self._changed_orders: dict[str, set[str]] = {}
         self._changed_attempts: set[str] = set()
         self._new_attempts: list[AttemptRow] = []
         self._events: list[tuple] = []
@@ -90,27 +96,26 @@ class Work:
     def locking(cls, tx: Tx, order_nos: set[str]) -> Work:
         """Lock ``order_nos`` (in key order, so two transactions cannot deadlock) and load
         them with their attempts."""
-        query = select(orders).order_by(orders.c.order_no).with_for_update()
         found = {}
-        for chunk in chunks(sorted(order_nos)):
-            for row in tx.conn.execute(query.where(orders.c.order_no.in_(chunk))):
-                found[row.order_no] = order_row(row)
+        for row in fetch_in(tx.conn, LOCK_ORDERS, orders.c.order_no, order_nos):
+            order = OrderRow(*row)
+            order.state = State(order.state)
+            found[order.order_no] = order
         work = cls(tx, found)
         work.load_attempts()
         return work
 
     def load_attempts(self) -> None:
-        query = select(*(attempts.c[name] for name in ATTEMPT_COLUMNS))
-        for chunk in chunks(sorted(self.orders)):
-            for row in self.conn.execute(query.where(attempts.c.order_no.in_(chunk))):
-                attempt = AttemptRow(*row)
-                attempt.state = State(attempt.state)
-                self.attempts[attempt.reference] = attempt
+        for row in fetch_in(self.conn, ATTEMPTS, attempts.c.order_no, self.orders):
+            self._keep(AttemptRow(*row))
+
+    def _keep(self, attempt: AttemptRow) -> None:
+        attempt.state = State(attempt.state)
+        self.attempts[attempt.reference] = attempt
+        self._by_order.setdefault(attempt.order_no, []).append(attempt)
 
     def attempts_of(self, order_no: str) -> list[AttemptRow]:
-        return sorted(
-            (a for a in self.attempts.values() if a.order_no == order_no), key=lambda a: a.seq
-        )
+        return sorted(self._by_order.get(order_no, ()), key=lambda a: a.seq)
 
     def open_attempt(self, order_no: str) -> AttemptRow | None:
         candidates = [a for a in self.attempts_of(order_no) if a.state in OPEN_ATTEMPT]
@@ -136,8 +141,8 @@ class Work:
     def move(self, order: OrderRow, to: State, **columns: object) -> None:
         """``core.lifecycle.rules.move``, remembered for writing (and for settling)."""
         was_terminal = order.state in TERMINAL
-        move(order, to, self.now, **columns)
-        self._changed_orders.add(order.order_no)
+        changed = move(order, to, self.now, **columns)
+        self._changed_orders.setdefault(order.order_no, set()).update(changed)
         if to in TERMINAL and not was_terminal:
             self._finished.append(order)
 
@@ -148,7 +153,7 @@ class Work:
         self._changed_attempts.add(attempt.reference)
 
     def add_attempt(self, attempt: AttemptRow) -> None:
-        self.attempts[attempt.reference] = attempt
+        self._keep(attempt)
         self._new_attempts.append(attempt)
 
     def event(self, order_no: str, kind: str, detail: str, actor: str = SYSTEM) -> None:
@@ -162,16 +167,7 @@ class Work:
 
     def write(self) -> None:
         conn = self.conn
-        update_rows(
-            conn,
-            orders,
-            "order_no",
-            MUTABLE_COLUMNS,
-            [
-                (*(_plain(getattr(self.orders[no], name)) for name in MUTABLE_COLUMNS), no)
-                for no in sorted(self._changed_orders)
-            ],
-        )
+        self._write_orders()
         new = {a.reference for a in self._new_attempts}
         insert_rows(
             conn,
@@ -198,13 +194,25 @@ class Work:
         settle_many(self.tx, [(o.app_id, o.order_no, o.state is State.SUCCEEDED) for o in finished])
         enqueue_many(conn, [(o.app_id, o.order_no) for o in finished])
 
+    def _write_orders(self) -> None:
+        """One UPDATE per set of changed columns (usually one per batch), in key order."""
+        by_columns: dict[tuple[str, ...], list[tuple]] = {}
+        for no in sorted(self._changed_orders):
+            names = tuple(c for c in MUTABLE_COLUMNS if c in self._changed_orders[no])
+            order = self.orders[no]
+            row = (*(_plain(getattr(order, name)) for name in names), no)
+            by_columns.setdefault(names, []).append(row)
+        for names, rows in by_columns.items():
+            update_rows(self.conn, orders, "order_no", names, rows)
+
     @property
     def finished(self) -> list[OrderRow]:
         return list(self._finished)
 
 
 def _plain(value):
-    return value.value if isinstance(value, State) else value
+    # sqlite3 binds str, not its subclasses.
+    return value.value if type(value) is State else value
 
 
 # -- the batch of every order change but claims and acceptance ---------------------------
@@ -230,22 +238,21 @@ class AttemptChange(msgspec.Struct, frozen=True):
 
 def change_orders(tx: Tx, items: list[OrderChange | AttemptChange]) -> list[object]:
     """Lock every order the items touch, once, apply each item in turn, write it all."""
-    order_nos = {item.order_no for item in items if isinstance(item, OrderChange)}
-    references = [item.reference for item in items if isinstance(item, AttemptChange)]
-    order_nos |= _orders_of(tx.conn, references)
+    order_nos = {
+        item.order_no if isinstance(item, OrderChange) else order_of(item.reference)
+        for item in items
+    }
     work = Work.locking(tx, order_nos)
     answers = [item.apply(work) for item in items]
     work.write()
     return answers
 
 
-def _orders_of(conn: Connection, references: list[str]) -> set[str]:
-    # An attempt's order never changes, so this read needs no lock.
-    found: set[str] = set()
-    query = select(attempts.c.order_no)
-    for chunk in chunks(sorted(set(references))):
-        found |= set(conn.execute(query.where(attempts.c.reference.in_(chunk))).scalars())
-    return found
+def order_of(reference: str) -> str:
+    """The order an attempt reference belongs to (core/ids.py: ``{orderNo}A{seq}``). A
+    reference that is not ours names no order, or one whose attempts do not include it:
+    either way the change finds no attempt and answers None."""
+    return reference.rpartition("A")[0]
 
 
 ORDER_CHANGES = Batch("order changes", Phase.ORDERS, change_orders)
