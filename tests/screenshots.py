@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -20,7 +19,14 @@ from pathlib import Path
 from playwright.sync_api import Page, sync_playwright
 
 from tests.browser import VIEWPORT, launch
-from tests.support import OPERATOR_PASSWORD, REPO, Partner, ServiceProcess, fresh_order_no
+from tests.support import (
+    OPERATOR_PASSWORD,
+    REPO,
+    Partner,
+    ServiceProcess,
+    eventually,
+    fresh_order_no,
+)
 from tests.test_conformance import CREDENTIALS
 from topup.testing import running_simulator
 
@@ -162,13 +168,11 @@ def place_orders(service: ServiceProcess, notify_url: str) -> str:
         partner.close()
     # Every order final, but the one that never settles, which waits in review; and the
     # partner told of each final one.
-    deadline = time.monotonic() + 60
     waiting = (
         "SELECT (SELECT count(*) FROM orders WHERE state NOT IN ('succeeded', 'failed', 'review'))"
         " + (SELECT count(*) FROM notifications WHERE delivered_at IS NULL)"
     )
-    while service.sql(waiting)[0][0] and time.monotonic() < deadline:
-        time.sleep(0.2)
+    eventually(lambda: service.sql(waiting) == [(0,)], 60, interval=0.2, what="orders settled")
     return shown
 
 

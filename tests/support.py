@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import inspect
 import json
 import os
 import re
@@ -11,9 +13,9 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -22,6 +24,67 @@ from topup.testing import free_port, wait_until_healthy
 
 REPO = Path(__file__).resolve().parent.parent
 TOPUP = str(Path(sys.executable).with_name("topup"))
+
+T = TypeVar("T")
+
+
+def eventually(
+    check: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = ""
+) -> T:
+    """Calls ``check`` until it holds and returns what it returned.
+
+    It holds once it returns a truthy value without raising AssertionError; an
+    assertion-style check ends with ``return True``. On timeout the test fails with
+    ``what``, the last AssertionError or the last value: the reason it never held.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+        except AssertionError as exc:
+            failure: object = exc
+        else:
+            if result:
+                return result
+            failure = result
+        if time.monotonic() >= deadline:
+            raise AssertionError(_never_held(what, timeout, failure))
+        time.sleep(interval)
+
+
+async def eventually_async(
+    check: Callable[[], T | Awaitable[T]],
+    timeout: float = 10.0,  # noqa: ASYNC109 (the same call shape as eventually)
+    interval: float = 0.05,
+    what: str = "",
+) -> T:
+    """``eventually`` inside an event loop: sleeps without blocking it; ``check`` may be a
+    coroutine function."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if inspect.isawaitable(result):
+                result = await result
+        except AssertionError as exc:
+            failure: object = exc
+        else:
+            if result:
+                return result  # type: ignore[return-value]
+            failure = result
+        if time.monotonic() >= deadline:
+            raise AssertionError(_never_held(what, timeout, failure))
+        await asyncio.sleep(interval)
+
+
+def _never_held(what: str, timeout: float, failure: object) -> str:
+    last = (
+        f"last assertion: {failure}"
+        if isinstance(failure, AssertionError)
+        else (f"last value: {failure!r}")
+    )
+    return f"{what or 'condition'} did not hold within {timeout:g} s; {last}"
+
 
 # Fast lifecycle settings so that every sandbox order settles within a second or two.
 FAST_DISPATCH = """
@@ -147,8 +210,6 @@ class PostgresBackend(Backend):
 
     @staticmethod
     def _run(dsn: str, query: str, *args: Any) -> list[tuple]:
-        import asyncio
-
         import asyncpg
 
         async def run() -> list[tuple]:
@@ -237,10 +298,15 @@ class ServiceProcess:
 
     def wait_for_log(self, text: str, count: int = 1, timeout: float = 10) -> str:
         """The log once `text` appears `count` times: a reply can leave before its log line."""
-        deadline = time.monotonic() + timeout
-        while (log := self.log()).count(text) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return log
+
+        def logged() -> str:
+            log = self.log()
+            assert log.count(text) >= count, (
+                f"{text!r} logged {log.count(text)} times:\n{log[-2000:]}"
+            )
+            return log
+
+        return eventually(logged, timeout, what=f"{text!r} in the log {count} times")
 
     def kill9(self) -> None:
         """Crash the service: SIGKILL to every process of it, no shutdown code runs."""
@@ -306,11 +372,13 @@ class ServiceProcess:
     def wait_for_state(self, order_no: str, state: str, timeout: float = 20) -> None:
         """Wait until the order is in ``state``, reading the database (a ``topup`` command
         per look would cost a second of CPU each)."""
-        deadline = time.monotonic() + timeout
-        query = "SELECT state FROM orders WHERE order_no = ?"
-        while self.sql(query, order_no) != [(state,)]:
-            assert time.monotonic() < deadline, f"{order_no} never reached {state}"
-            time.sleep(0.1)
+
+        def reached() -> bool:
+            found = self.sql("SELECT state FROM orders WHERE order_no = ?", order_no)
+            assert found == [(state,)], f"state {found}"
+            return True
+
+        eventually(reached, timeout, interval=0.1, what=f"{order_no} reaching {state}")
 
 
 class Partner:
@@ -366,16 +434,16 @@ class Partner:
         return self.http.get("/sign/api/order/status", params=params).json()
 
     def wait_status(self, cstm_order_no: str, statuses: set[str], timeout: float = 15.0) -> dict:
-        deadline = time.monotonic() + timeout
-        seen = []
-        while time.monotonic() < deadline:
+        seen: list[str] = []
+
+        def reached() -> dict:
             reply = self.status(cstm_order_no)
             assert reply["code"] == "0", reply
             seen.append(reply["data"]["status"])
-            if reply["data"]["status"] in statuses:
-                return reply
-            time.sleep(0.05)
-        raise AssertionError(f"{cstm_order_no} never reached {statuses}; saw {seen[-5:]}")
+            assert reply["data"]["status"] in statuses, f"saw {seen[-5:]}"
+            return reply
+
+        return eventually(reached, timeout, what=f"{cstm_order_no} reaching {statuses}")
 
     def close(self) -> None:
         self.http.close()

@@ -12,7 +12,7 @@ import pytest
 from core.config import ConfigError, LimitsConfig, parse_config
 from core.ratelimit import AbuseGuard, ClientAddresses, KeyedLimiter, RateLimited
 from tests.conftest import new_partner
-from tests.support import Partner, ServiceProcess, fresh_order_no, sandbox_config
+from tests.support import Partner, ServiceProcess, eventually, fresh_order_no, sandbox_config
 
 # A rate this small never refills during a test: a bucket holds exactly its burst.
 NEVER = 0.0001
@@ -54,14 +54,9 @@ def stored(service: ServiceProcess, cstm_order_no: str) -> int:
     return service.sql(query, cstm_order_no)[0][0]
 
 
-def wait_for(check, what: str, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"never saw {what}"
-        time.sleep(0.2)
+def wait_for(check, what: str):
+    """Until ``check`` holds: a reload or an app change reaches the service within seconds."""
+    return eventually(check, timeout=20, interval=0.2, what=what)
 
 
 # -- rate limits ----------------------------------------------------------------------------

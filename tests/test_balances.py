@@ -12,6 +12,7 @@ import pytest
 from core.balances import BalanceCache
 from core.suppliers import Supplier, SupplierResult, UpstreamOrder
 from plugins.juhe import BalanceError, Juhe, JuheSettings
+from tests.support import eventually_async
 from tests.test_conformance import CREDENTIALS
 from topup.testing import new_order, running_simulator, settle
 
@@ -86,16 +87,16 @@ async def test_the_cache_answers_at_once_and_refreshes_in_the_background(juhe: J
     cache = BalanceCache(lambda: suppliers, max_age=60, timeout=0.5)
     first = cache.read()  # nothing known yet; a refresh starts
     assert {name: b.fen for name, b in first.items()} == dict.fromkeys(suppliers)
-    for _ in range(100):
-        if cache.read()["silent"].error:
-            break
-        await asyncio.sleep(0.05)
+    # The silent plugin's timeout is the last of the refresh to end.
+    await eventually_async(lambda: cache.read()["silent"].error, timeout=5, what="a refresh")
     known = cache.read()
     assert known["juhe"].fen == await juhe.balance() and known["juhe"].checked_at
     assert known["silent"].fen is None and known["silent"].error == "no answer in time"
     assert not known["unsupported"].supported
     # Within max_age a read starts nothing new: the figures stay as they were.
     await juhe.submit(new_order("13800138002"))
+    # Kept as a sleep: a refresh not started leaves no event to await; 0.1 s is ample for one
+    # against the local simulator to have changed the figure.
     await asyncio.sleep(0.1)
     assert cache.read()["juhe"].fen == known["juhe"].fen
     await cache.stop()

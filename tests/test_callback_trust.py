@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from tests.conftest import new_partner
-from tests.support import Backend, Partner, ServiceProcess, fresh_order_no
+from tests.support import Backend, Partner, ServiceProcess, eventually, fresh_order_no
 from tests.test_conformance import CREDENTIALS
 from topup.testing import running_simulator
 
@@ -79,11 +79,12 @@ class Stack:
         return self.partner.status(cstm, supplier=carrier)["data"]
 
     def final(self, cstm: str, carrier: str = "中国移动", within: float = 20.0) -> dict:
-        deadline = time.monotonic() + within
-        while (data := self.status(cstm, carrier))["status"] not in ("2", "3"):
-            assert time.monotonic() < deadline, f"{cstm} not final: {data}"
-            time.sleep(0.1)
-        return data
+        def final() -> dict:
+            data = self.status(cstm, carrier)
+            assert data["status"] in ("2", "3"), data
+            return data
+
+        return eventually(final, within, interval=0.1, what=f"{cstm} final")
 
     def attempt(self, order_no: str) -> tuple[str, str, int]:
         """(reference, state, status queries so far) of the order's one attempt."""
@@ -93,15 +94,14 @@ class Stack:
         return row
 
     def wait_for_attempt(self, order_no: str, state: str, queries: int = 0) -> str:
-        deadline = time.monotonic() + 20
-        while True:
+        def reached() -> str:
             rows = self.service.sql(
                 "SELECT reference, state, queries FROM attempts WHERE order_no = ?", order_no
             )
-            if rows and rows[0][1] == state and rows[0][2] >= queries:
-                return rows[0][0]
-            assert time.monotonic() < deadline, f"{order_no}: attempt {rows}"
-            time.sleep(0.1)
+            assert rows and rows[0][1] == state and rows[0][2] >= queries, rows
+            return rows[0][0]
+
+        return eventually(reached, 20, interval=0.1, what=f"{order_no}'s attempt {state}")
 
     def transaction(self, reference: str) -> dict:
         transactions = httpx.get(f"{self.sim}/_sim/transactions", timeout=5).json()
@@ -227,10 +227,9 @@ def test_a_forged_failure_callback_cannot_undo_a_top_up_the_supplier_made(stack:
     stack.fault(number, "lose_callback")  # only the forged callback will arrive
     cstm, order_no = stack.order(number)
     reference = stack.wait_for_attempt(order_no, "pending")
-    deadline = time.monotonic() + 20
-    while stack.transaction(reference)["paid"] != 1:  # the supplier credited the phone
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    eventually(  # the supplier credited the phone
+        lambda: stack.transaction(reference)["paid"] == 1, 20, interval=0.1, what="paid"
+    )
     assert forged_juhe_callback(stack, reference, "9").text == "success"
     data = stack.final(cstm)
     assert (data["status"], data["fundStatus"]) == ("2", "captured"), data

@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from tests.support import (
     Console,
     Partner,
     ServiceProcess,
+    eventually,
     fresh_order_no,
 )
 from tests.test_conformance import CREDENTIALS
@@ -132,10 +132,9 @@ def plugin_of_next_order(desk: Desk, **extra: str) -> str:
     reply = desk.partner.order(fresh_order_no("page"), **extra)
     assert reply["code"] == "0", reply
     query = "SELECT plugin FROM attempts WHERE order_no = ? ORDER BY seq"
-    deadline = time.monotonic() + 15
-    while not (rows := desk.service.sql(query, reply["data"]["orderNo"])):
-        assert time.monotonic() < deadline, "never attempted"
-        time.sleep(0.05)
+    rows = eventually(
+        lambda: desk.service.sql(query, reply["data"]["orderNo"]), 15, what="an attempt"
+    )
     return rows[0][0]
 
 
@@ -159,11 +158,14 @@ def test_routes_costs_balances_are_shown_and_only_admins_get_the_form(unchanged_
     cells = re.findall(r'<td class="num[^"]*">([^<]*)</td>', row)
     assert cells == ["10.00", "9.95", "9.90", "0.05", "9.97", "-0.02"]
     assert 'class="num loss">-0.02' in row
+
     # The balance is asked in the background: juhe's arrives, the fakes cannot tell.
-    deadline = time.monotonic() + 15
-    while "100,000.00" not in (html := viewer.get(PAGE).text):
-        assert time.monotonic() < deadline, html
-        time.sleep(0.2)
+    def with_balance() -> str:
+        html = viewer.get(PAGE).text
+        assert "100,000.00" in html, html
+        return html
+
+    html = eventually(with_balance, 15, interval=0.2, what="juhe's balance on the page")
     juhe = html[html.index('<tr data-plugin="juhe">') :]
     assert "100,000.00" in juhe[: juhe.index("</tr>")]
     scripted = html[html.index('<tr data-plugin="scripted">') :]

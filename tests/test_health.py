@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -14,7 +13,7 @@ import pytest
 
 from core.migrate import HEAD_REVISION
 from tests.conftest import new_partner
-from tests.support import Backend, fresh_order_no, sandbox_config
+from tests.support import Backend, eventually, fresh_order_no, sandbox_config
 from topup.testing import free_port
 
 
@@ -23,11 +22,12 @@ def readyz(base_url: str) -> httpx.Response:
 
 
 def wait_readyz(base_url: str, status: int, within: float = 20) -> httpx.Response:
-    deadline = time.monotonic() + within
-    while (reply := readyz(base_url)).status_code != status and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert reply.status_code == status, reply.text
-    return reply
+    def answered() -> httpx.Response:
+        reply = readyz(base_url)
+        assert reply.status_code == status, reply.text
+        return reply
+
+    return eventually(answered, within, interval=0.1, what=f"/readyz answering {status}")
 
 
 def test_readyz_reports_each_check_when_ready(services, backend: Backend):

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from service.params import MAX_BODY_BYTES
-from tests.support import Partner, ServiceProcess, fresh_order_no
+from tests.support import Partner, ServiceProcess, eventually, fresh_order_no
 from tests.test_conformance import CREDENTIALS
 from tests.test_errors import assert_refused
 from tests.test_fuzz import CALLBACK_CONFIG, juhe_sign, reloadly_sign
@@ -316,11 +315,14 @@ def send_half_and_hang_up(service: ServiceProcess, path: str, body: bytes) -> No
 
 
 def wait_for_log(service: ServiceProcess, start: int, text: str, timeout: float = 10) -> str:
-    deadline = time.monotonic() + timeout
-    while text not in service.log()[start:]:
-        assert time.monotonic() < deadline, f"never logged {text!r}:\n{service.log()[start:]}"
-        time.sleep(0.05)
-    return service.log()[start:]
+    """The log since ``start`` once it holds ``text``."""
+
+    def logged() -> str:
+        since = service.log()[start:]
+        assert text in since, f"never logged {text!r}:\n{since}"
+        return since
+
+    return eventually(logged, timeout)
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,7 +13,14 @@ import pytest
 
 from tests.conftest import new_partner
 from tests.fake_suppliers import read_journal
-from tests.support import FAST_DISPATCH, PRODUCTS, Partner, ServiceProcess, fresh_order_no
+from tests.support import (
+    FAST_DISPATCH,
+    PRODUCTS,
+    Partner,
+    ServiceProcess,
+    eventually,
+    fresh_order_no,
+)
 
 ScriptedFactory = Callable[..., tuple[ServiceProcess, Partner, str]]
 
@@ -54,15 +60,6 @@ def calls(journal: str, call: str, order_no: str) -> list[dict]:
     return [c for c in read_journal(journal) if c["call"] == call and c["order_no"] == order_no]
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 # -- the sandbox's three paths ----------------------------------------------------------
 
 
@@ -88,14 +85,13 @@ def test_sandbox_timeout_on_7_is_resolved_by_query(
     cstm = fresh_order_no()
     order_no = partner.order(cstm, phone="13800138007")["data"]["orderNo"]
     seen = set()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def final() -> str | None:
         status = partner.status(cstm)["data"]["status"]
         seen.add(status)
-        if status in {"2", "3"}:
-            break
-        time.sleep(0.03)
-    assert status == "2"
+        return status if status in {"2", "3"} else None
+
+    assert eventually(final, 10, interval=0.03, what=f"{cstm} final") == "2"
     assert "1" in seen  # 充值中 while the outcome was unknown
     attempts = service.sql("SELECT seq, state, queries FROM attempts WHERE order_no = ?", order_no)
     assert len(attempts) == 1, "an unknown outcome must never lead to a second attempt"
@@ -119,7 +115,7 @@ def test_order_in_flight_at_a_crash_is_resumed_by_query(scripted_service) -> Non
     service, partner, journal = scripted_service({"13800000002": "hang"})
     cstm = fresh_order_no()
     order_no = partner.order(cstm, phone="13800000002")["data"]["orderNo"]
-    wait_for(lambda: len(calls(journal, "submit", order_no)) == 1)
+    eventually(lambda: len(calls(journal, "submit", order_no)) == 1, what="one submit")
     first_pid = calls(journal, "submit", order_no)[0]["pid"]
 
     service.kill9()
@@ -185,7 +181,7 @@ def test_acknowledged_orders_survive_kill_9(services) -> None:
     threads = [threading.Thread(target=fire, args=(w,)) for w in range(8)]
     for thread in threads:
         thread.start()
-    wait_for(lambda: len(acknowledged) >= 200, timeout=30)
+    eventually(lambda: len(acknowledged) >= 200, timeout=30, what="200 callbacks answered")
     service.kill9()
     stop.set()
     for thread in threads:

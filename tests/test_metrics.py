@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from tests.support import (
     REPO,
     SQLITE,
     ServiceProcess,
+    eventually,
     fresh_order_no,
     sandbox_config,
 )
@@ -59,12 +59,16 @@ def scrape_until(
 ) -> Samples:
     """Scrape until ``done``: an outcome is counted just after it is committed, so a
     status query can see the order final a moment before its counter moves."""
-    deadline = time.monotonic() + within
-    while True:
-        samples = scrape(base_url, token)
-        if done(samples) or time.monotonic() > deadline:
-            return samples
-        time.sleep(0.1)
+    last: list[Samples] = []
+
+    def scraped() -> Samples | None:
+        last[:] = [scrape(base_url, token)]
+        return last[0] if done(last[0]) else None
+
+    try:
+        return eventually(scraped, within, interval=0.1)
+    except AssertionError:
+        return last[0]  # the caller's assertions say what is missing
 
 
 def test_metrics_count_real_orders_by_carrier_plugin_route_and_supplier_call(services):

@@ -4,7 +4,6 @@ and the ledger identity under random and concurrent histories."""
 from __future__ import annotations
 
 import random
-import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
@@ -12,7 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import new_partner
-from tests.support import Partner, ServiceProcess, fresh_order_no, sandbox_config
+from tests.support import Partner, ServiceProcess, eventually, fresh_order_no, sandbox_config
 
 
 def balance(partner: Partner) -> dict[str, Decimal]:
@@ -58,17 +57,19 @@ def assert_books_balance(service: ServiceProcess, partner: Partner) -> None:
         partner.app_id,
     )
     assert (holds or 0) == orders and (settled or 0) == (finals or 0)
-    for _ in range(100):
+
+    def still() -> tuple[tuple, dict[str, Decimal]] | None:
         before, seen, after = account(service, partner), balance(partner), account(service, partner)
-        if before == after:
-            credited, captured, held, limit = before
-            assert seen["held"] * 100 == held
-            assert seen["balance"] * 100 == credited - captured - held
-            assert seen["creditLimit"] * 100 == limit
-            assert seen["available"] == seen["balance"] + seen["creditLimit"]
-            return
-        time.sleep(0.05)
-    raise AssertionError("the account never stood still long enough to compare")
+        return (before, seen) if before == after else None
+
+    # The dispatcher may move money between the two reads; compare a quiet moment.
+    (credited, captured, held, limit), seen = eventually(
+        still, 5, what="the account standing still long enough to compare"
+    )
+    assert seen["held"] * 100 == held
+    assert seen["balance"] * 100 == credited - captured - held
+    assert seen["creditLimit"] * 100 == limit
+    assert seen["available"] == seen["balance"] + seen["creditLimit"]
 
 
 def account(service: ServiceProcess, partner: Partner) -> tuple:
@@ -202,13 +203,15 @@ def test_random_histories_keep_the_books_balanced(service: ServiceProcess) -> No
                 placed.append(cstm)
         assert_books_balance(service, partner)
 
-    deadline = time.monotonic() + 20
-    while service.sql(
-        "SELECT count(*) FROM orders WHERE app_id = ? AND state NOT IN ('succeeded', 'failed')",
-        partner.app_id,
-    ) != [(0,)]:
-        assert time.monotonic() < deadline, "orders still open"
-        time.sleep(0.2)
+    still_open = (
+        "SELECT count(*) FROM orders WHERE app_id = ? AND state NOT IN ('succeeded', 'failed')"
+    )
+    eventually(
+        lambda: service.sql(still_open, partner.app_id) == [(0,)],
+        20,
+        interval=0.2,
+        what="every order final",
+    )
     assert_books_balance(service, partner)
     final = balance(partner)
     assert final["held"] == 0

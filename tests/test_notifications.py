@@ -22,7 +22,14 @@ from cryptography.x509.oid import NameOID
 
 from core.signing import verify_sign
 from tests.conftest import new_partner
-from tests.support import Backend, Partner, ServiceProcess, fresh_order_no, sandbox_config
+from tests.support import (
+    Backend,
+    Partner,
+    ServiceProcess,
+    eventually,
+    fresh_order_no,
+    sandbox_config,
+)
 
 NOTIFY_PATH = "/topup/notify"
 SCHEDULE = [0.3, 0.6, 1.2, 2.4]
@@ -99,16 +106,28 @@ class Receiver:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def wait(self, cstm: str, deliveries: int, within: float = 20.0) -> list:
-        deadline = time.monotonic() + within
-        while len(self.received[cstm]) < deliveries:
-            assert time.monotonic() < deadline, f"{cstm}: {len(self.received[cstm])} deliveries"
-            time.sleep(0.05)
+        eventually(
+            lambda: len(self.received[cstm]) >= deliveries,
+            within,
+            what=f"{deliveries} deliveries for {cstm}",
+        )
         return self.received[cstm]
 
     def close(self) -> None:
         self.closing.set()
         self._server.shutdown()
         self._server.server_close()
+
+
+def wait_outbox_done(service: ServiceProcess, order_no: str) -> tuple[int, int]:
+    """(attempts, delivered) once the notifier is done with the order's notification: no
+    next attempt scheduled and no lease held, so it is never claimed again."""
+    query = (
+        "SELECT attempts, CASE WHEN delivered_at IS NULL THEN 0 ELSE 1 END FROM notifications "
+        "WHERE order_no = ? AND next_attempt_at IS NULL AND lease_owner IS NULL"
+    )
+    [row] = eventually(lambda: service.sql(query, order_no), 20, interval=0.1, what="done")
+    return row
 
 
 @pytest.fixture
@@ -160,13 +179,10 @@ def test_each_final_state_is_delivered_signed_and_retried_until_accepted(
     gaps = [later[0] - earlier[0] for earlier, later in itertools.pairwise(deliveries)]
     for gap, delay in zip(gaps, SCHEDULE, strict=False):
         assert gap >= delay * 0.9, (gaps, SCHEDULE)
-    time.sleep(SCHEDULE[-1])
-    assert len(receiver.received[succeeded]) == 4, "delivered again after it was accepted"
+    # Once the outbox row is delivered, unscheduled and unleased, nothing sends it again.
     order_no = deliveries[0][1]["orderNo"]
-    [(attempts, delivered)] = notifying_service.sql(
-        "SELECT attempts, delivered_at IS NOT NULL FROM notifications WHERE order_no = ?", order_no
-    )
-    assert (attempts, delivered) == (4, 1)
+    assert wait_outbox_done(notifying_service, order_no) == (4, 1)
+    assert len(receiver.received[succeeded]) == 4, "delivered again after it was accepted"
 
 
 def test_the_status_query_agrees_with_the_notification(
@@ -200,17 +216,9 @@ def test_a_notification_is_given_up_after_the_schedule(
     receiver.scripts[cstm] = ["fail"] * 10
     order_no = partner.order(cstm)["data"]["orderNo"]
     receiver.wait(cstm, len(SCHEDULE) + 1)
-    deadline = time.monotonic() + 20
-    while notifying_service.sql(
-        "SELECT next_attempt_at IS NULL AND lease_owner IS NULL FROM notifications "
-        "WHERE order_no = ?",
-        order_no,
-    ) != [(1,)]:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    time.sleep(SCHEDULE[-1])
+    assert wait_outbox_done(notifying_service, order_no) == (len(SCHEDULE) + 1, 0)
     assert len(receiver.received[cstm]) == len(SCHEDULE) + 1
-    assert "given up" in notifying_service.log()
+    notifying_service.wait_for_log("given up")
 
 
 def test_a_stuck_receiver_does_not_hold_up_orders(
@@ -332,12 +340,13 @@ def test_the_address_is_checked_again_when_sending(
     )
     cstm = fresh_order_no()
     order_no = partner.order(cstm)["data"]["orderNo"]
-    deadline = time.monotonic() + 20
     query = "SELECT attempts, last_error FROM notifications WHERE order_no = ?"
-    while not (rows := notifying_service.sql(query, order_no)) or not rows[0][1]:
-        assert time.monotonic() < deadline, f"no delivery attempt recorded: {rows}"
-        time.sleep(0.1)
-    [(attempts, error)] = rows
+    [(attempts, error)] = eventually(
+        lambda: (rows := notifying_service.sql(query, order_no)) and rows[0][1] and rows,
+        20,
+        interval=0.1,
+        what="a delivery attempt recorded",
+    )
     assert attempts >= 1 and error.startswith("refused: localhost resolves to"), error
     assert "loopback" in error
     assert receiver.received[cstm] == [], "sent to an address it had refused"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,14 @@ import pytest
 from core.config import parse_config
 from core.route_overrides import RouteOverride, apply_overrides, parse_route
 from tests.conftest import new_partner
-from tests.support import FAST_DISPATCH, PRODUCTS, Partner, ServiceProcess, fresh_order_no
+from tests.support import (
+    FAST_DISPATCH,
+    PRODUCTS,
+    Partner,
+    ServiceProcess,
+    eventually,
+    fresh_order_no,
+)
 
 PLUGINS_ENV = {"TOPUP_PLUGINS": "tests.fake_suppliers"}
 
@@ -59,10 +65,7 @@ def plugin_of_order(service: ServiceProcess, partner: Partner, cstm: str, **extr
     assert reply["code"] == "0", reply
     order_no = reply["data"]["orderNo"]
     query = "SELECT plugin FROM attempts WHERE order_no = ? ORDER BY seq"
-    deadline = time.monotonic() + 15
-    while not (rows := service.sql(query, order_no)):
-        assert time.monotonic() < deadline, f"{order_no} was never attempted"
-        time.sleep(0.05)
+    rows = eventually(lambda: service.sql(query, order_no), 15, what=f"{order_no}'s attempt")
     return rows[0][0]
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from core.clock import BEIJING
 from tests.conftest import new_partner
-from tests.support import Partner, ServiceProcess, postgres_or_reason
+from tests.support import Partner, ServiceProcess, eventually, postgres_or_reason
 from tests.test_conformance import CREDENTIALS
 from topup.testing import running_simulator
 
@@ -135,13 +135,14 @@ def settle_everything(survivor: ServiceProcess, expected: int, simulator: str) -
     """Wait until every order is final. None needs an operator: an attempt the killed
     instance recorded but never sent is sent again, once, with the same reference (juhe
     refuses a reused one, so its "no such order" proves the first never arrived)."""
-    deadline = time.monotonic() + 120
-    open_states = "('accepted', 'submitting', 'pending', 'unknown', 'retrying')"
-    while survivor.sql(f"SELECT count(*) FROM orders WHERE state IN {open_states}") != [(0,)]:
-        assert time.monotonic() < deadline, survivor.sql(
-            "SELECT state, count(*) FROM orders GROUP BY state"
-        )
-        time.sleep(0.5)
+    open_states = ("accepted", "submitting", "pending", "unknown", "retrying")
+
+    def none_open() -> bool:
+        by_state = survivor.sql("SELECT state, count(*) FROM orders GROUP BY state")
+        assert not any(state in open_states for state, _count in by_state), by_state
+        return True
+
+    eventually(none_open, 120, interval=0.5, what="every order final or in review")
     assert survivor.sql("SELECT order_no FROM orders WHERE state = 'review'") == []
     [(stored,)] = survivor.sql("SELECT count(*) FROM orders")
     assert stored >= expected

@@ -26,14 +26,15 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
 import pytest
 
+from tests.support import eventually
+
 REPO = Path(__file__).resolve().parent.parent
-T = TypeVar("T")
 
 CREDENTIALS = {
     "TOPUP_JUHE_KEY": "test-juhe-key",
@@ -56,16 +57,6 @@ def new_phone(last_digit: str = "1") -> str:
 
 def new_reference() -> str:
     return f"TP{uuid.uuid4().hex[:24].upper()}A1"
-
-
-def eventually(check: Callable[[], T], timeout: float = 5.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            assert result, f"not true within {timeout}s"
-            return result
-        time.sleep(0.02)
 
 
 def free_port() -> int:
@@ -106,17 +97,17 @@ class SimulatorProcess:
             self.proc = subprocess.Popen(
                 command, env=self.env, cwd=REPO, stdout=log, stderr=log, start_new_session=True
             )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"simulator exited early:\n{self.log()}")
-            try:
-                if self.http.get("/_sim/health", timeout=1).json() == {"status": "ok"}:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"simulator not ready:\n{self.log()}")
+        eventually(self._healthy, 30, what=f"the simulator ready; its log:\n{self.log()}")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"simulator exited early:\n{self.log()}")
+        try:
+            return self.http.get("/_sim/health", timeout=1).json() == {"status": "ok"}
+        except httpx.TransportError:
+            return False
 
     def stop(self) -> None:
         self.http.close()
@@ -134,6 +125,11 @@ class SimulatorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, count: int = 1) -> None:
+        """Until the simulator logged ``text`` ``count`` times: the event after which it sends
+        nothing more about a transaction (a callback lost, acknowledged, or given up)."""
+        eventually(lambda: self.log().count(text) >= count, what=f"{text!r} logged {count}x")
 
     def add_fault(self, phone_no: str, fault: str, seconds: float | None = None) -> None:
         body: dict[str, Any] = {"phone_no": phone_no, "fault": fault}
@@ -637,9 +633,13 @@ def test_digit_5_is_refused_for_balance(client: Client, sim: SimulatorProcess) -
 
 
 def test_digit_6_never_settles(client: Client, sim: SimulatorProcess) -> None:
-    reference = new_reference()
+    reference, later = new_reference(), new_reference()
     assert client.accepted(client.submit(new_phone("6"), reference))
-    time.sleep(SETTLE * 3)
+    # Every top-up settles the same delay after its submit: once one sent later has settled
+    # and called back, the first has had its chance.
+    assert client.accepted(client.submit(new_phone("1"), later))
+    wait_settled(client, later)
+    eventually(lambda: client.callbacks(later), what="the later top-up's callback")
     assert client.status(reference) == "processing"
     assert client.callbacks(reference) == []
     assert sim.transaction(client.name, reference)["settled_at"] is None
@@ -685,7 +685,7 @@ def check_reject(client: Client, phone: str, reference: str) -> None:
 def check_lose_callback(client: Client, phone: str, reference: str) -> None:
     assert client.accepted(client.submit(phone, reference))
     wait_settled(client, reference)
-    time.sleep(CALLBACK_INTERVAL * 2)
+    client.sim.wait_for_log(f"{reference}: callback lost on purpose")
     assert client.callbacks(reference) == []
 
 
@@ -696,7 +696,7 @@ def check_duplicate_callback(client: Client, phone: str, reference: str) -> None
     )
     assert first.body == second.body
     assert client.signature_ok(first) and client.signature_ok(second)
-    time.sleep(CALLBACK_INTERVAL * 2)
+    client.sim.wait_for_log(f"{reference}: callback acknowledged", count=2)
     assert len(client.callbacks(reference)) == 2
 
 
@@ -809,7 +809,7 @@ def test_callback_is_retried_until_acknowledged(client: Client, receiver: Receiv
     )
     assert acknowledged.at - refused.at >= CALLBACK_INTERVAL * 0.9
     assert client.signature_ok(acknowledged)
-    time.sleep(CALLBACK_INTERVAL * 2)
+    client.sim.wait_for_log(f"{reference}: callback acknowledged (try 2)")
     assert len(client.callbacks(reference)) == 2
 
 
@@ -818,8 +818,7 @@ def test_callback_gives_up_after_its_tries(sim: SimulatorProcess, receiver: Rece
     reference = new_reference()
     receiver.refuse(reference, 100)
     assert acme.accepted(acme.submit(new_phone("9"), reference))
-    eventually(lambda: len(acme.callbacks(reference)) == CALLBACK_RETRIES)
-    time.sleep(CALLBACK_INTERVAL * 2)
+    sim.wait_for_log(f"{reference}: callback given up after {CALLBACK_RETRIES} tries")
     assert len(acme.callbacks(reference)) == CALLBACK_RETRIES
 
 

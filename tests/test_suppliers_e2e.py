@@ -7,6 +7,7 @@ Two simulators stand for two suppliers: A speaks juhe, B speaks reloadly and acm
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -17,7 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import new_partner
-from tests.support import Backend, Partner, ServiceProcess, fresh_order_no
+from tests.support import Backend, Partner, ServiceProcess, eventually, fresh_order_no
 from tests.test_conformance import CREDENTIALS
 from topup.testing import running_simulator
 
@@ -88,13 +89,13 @@ class Stack:
 
     def final(self, cstm: str, timeout: float = 20.0) -> dict:
         carrier = self.placed[cstm][1]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def final() -> dict:
             reply = self.partner.status(cstm, supplier=carrier)
-            if reply["data"]["status"] in ("2", "3"):
-                return reply["data"]
-            time.sleep(0.1)
-        raise AssertionError(f"{cstm} not final: {reply}")
+            assert reply["data"]["status"] in ("2", "3"), reply
+            return reply["data"]
+
+        return eventually(final, timeout, interval=0.1, what=f"{cstm} final")
 
     def fault(self, sim: str, phone: str, fault: str, seconds: float | None = None) -> None:
         body = {"phone_no": phone, "fault": fault, **({"seconds": seconds} if seconds else {})}
@@ -302,6 +303,8 @@ def test_early_failure_callback_is_not_undone_by_the_submit_answer(stack: Stack)
     stack.fault(stack.sim_a, number, "early_callback")
     cstm, _order_no = stack.order(number)
     assert stack.final(cstm)["status"] == "3"
+    # Kept as a sleep: the submit answer reaching an order already final changes nothing and
+    # so leaves no row or log line to await; a second is ample for it to have arrived.
     time.sleep(1)
     assert stack.partner.status(cstm)["data"]["status"] == "3"
 
@@ -365,10 +368,7 @@ def test_requery_sends_an_order_back_to_polling(stack: Stack) -> None:
     assert order_no in stack.service.cli("orders", "review").stdout
     stack.service.cli("orders", "review", order_no, "--requery", "--reason", "API back")
     # Queried afresh, still unsettled, so it goes to review a second time.
-    deadline = time.monotonic() + 20
-    while stack.service.log().count(f"order {order_no} -> review") < 2:
-        assert time.monotonic() < deadline, "not queried again after --requery"
-        time.sleep(0.2)
+    stack.service.wait_for_log(f"order {order_no} -> review", count=2, timeout=20)
     assert stack.queries(order_no) == [4]
     stack.service.cli("orders", "review", order_no, "--resolve", "failed", "--reason", "对账无此单")
     assert stack.final(cstm)["status"] == "3"
@@ -388,7 +388,7 @@ def test_a_failing_supplier_is_skipped_and_recovers_by_itself(stack: Stack) -> N
     assert stack.final(cstm)["status"] == "2"
     assert [t["protocol"] for t in stack.upstream(order_no)] == ["reloadly"]
     stack.clear_faults()
-    time.sleep(4.5)  # the cool-down
+    time.sleep(4.5)  # the cool-down: a span of time to let pass, not an event to await
     cstm, order_no = stack.order(phone("1"))
     assert stack.final(cstm)["status"] == "2"
     assert [t["protocol"] for t in stack.upstream(order_no)] == ["juhe"]
@@ -423,14 +423,14 @@ def test_reload_switches_suppliers_without_a_restart_or_a_lost_order(
         assert refused.returncode != 0 and "invalid configuration" in refused.stderr
         # A reload requested from elsewhere while the file is broken: the instance refuses too.
         stack.service.sql("UPDATE control SET value = value + 1 WHERE name = 'config_generation'")
-        deadline = time.monotonic() + 20
-        while "configuration reload refused" not in stack.service.log():
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        stack.service.wait_for_log("configuration reload refused", timeout=20)
         cstm, order_no = stack.order(phone("1"))
         assert stack.final(cstm)["status"] == "2"
         assert [t["protocol"] for t in stack.upstream(order_no)] == ["reloadly"]
     finally:
         stack.service.config_path.write_text(original, encoding="utf-8")
-        stack.service.cli("reload")
-        time.sleep(1.5)
+        restored = re.search(r"generation (\d+)", stack.service.cli("reload").stdout)
+        assert restored, "topup reload names no generation"
+        # The next test starts once every process of the service runs the original again.
+        processes = 2 if stack.service.backend.name == "postgres" else 1
+        stack.service.wait_for_log(f"(generation {restored[1]})", count=processes, timeout=20)
