@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.inprocess import InProcessService
 from tests.support import (
     REPO,
     SQLITE,
     Backend,
     Partner,
+    Service,
     ServiceProcess,
     postgres_or_reason,
     sandbox_config,
@@ -82,7 +84,9 @@ def services(tmp_path: Path, backend: Backend) -> Iterator:
 
 
 @pytest.fixture(scope="session")
-def service(tmp_path_factory: pytest.TempPathFactory, backend: Backend) -> Iterator[ServiceProcess]:
+def service_process(
+    tmp_path_factory: pytest.TempPathFactory, backend: Backend
+) -> Iterator[ServiceProcess]:
     """One running service shared by the contract tests (each uses its own apps)."""
     workdir = tmp_path_factory.mktemp(f"service-{backend.name}")
     proc = ServiceProcess(
@@ -94,8 +98,50 @@ def service(tmp_path_factory: pytest.TempPathFactory, backend: Backend) -> Itera
     proc.drop_database()
 
 
+@pytest.fixture(scope="session")
+def service(service_process: ServiceProcess) -> Service:
+    """The shared service: ``topup serve`` in a process of its own, unless a module whose
+    rules need no real process overrides this with ``in_process``."""
+    return service_process
+
+
+@pytest.fixture(scope="session")
+def in_process(
+    tmp_path_factory: pytest.TempPathFactory, backend: Backend
+) -> Iterator[InProcessService]:
+    """The app in this process, shared like ``service`` by the tests whose rules need no
+    real process (each uses its own apps). No background work: orders stay accepted."""
+    workdir = tmp_path_factory.mktemp(f"in-process-{backend.name}")
+    app = InProcessService(
+        workdir, sandbox_config(), env={"TOPUP_TOKEN_SECRET": TOKEN_SECRET}, backend=backend
+    )
+    app.start()
+    yield app
+    app.stop()
+    app.drop_database()
+
+
+@pytest.fixture
+def in_process_services(tmp_path: Path, backend: Backend) -> Iterator:
+    """Starts in-process services for one test, like ``services``; stops them and drops
+    their data."""
+    started: list[InProcessService] = []
+
+    def start(config: str, env: dict[str, str] | None = None, background: bool = False):
+        where = tmp_path / f"app{len(started)}"
+        where.mkdir()
+        app = InProcessService(where, config, env=env, backend=backend, background=background)
+        started.append(app)
+        return app.start()
+
+    yield start
+    for app in started:
+        app.stop()
+        app.drop_database()
+
+
 def new_partner(
-    service: ServiceProcess, sign_type: str = "hmac-sha256", funds: str | None = "100000"
+    service: Service, sign_type: str = "hmac-sha256", funds: str | None = "100000"
 ) -> Partner:
     """A registered partner app; with ``funds`` yuan on its prepaid account."""
     app_id = f"app{next(_app_numbers)}"
@@ -104,11 +150,13 @@ def new_partner(
     if funds is not None:
         commands.append(["app", "credit", app_id, funds, "--reason", "test funds"])
     secret = service.cli_many(commands).splitlines()[0].strip()
-    return Partner(service.url, app_id, secret, company, sign_type=sign_type)
+    return Partner(
+        service.url, app_id, secret, company, sign_type=sign_type, http=service.http_client()
+    )
 
 
 @pytest.fixture(scope="module")
-def partner(service: ServiceProcess) -> Iterator[Partner]:
+def partner(service: Service) -> Iterator[Partner]:
     """A partner app registered on the shared service for this test module."""
     client = new_partner(service)
     yield client

@@ -236,7 +236,72 @@ def postgres_or_reason() -> PostgresBackend | str:
     return backend
 
 
-class ServiceProcess:
+class Service:
+    """What the tests ask of a service, however it runs: its log, its ``topup`` commands, its
+    database, and HTTP clients to it."""
+
+    backend: Backend
+    database_url: str
+    url: str
+
+    def log(self) -> str:
+        raise NotImplementedError
+
+    def cli(
+        self, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess:
+        raise NotImplementedError
+
+    def cli_many(self, commands: list[list[str]], input: str | None = None) -> str:
+        raise NotImplementedError
+
+    def http_client(self, **options: Any) -> httpx.Client:
+        """A client of its own (its own cookies) to the service."""
+        return httpx.Client(base_url=self.url, **{"timeout": 10, **options})
+
+    def wait_for_log(self, text: str, count: int = 1, timeout: float = 10) -> str:
+        """The log once `text` appears `count` times: a reply can leave before its log line."""
+
+        def logged() -> str:
+            log = self.log()
+            assert log.count(text) >= count, (
+                f"{text!r} logged {log.count(text)} times:\n{log[-2000:]}"
+            )
+            return log
+
+        return eventually(logged, timeout, what=f"{text!r} in the log {count} times")
+
+    def add_operator(self, name: str, role: str, password: str = OPERATOR_PASSWORD) -> None:
+        """A console account, created as an operator would: ``topup operator add``."""
+        self.cli("operator", "add", name, "--role", role, "--password-stdin", input=password)
+
+    def add_app(self, app_id: str, company: str, sign_type: str = "hmac-sha256") -> str:
+        result = self.cli("app", "add", app_id, "--company", company, "--sign-type", sign_type)
+        return result.stdout.strip()
+
+    def sql(self, query: str, *args: Any) -> list[tuple]:
+        """Run SQL on the service's database (``?`` placeholders, portable SQL only)."""
+        return self.backend.sql(self.database_url, query, *args)
+
+    def drop_database(self) -> None:
+        self.backend.drop(self.database_url)
+
+    def count_orders(self) -> int:
+        return self.sql("SELECT count(*) FROM orders")[0][0]
+
+    def wait_for_state(self, order_no: str, state: str, timeout: float = 20) -> None:
+        """Wait until the order is in ``state``, reading the database (a ``topup`` command
+        per look would cost a second of CPU each)."""
+
+        def reached() -> bool:
+            found = self.sql("SELECT state FROM orders WHERE order_no = ?", order_no)
+            assert found == [(state,)], f"state {found}"
+            return True
+
+        eventually(reached, timeout, interval=0.1, what=f"{order_no} reaching {state}")
+
+
+class ServiceProcess(Service):
     """``topup serve`` in its own process group, so kill -9 takes all of it down."""
 
     def __init__(
@@ -296,18 +361,6 @@ class ServiceProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def wait_for_log(self, text: str, count: int = 1, timeout: float = 10) -> str:
-        """The log once `text` appears `count` times: a reply can leave before its log line."""
-
-        def logged() -> str:
-            log = self.log()
-            assert log.count(text) >= count, (
-                f"{text!r} logged {log.count(text)} times:\n{log[-2000:]}"
-            )
-            return log
-
-        return eventually(logged, timeout, what=f"{text!r} in the log {count} times")
-
     def kill9(self) -> None:
         """Crash the service: SIGKILL to every process of it, no shutdown code runs."""
         assert self.proc is not None
@@ -331,10 +384,6 @@ class ServiceProcess:
     ) -> subprocess.CompletedProcess:
         return topup_cli(*args, env=self.env, check=check, input=input)
 
-    def add_operator(self, name: str, role: str, password: str = OPERATOR_PASSWORD) -> None:
-        """A console account, created as an operator would: ``topup operator add``."""
-        self.cli("operator", "add", name, "--role", role, "--password-stdin", input=password)
-
     def cli_many(self, commands: list[list[str]], input: str | None = None) -> str:
         """Several ``topup`` commands in one interpreter (each start costs a second); a
         command reading standard input (``--password-stdin``) reads the next line of it."""
@@ -355,31 +404,6 @@ class ServiceProcess:
         )
         return result.stdout
 
-    def add_app(self, app_id: str, company: str, sign_type: str = "hmac-sha256") -> str:
-        result = self.cli("app", "add", app_id, "--company", company, "--sign-type", sign_type)
-        return result.stdout.strip()
-
-    def sql(self, query: str, *args: Any) -> list[tuple]:
-        """Run SQL on the service's database (``?`` placeholders, portable SQL only)."""
-        return self.backend.sql(self.database_url, query, *args)
-
-    def drop_database(self) -> None:
-        self.backend.drop(self.database_url)
-
-    def count_orders(self) -> int:
-        return self.sql("SELECT count(*) FROM orders")[0][0]
-
-    def wait_for_state(self, order_no: str, state: str, timeout: float = 20) -> None:
-        """Wait until the order is in ``state``, reading the database (a ``topup`` command
-        per look would cost a second of CPU each)."""
-
-        def reached() -> bool:
-            found = self.sql("SELECT state FROM orders WHERE order_no = ?", order_no)
-            assert found == [(state,)], f"state {found}"
-            return True
-
-        eventually(reached, timeout, interval=0.1, what=f"{order_no} reaching {state}")
-
 
 class Partner:
     """A partner's integration: signs every call as the README tells partners to."""
@@ -391,13 +415,14 @@ class Partner:
         secret: str,
         company: str,
         sign_type: SignType = SignType.HMAC_SHA256,
+        http: httpx.Client | None = None,
     ) -> None:
         self.base_url = base_url
         self.app_id = app_id
         self.secret = secret
         self.company = company
         self.sign_type = SignType(sign_type)
-        self.http = httpx.Client(base_url=base_url, timeout=10)
+        self.http = http or httpx.Client(base_url=base_url, timeout=10)
         self._token: str | None = None
 
     def signed(self, params: Mapping[str, str], secret: str | None = None) -> dict[str, str]:
@@ -456,8 +481,8 @@ def fresh_order_no(prefix: str = "c") -> str:
 class Console:
     """An operator's browser, without the browser: cookies, the sign-in form, CSRF tokens."""
 
-    def __init__(self, service: ServiceProcess) -> None:
-        self.http = httpx.Client(base_url=service.url, timeout=10, follow_redirects=False)
+    def __init__(self, service: Service) -> None:
+        self.http = service.http_client(follow_redirects=False)
 
     def sign_in(self, name: str, password: str = OPERATOR_PASSWORD) -> httpx.Response:
         form = self.http.get("/console/login")
