@@ -1,5 +1,6 @@
 """Every refusal: the seed's envelope, code "1", its own errorCode, a message that says
-what is wrong, and nothing written."""
+what is wrong, and nothing written. No rule here needs a real process: the app is served
+in the test's own process (tests/inprocess.py)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,17 @@ import pytest
 
 from core.tokens import TokenIssuer
 from tests.conftest import TOKEN_SECRET
-from tests.support import Partner, ServiceProcess, fresh_order_no
+from tests.inprocess import InProcessService
+from tests.support import Partner, Service, fresh_order_no
+
+
+@pytest.fixture(scope="module")
+def service(in_process: InProcessService) -> Service:
+    return in_process
 
 
 @pytest.fixture
-def unchanged(service: ServiceProcess) -> Iterator[None]:
+def unchanged(service: Service) -> Iterator[None]:
     """Asserts that the test wrote no order."""
     before = service.count_orders()
     yield
@@ -94,7 +101,7 @@ def test_garbage_token(partner: Partner, unchanged: None) -> None:
     assert_refused(post_order(partner, partner.signed(params)), "INVALID_TOKEN")
 
 
-def test_token_of_another_app(service: ServiceProcess, partner: Partner, unchanged: None) -> None:
+def test_token_of_another_app(service: Service, partner: Partner, unchanged: None) -> None:
     from tests.conftest import new_partner
 
     other = new_partner(service)
