@@ -1,18 +1,45 @@
-"""The partner contract, through the HTTP API of a running service."""
+"""The partner contract, through the HTTP API of the app. No rule here needs a real
+process: the app is served in the test's own process (tests/inprocess.py), with the
+dispatcher running only for the tests that wait for an order to settle."""
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
+import pytest
 
-from tests.conftest import new_partner
-from tests.support import Partner, ServiceProcess, fresh_order_no
+from tests.conftest import TOKEN_SECRET, new_partner
+from tests.inprocess import InProcessService
+from tests.support import Backend, Partner, Service, fresh_order_no, sandbox_config
 
 ORDER_NO = re.compile(r"TP\d{25}")
 ORDER_ID = re.compile(r"Y[0-9a-f]{29}")
+
+
+@pytest.fixture(scope="module")
+def service(in_process: InProcessService) -> Service:
+    return in_process
+
+
+@pytest.fixture(scope="module")
+def settling(
+    tmp_path_factory: pytest.TempPathFactory, backend: Backend
+) -> Iterator[InProcessService]:
+    """The app with its dispatcher running, for the tests that need an order to settle."""
+    app = InProcessService(
+        tmp_path_factory.mktemp(f"settling-{backend.name}"),
+        sandbox_config(),
+        env={"TOPUP_TOKEN_SECRET": TOKEN_SECRET},
+        backend=backend,
+        background=True,
+    )
+    app.start()
+    yield app
+    app.stop()
+    app.drop_database()
 
 
 def test_token_is_issued_for_a_signed_request(partner: Partner) -> None:
@@ -63,7 +90,8 @@ def test_ts_in_milliseconds_is_accepted(partner: Partner) -> None:
     assert reply["code"] == "0", reply
 
 
-def test_status_reports_the_order_and_its_times(partner: Partner) -> None:
+def test_status_reports_the_order_and_its_times(settling: InProcessService) -> None:
+    partner = new_partner(settling)
     cstm = fresh_order_no()
     placed = partner.order(cstm, phone="13912345678")["data"]
     reply = partner.wait_status(cstm, {"2"})
@@ -101,7 +129,7 @@ def test_status_with_another_supplier_is_refused(partner: Partner) -> None:
     assert reply["errorCode"] == "SUPPLIER_MISMATCH"
 
 
-def test_an_app_sees_only_its_own_orders(service: ServiceProcess, partner: Partner) -> None:
+def test_an_app_sees_only_its_own_orders(service: Service, partner: Partner) -> None:
     cstm = fresh_order_no()
     assert partner.order(cstm)["code"] == "0"
     other = new_partner(service)
@@ -110,7 +138,7 @@ def test_an_app_sees_only_its_own_orders(service: ServiceProcess, partner: Partn
 
 
 def test_repeat_returns_the_original_and_creates_nothing(
-    service: ServiceProcess, partner: Partner
+    service: Service, partner: Partner
 ) -> None:
     cstm = fresh_order_no()
     first = partner.order(cstm)
@@ -122,7 +150,7 @@ def test_repeat_returns_the_original_and_creates_nothing(
 
 
 def test_same_cstm_order_no_with_other_details_is_refused(
-    service: ServiceProcess, partner: Partner
+    service: Service, partner: Partner
 ) -> None:
     cstm = fresh_order_no()
     original = partner.order(cstm, phone="13800138000")["data"]
@@ -144,18 +172,18 @@ def test_same_cstm_order_no_with_other_details_is_refused(
     )
 
 
-def test_fifty_concurrent_identical_orders_make_one(
-    service: ServiceProcess, partner: Partner
-) -> None:
+def test_fifty_concurrent_identical_orders_make_one(service: Service, partner: Partner) -> None:
     cstm = fresh_order_no()
     params = partner.signed(partner.order_params(cstm))
     before = service.count_orders()
 
-    def send(_: int) -> dict:
-        return httpx.post(f"{service.url}/sign/api/order", data=params, timeout=30).json()
+    clients = [service.http_client(timeout=30) for _ in range(50)]
+
+    def send(client) -> dict:
+        return client.post("/sign/api/order", data=params).json()
 
     with ThreadPoolExecutor(max_workers=50) as pool:
-        replies = list(pool.map(send, range(50)))
+        replies = list(pool.map(send, clients))
     assert all(r["code"] == "0" for r in replies), [r for r in replies if r["code"] != "0"]
     assert len({r["data"]["orderNo"] for r in replies}) == 1
     assert service.count_orders() == before + 1
@@ -173,8 +201,8 @@ def test_products_of_a_supplier(partner: Partner) -> None:
     ]
 
 
-def test_md5_legacy_app_places_and_queries(service: ServiceProcess) -> None:
-    legacy = new_partner(service, sign_type="md5")
+def test_md5_legacy_app_places_and_queries(settling: InProcessService) -> None:
+    legacy = new_partner(settling, sign_type="md5")
     cstm = fresh_order_no()
     params = legacy.signed(legacy.order_params(cstm))
     assert re.fullmatch(r"[0-9A-F]{32}", params["sign"])
