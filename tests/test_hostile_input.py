@@ -1,6 +1,7 @@
 """Every input is answered with the envelope, never a 500, and never a traceback in the log:
 multipart bodies, broken or nested JSON, repeated names, bodies at the limit, clients that
-hang up halfway. Through the HTTP API of a running service."""
+hang up halfway. Through the HTTP API of the app, served in the test's own process
+(tests/inprocess.py); clients that hang up halfway need a socket, so a real service process."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import httpx
 import pytest
 
 from service.params import MAX_BODY_BYTES
-from tests.support import Partner, ServiceProcess, eventually, fresh_order_no
+from tests.conftest import new_partner
+from tests.inprocess import InProcessService
+from tests.support import Partner, Service, ServiceProcess, eventually, fresh_order_no
 from tests.test_conformance import CREDENTIALS
 from tests.test_errors import assert_refused
 from tests.test_fuzz import CALLBACK_CONFIG, juhe_sign, reloadly_sign
@@ -20,8 +23,21 @@ from tests.test_fuzz import CALLBACK_CONFIG, juhe_sign, reloadly_sign
 BOUNDARY = "topupBoundary7MA4YWxkTrZu0gW"
 
 
+@pytest.fixture(scope="module")
+def service(in_process: InProcessService) -> Service:
+    return in_process
+
+
+@pytest.fixture(scope="module")
+def process_partner(service_process: ServiceProcess) -> Iterator[Partner]:
+    """A partner app on the shared service process."""
+    client = new_partner(service_process)
+    yield client
+    client.close()
+
+
 @pytest.fixture
-def quiet_log(service: ServiceProcess) -> Iterator[None]:
+def quiet_log(service: Service) -> Iterator[None]:
     """Asserts that the test's requests logged no error and no traceback."""
     start = len(service.log())
     yield
@@ -62,7 +78,7 @@ def test_token_as_multipart_like_curl_f(partner: Partner, quiet_log: None) -> No
 
 
 def test_signed_multipart_order_is_accepted_like_the_same_form(
-    partner: Partner, service: ServiceProcess, quiet_log: None
+    partner: Partner, service: Service, quiet_log: None
 ) -> None:
     cstm = fresh_order_no()
     params = partner.signed(partner.order_params(cstm))
@@ -83,7 +99,7 @@ def test_multipart_with_charset_parameters_and_a_quoted_boundary(partner: Partne
 
 
 def test_multipart_repeated_field_with_different_values_is_refused(
-    partner: Partner, service: ServiceProcess, quiet_log: None
+    partner: Partner, service: Service, quiet_log: None
 ) -> None:
     before = service.count_orders()
     params = partner.signed(partner.order_params(fresh_order_no()))
@@ -159,7 +175,7 @@ ENCODINGS = {
 
 @pytest.mark.parametrize("encoding", list(ENCODINGS))
 def test_body_of_exactly_the_limit_is_accepted_and_one_byte_more_is_413(
-    partner: Partner, service: ServiceProcess, encoding: str
+    partner: Partner, service: Service, encoding: str
 ) -> None:
     encode, content_type = ENCODINGS[encoding]
     params = partner.order_params(fresh_order_no())
@@ -220,7 +236,7 @@ def with_repeat(params: dict[str, str], name: str, value: str) -> bytes:
 
 
 def test_json_repeated_key_with_a_different_value_is_refused(
-    partner: Partner, service: ServiceProcess, quiet_log: None
+    partner: Partner, service: Service, quiet_log: None
 ) -> None:
     before = service.count_orders()
     params = partner.signed(partner.order_params(fresh_order_no()))
@@ -280,7 +296,7 @@ def test_form_with_a_legacy_charset_parameter_is_read_as_utf8(partner: Partner) 
 
 @pytest.mark.parametrize("name", ["appID", "cstmOrderName"])
 def test_nul_in_a_parameter_is_invalid(
-    partner: Partner, service: ServiceProcess, quiet_log: None, name: str
+    partner: Partner, service: Service, quiet_log: None, name: str
 ) -> None:
     before = service.count_orders()
     params = partner.order_params(fresh_order_no())
@@ -329,8 +345,9 @@ def wait_for_log(service: ServiceProcess, start: int, text: str, timeout: float 
     "path", ["/callback/sandbox", "/callback/juhe", "/callback/nope", "/sign/api/token"]
 )
 def test_client_hanging_up_mid_body_is_one_info_line(
-    partner: Partner, service: ServiceProcess, path: str
+    process_partner: Partner, service_process: ServiceProcess, path: str
 ) -> None:
+    partner, service = process_partner, service_process
     start = len(service.log())
     send_half_and_hang_up(service, path, b"sporder_id=1&orderid=2&sta=1&sign=")
     logged = wait_for_log(
@@ -341,8 +358,9 @@ def test_client_hanging_up_mid_body_is_one_info_line(
 
 
 def test_signed_order_cut_short_by_a_hang_up_is_not_accepted(
-    partner: Partner, service: ServiceProcess
+    process_partner: Partner, service_process: ServiceProcess
 ) -> None:
+    partner, service = process_partner, service_process
     cstm = fresh_order_no()
     body = str(httpx.QueryParams(partner.signed(partner.order_params(cstm)))).encode()
     start = len(service.log())
@@ -366,9 +384,9 @@ def test_token_of_non_ascii_digits_is_invalid(
     assert_refused(reply.json(), "INVALID_TOKEN", "access_token")
 
 
-def test_callbacks_with_non_ascii_signatures_or_nul_references(services) -> None:
-    receiver: ServiceProcess = services(CALLBACK_CONFIG, env=CREDENTIALS)
-    with httpx.Client(base_url=receiver.url, timeout=10) as client:
+def test_callbacks_with_non_ascii_signatures_or_nul_references(in_process_services) -> None:
+    receiver: InProcessService = in_process_services(CALLBACK_CONFIG, env=CREDENTIALS)
+    with receiver.http_client() as client:
         juhe = {"sporder_id": "S1", "orderid": "TP1A1", "sta": "1", "sign": "签名é"}
         assert client.post("/callback/juhe", data=juhe).status_code == 200
         webhook = b'{"data": {"status": "SUCCESSFUL", "customIdentifier": "TP1A1"}}'
