@@ -82,8 +82,8 @@ class InProcessService(Service):
         self._level = topup.level
         topup.setLevel(logging.INFO)
         logging.getLogger().addHandler(self._handler)
-        settings = Settings(database_url=self.database_url, config_path=str(self.config_path))
         with _environment(self.env), _root_logging_kept(), warnings.catch_warnings():
+            settings = Settings.from_env()  # as ``topup serve`` reads them
             # The routes use styles Litestar 2.x deprecates: a service process prints
             # that once at start; here it would close every test run.
             warnings.simplefilter("ignore", DeprecationWarning)
