@@ -1,4 +1,6 @@
-"""Signing in to the operations console: accounts, sessions, CSRF, roles, throttling."""
+"""Signing in to the operations console: accounts, sessions, CSRF, roles, throttling.
+No rule here needs a real process: the app is served in the test's own process
+(tests/inprocess.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +9,19 @@ import time
 
 import pytest
 
-from tests.support import Console, sandbox_config
+from tests.inprocess import InProcessService
+from tests.support import Console, Service, sandbox_config
 
 _names = itertools.count(1)
 
 
 def _name(role: str) -> str:
     return f"{role}{next(_names)}-{time.monotonic_ns() % 100000}"
+
+
+@pytest.fixture(scope="module")
+def service(in_process: InProcessService) -> Service:
+    return in_process
 
 
 @pytest.fixture
@@ -49,8 +57,10 @@ def test_a_wrong_password_is_refused_without_saying_which_part_was_wrong(service
     assert console.get("/console").status_code == 303
 
 
-def test_repeated_failures_lock_the_name_even_with_the_right_password(services) -> None:
-    service = services(sandbox_config())  # its own: the lock must not reach other tests
+def test_repeated_failures_lock_the_name_even_with_the_right_password(
+    in_process_services,
+) -> None:
+    service = in_process_services(sandbox_config())  # its own: the lock must not reach others
     service.add_operator("target", "admin")
     service.add_operator("colleague", "admin")
     console = Console(service)
@@ -152,8 +162,8 @@ def test_the_audit_log_refuses_changes(service) -> None:
         service.sql("DELETE FROM audit_log WHERE target = ?", name)
 
 
-def test_an_idle_session_ends(services) -> None:
-    service = services(sandbox_config(), env={"TOPUP_CONSOLE_IDLE_MINUTES": "0.02"})
+def test_an_idle_session_ends(in_process_services) -> None:
+    service = in_process_services(sandbox_config(), env={"TOPUP_CONSOLE_IDLE_MINUTES": "0.02"})
     service.add_operator("idle", "viewer")
     console = Console(service)
     try:
