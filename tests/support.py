@@ -48,7 +48,7 @@ def eventually(
                 return result
             failure = result
         if time.monotonic() >= deadline:
-            raise AssertionError(_never_held(what, timeout, failure))
+            raise _never_held(what, timeout, failure)
         time.sleep(interval)
 
 
@@ -73,17 +73,20 @@ async def eventually_async(
                 return result  # type: ignore[return-value]
             failure = result
         if time.monotonic() >= deadline:
-            raise AssertionError(_never_held(what, timeout, failure))
+            raise _never_held(what, timeout, failure)
         await asyncio.sleep(interval)
 
 
-def _never_held(what: str, timeout: float, failure: object) -> str:
-    last = (
-        f"last assertion: {failure}"
-        if isinstance(failure, AssertionError)
-        else (f"last value: {failure!r}")
-    )
-    return f"{what or 'condition'} did not hold within {timeout:g} s; {last}"
+def _never_held(what: str, timeout: float, failure: object) -> AssertionError:
+    """The failure of a check that never held, chained to its last assertion."""
+    if isinstance(failure, AssertionError):
+        last = f"last assertion: {failure}"
+    else:
+        last = f"last value: {failure!r}"
+    error = AssertionError(f"{what or 'condition'} did not hold within {timeout:g} s; {last}")
+    if isinstance(failure, AssertionError):
+        error.__cause__ = failure
+    return error
 
 
 # Fast lifecycle settings so that every sandbox order settles within a second or two.
