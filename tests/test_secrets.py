@@ -1,5 +1,7 @@
 """Secrets at rest and tokens: what a database dump reveals, how secrets rotate, and what
-a token can and cannot be made to do."""
+a token can and cannot be made to do. Rules of the app run on the app served in the
+test's own process (tests/inprocess.py); what a process does at its start with the wrong
+master key, and commands run beside a stopped service, need real processes."""
 
 from __future__ import annotations
 
@@ -19,11 +21,12 @@ from core.sealing import MASTER_KEY_ENV, MASTER_KEY_FILE_ENV, new_master_key
 from core.signing import compute_sign
 from core.tokens import TokenIssuer
 from tests.conftest import TOKEN_SECRET, new_partner
+from tests.inprocess import InProcessService
 from tests.support import (
     REPO,
     TOPUP,
     Partner,
-    ServiceProcess,
+    Service,
     eventually,
     fresh_order_no,
     sandbox_config,
@@ -44,7 +47,12 @@ def fresh_token(partner: Partner, secret: str | None = None) -> dict:
     return token_reply(partner, partner.signed({}, secret))
 
 
-def stored_values(service: ServiceProcess) -> list[str]:
+@pytest.fixture(scope="module")
+def service(in_process: InProcessService) -> Service:
+    return in_process
+
+
+def stored_values(service: Service) -> list[str]:
     rows = service.sql("SELECT secret, previous_secret FROM apps")
     rows += service.sql("SELECT value, NULL FROM server_keys")
     return [value for row in rows for value in row if value]
@@ -53,9 +61,9 @@ def stored_values(service: ServiceProcess) -> list[str]:
 # --- secrets at rest ---------------------------------------------------------------------
 
 
-def test_a_database_dump_holds_no_secret_in_plaintext(services, tmp_path: Path) -> None:
+def test_a_database_dump_holds_no_secret_in_plaintext(in_process_services, tmp_path: Path) -> None:
     key_file = tmp_path / "keys" / "master.key"
-    service = services(sandbox_config(), env={MASTER_KEY_FILE_ENV: str(key_file)})
+    service = in_process_services(sandbox_config(), env={MASTER_KEY_FILE_ENV: str(key_file)})
     partner = new_partner(service)
     assert fresh_token(partner)["code"] == "0"
 
@@ -121,10 +129,10 @@ async def test_migration_seals_the_secrets_of_an_existing_database(
 
 
 def test_keys_rotate_reseals_everything_and_running_services_follow(
-    services, tmp_path: Path
+    in_process_services, tmp_path: Path
 ) -> None:
     key_file = tmp_path / "master.key"
-    service = services(sandbox_config(), env={MASTER_KEY_FILE_ENV: str(key_file)})
+    service = in_process_services(sandbox_config(), env={MASTER_KEY_FILE_ENV: str(key_file)})
     partner = new_partner(service)
     old_key = key_file.read_text().strip()
 
@@ -191,7 +199,7 @@ def test_a_token_with_non_ascii_digits_is_invalid_not_an_error(
 # --- rotating an app's secret ------------------------------------------------------------
 
 
-def test_rotate_secret_keeps_the_old_one_for_the_grace_period(service: ServiceProcess) -> None:
+def test_rotate_secret_keeps_the_old_one_for_the_grace_period(service: Service) -> None:
     partner = new_partner(service)
     old_secret = partner.secret
     old_token = partner.token()
@@ -202,11 +210,13 @@ def test_rotate_secret_keeps_the_old_one_for_the_grace_period(service: ServicePr
     assert "still signs until" in service.cli("app", "show", partner.app_id).stdout
 
     # During the grace period both secrets sign, and the old secret's token still works.
-    # (The service caches apps for up to 5 s; wait until it sees the new secret.)
+    # (The service caches apps for up to 5 s; wait until it sees the new secret. Each look
+    # before then is a wrong signature: at 0.5 s apart they stay well under the 20 a
+    # minute that lock the app's wrong signatures.)
     eventually(
         lambda: fresh_token(partner, new_secret)["code"] == "0",
         10,
-        interval=0.2,
+        interval=0.5,
         what="the new secret signing",
     )
     new_token = fresh_token(partner, new_secret)["data"]["access_token"]
@@ -225,7 +235,7 @@ def test_rotate_secret_keeps_the_old_one_for_the_grace_period(service: ServicePr
     assert order_with(partner, new_token, new_secret)["code"] == "0"
 
 
-def test_secrets_are_long_and_chosen_ones_must_be(service: ServiceProcess) -> None:
+def test_secrets_are_long_and_chosen_ones_must_be(service: Service) -> None:
     short = service.cli("app", "add", "shorty", "--company", "c", "--secret", "x" * 15, check=False)
     assert short.returncode != 0 and "at least 16" in short.stderr
     partner = new_partner(service)
@@ -236,7 +246,7 @@ def test_secrets_are_long_and_chosen_ones_must_be(service: ServiceProcess) -> No
     assert len(bytes.fromhex(service.add_app("longapp", "c"))) >= 32
 
 
-def test_a_rotation_without_grace_ends_the_old_secret_at_once(service: ServiceProcess) -> None:
+def test_a_rotation_without_grace_ends_the_old_secret_at_once(service: Service) -> None:
     partner = new_partner(service)
     old_secret = partner.secret
     new_secret = service.cli("app", "rotate-secret", partner.app_id, "--grace", "0").stdout
