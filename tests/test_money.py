@@ -1,17 +1,38 @@
 """Partner money through the HTTP API and the CLI: holds, captures, releases, refusals,
-and the ledger identity under random and concurrent histories."""
+and the ledger identity under random and concurrent histories. No rule here needs a real
+process: the app, with its dispatcher, is served in the test's own process
+(tests/inprocess.py); that acknowledged orders survive kill -9 is test_lifecycle's."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
-import httpx
 import pytest
 
-from tests.conftest import new_partner
-from tests.support import Partner, ServiceProcess, eventually, fresh_order_no, sandbox_config
+from tests.conftest import TOKEN_SECRET, new_partner
+from tests.inprocess import InProcessService
+from tests.support import Backend, Partner, Service, eventually, fresh_order_no, sandbox_config
+
+
+@pytest.fixture(scope="module")
+def service(
+    tmp_path_factory: pytest.TempPathFactory, backend: Backend
+) -> Iterator[InProcessService]:
+    """The app with its dispatcher running: orders settle and money moves."""
+    app = InProcessService(
+        tmp_path_factory.mktemp(f"money-{backend.name}"),
+        sandbox_config(),
+        env={"TOPUP_TOKEN_SECRET": TOKEN_SECRET},
+        backend=backend,
+        background=True,
+    )
+    app.start()
+    yield app
+    app.stop()
+    app.drop_database()
 
 
 def balance(partner: Partner) -> dict[str, Decimal]:
@@ -20,14 +41,14 @@ def balance(partner: Partner) -> dict[str, Decimal]:
     return {name: Decimal(value) for name, value in reply["data"].items()}
 
 
-def ledger_of(service: ServiceProcess, app_id: str) -> dict[str, int]:
+def ledger_of(service: Service, app_id: str) -> dict[str, int]:
     rows = service.sql(
         "SELECT kind, sum(amount) FROM ledger WHERE app_id = ? GROUP BY kind", app_id
     )
     return {"credit": 0, "hold": 0, "capture": 0, "release": 0} | dict(rows)
 
 
-def assert_books_balance(service: ServiceProcess, partner: Partner) -> None:
+def assert_books_balance(service: Service, partner: Partner) -> None:
     """The account is exactly the sum of its ledger, each event booked once, and the
     partner sees that account. Orders may be settling meanwhile, so each comparison is
     made within one snapshot (one statement), or repeated until nothing moved."""
@@ -72,7 +93,7 @@ def assert_books_balance(service: ServiceProcess, partner: Partner) -> None:
     assert seen["available"] == seen["balance"] + seen["creditLimit"]
 
 
-def account(service: ServiceProcess, partner: Partner) -> tuple:
+def account(service: Service, partner: Partner) -> tuple:
     [row] = service.sql(
         "SELECT credited, captured, held, credit_limit FROM accounts WHERE app_id = ?",
         partner.app_id,
@@ -80,7 +101,7 @@ def account(service: ServiceProcess, partner: Partner) -> tuple:
     return row
 
 
-def test_an_order_beyond_the_balance_is_refused_and_leaves_nothing(service: ServiceProcess) -> None:
+def test_an_order_beyond_the_balance_is_refused_and_leaves_nothing(service: Service) -> None:
     broke = new_partner(service, funds=None)
     reply = broke.order(fresh_order_no())
     assert reply["code"] == "1" and reply["errorCode"] == "INSUFFICIENT_BALANCE", reply
@@ -89,7 +110,7 @@ def test_an_order_beyond_the_balance_is_refused_and_leaves_nothing(service: Serv
     assert service.sql("SELECT count(*) FROM ledger WHERE app_id = ?", broke.app_id) == [(0,)]
 
 
-def test_hold_then_capture_on_success(service: ServiceProcess) -> None:
+def test_hold_then_capture_on_success(service: Service) -> None:
     partner = new_partner(service, funds="20")
     cstm = fresh_order_no()
     assert partner.order(cstm, phone="13800138000")["code"] == "0"
@@ -103,7 +124,7 @@ def test_hold_then_capture_on_success(service: ServiceProcess) -> None:
     assert_books_balance(service, partner)
 
 
-def test_hold_then_release_on_failure(service: ServiceProcess) -> None:
+def test_hold_then_release_on_failure(service: Service) -> None:
     partner = new_partner(service, funds="9.95")
     first = fresh_order_no()
     assert partner.order(first, phone="13800138004")["code"] == "0"  # fails upstream
@@ -115,9 +136,9 @@ def test_hold_then_release_on_failure(service: ServiceProcess) -> None:
     assert_books_balance(service, partner)
 
 
-def test_money_is_held_while_the_order_is_open(services) -> None:
+def test_money_is_held_while_the_order_is_open(in_process_services) -> None:
     # A sandbox that takes a minute to settle: the order stays 充值中 throughout.
-    slow = services(sandbox_config(extra="settle_seconds = 60"))
+    slow = in_process_services(sandbox_config(extra="settle_seconds = 60"), background=True)
     partner = new_partner(slow, funds="15")
     cstm = fresh_order_no()
     assert partner.order(cstm)["code"] == "0"
@@ -130,7 +151,7 @@ def test_money_is_held_while_the_order_is_open(services) -> None:
     assert_books_balance(slow, partner)
 
 
-def test_a_repeated_order_holds_nothing_more(service: ServiceProcess) -> None:
+def test_a_repeated_order_holds_nothing_more(service: Service) -> None:
     partner = new_partner(service, funds="9.95")
     cstm = fresh_order_no()
     first = partner.order(cstm)
@@ -140,7 +161,7 @@ def test_a_repeated_order_holds_nothing_more(service: ServiceProcess) -> None:
     assert_books_balance(service, partner)
 
 
-def test_credit_limit_lets_the_balance_go_below_zero(service: ServiceProcess) -> None:
+def test_credit_limit_lets_the_balance_go_below_zero(service: Service) -> None:
     partner = new_partner(service, funds=None)
     service.cli("app", "set", partner.app_id, "--credit-limit", "10")
     assert partner.order(fresh_order_no())["code"] == "0"
@@ -150,7 +171,7 @@ def test_credit_limit_lets_the_balance_go_below_zero(service: ServiceProcess) ->
     assert seen["balance"] == Decimal("-9.95") and seen["available"] == Decimal("0.05")
 
 
-def test_operator_views_and_refusals(service: ServiceProcess) -> None:
+def test_operator_views_and_refusals(service: Service) -> None:
     partner = new_partner(service, funds="30")
     cstm = fresh_order_no()
     partner.order(cstm)
@@ -168,7 +189,7 @@ def test_operator_views_and_refusals(service: ServiceProcess) -> None:
         assert result.returncode != 0 and "Traceback" not in result.stderr, bad
 
 
-def test_random_histories_keep_the_books_balanced(service: ServiceProcess) -> None:
+def test_random_histories_keep_the_books_balanced(service: Service) -> None:
     """Random credits, orders (succeeding, failing, timing out), duplicates and concurrent
     bursts; after every step the account equals its ledger and no event is booked twice."""
     rng = random.Random(20261126)
@@ -178,7 +199,8 @@ def test_random_histories_keep_the_books_balanced(service: ServiceProcess) -> No
 
     def order(cstm: str, phone: str) -> dict:
         params = partner.signed(partner.order_params(cstm, phone=phone, access_token=token))
-        return httpx.post(f"{service.url}/sign/api/order", data=params, timeout=30).json()
+        with service.http_client(timeout=30) as http:  # a client of its own, as before
+            return http.post("/sign/api/order", data=params).json()
 
     for _step in range(25):
         action = rng.choice(["order", "order", "duplicate", "burst", "credit"])
