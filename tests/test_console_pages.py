@@ -1,7 +1,8 @@
 """The console's pages that act: the review queue, partners, operators, the audit log.
 
-Through a real ``topup serve`` over HTTP, as a signed-in operator's browser would post
-the forms (the browser itself drives a few of these in test_console_browser.py).
+Over HTTP, as a signed-in operator's browser would post the forms (the browser itself
+drives a few of these in test_console_browser.py). No rule here needs a real process: the
+app, with its dispatcher, is served in the test's own process (tests/inprocess.py).
 """
 
 from __future__ import annotations
@@ -11,15 +12,15 @@ import itertools
 import re
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from tests.conftest import new_partner
+from tests.inprocess import InProcessService
 from tests.support import (
     Backend,
     Console,
     Partner,
-    ServiceProcess,
+    Service,
     fresh_order_no,
     sandbox_config,
 )
@@ -34,16 +35,16 @@ NEVER_SETTLES = sandbox_config(extra="settle_seconds = 3600").replace(
 
 
 @pytest.fixture(scope="module")
-def stuck(tmp_path_factory: pytest.TempPathFactory, backend: Backend) -> Iterator[ServiceProcess]:
+def stuck(tmp_path_factory: pytest.TempPathFactory, backend: Backend) -> Iterator[Service]:
     workdir = tmp_path_factory.mktemp(f"console-{backend.name}")
-    proc = ServiceProcess(workdir, NEVER_SETTLES, backend=backend).start()
-    yield proc
-    proc.stop()
-    proc.drop_database()
+    app = InProcessService(workdir, NEVER_SETTLES, backend=backend, background=True).start()
+    yield app
+    app.stop()
+    app.drop_database()
 
 
 @pytest.fixture
-def signed_in(stuck: ServiceProcess):
+def signed_in(stuck: Service):
     """A console signed in with a new account of the given role."""
     consoles: list[Console] = []
 
@@ -61,13 +62,13 @@ def signed_in(stuck: ServiceProcess):
 
 
 @pytest.fixture(scope="module")
-def partner(stuck: ServiceProcess) -> Iterator[Partner]:
+def partner(stuck: Service) -> Iterator[Partner]:
     client = new_partner(stuck)
     yield client
     client.close()
 
 
-def _order_in_review(stuck: ServiceProcess, partner: Partner) -> tuple[str, str]:
+def _order_in_review(stuck: Service, partner: Partner) -> tuple[str, str]:
     cstm = fresh_order_no()
     reply = partner.order(cstm)
     assert reply["code"] == "0", reply
@@ -172,7 +173,7 @@ def test_rotating_a_secret_shows_it_once_and_the_old_one_keeps_signing(stuck, si
     assert len(new_secret) >= 32
     assert new_secret not in console.get(page).text
     assert client.order(fresh_order_no(), access_token=old_token)["code"] == "0"
-    fresh = Partner(stuck.url, client.app_id, new_secret, client.company)
+    fresh = Partner(stuck.url, client.app_id, new_secret, client.company, http=stuck.http_client())
     assert fresh.order(fresh_order_no())["code"] == "0"
     fresh.close()
     client.close()
@@ -256,6 +257,6 @@ def test_every_console_page_is_html_signed_in_and_json_free(stuck, signed_in) ->
         reply = console.get(path)
         assert reply.status_code == 200, path
         assert reply.headers["content-type"].startswith("text/html"), path
-    with httpx.Client(base_url=stuck.url) as stranger:
+    with stuck.http_client() as stranger:
         for path in ("/console/review", "/console/partners", "/console/audit"):
             assert stranger.get(path).status_code == 303, path
