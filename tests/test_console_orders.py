@@ -1,4 +1,6 @@
-"""The console's overview, order search and order page, through a real ``topup serve``.
+"""The console's overview, order search and order page. No rule here needs a real
+process: the app, with its dispatcher, is served in the test's own process
+(tests/inprocess.py).
 
 Orders are placed through the partner API and settled by the sandbox supplier; the
 pages are read over HTTP as a signed-in operator's browser would (the browser itself
@@ -16,7 +18,8 @@ from dataclasses import dataclass
 import pytest
 
 from tests.conftest import new_partner
-from tests.support import Backend, Console, ServiceProcess, fresh_order_no, sandbox_config
+from tests.inprocess import InProcessService
+from tests.support import Backend, Console, Service, fresh_order_no, sandbox_config
 
 _names = itertools.count(1)
 # A partner with this many orders has a second results page.
@@ -34,7 +37,7 @@ class Placed:
 
 @dataclass
 class Shop:
-    service: ServiceProcess
+    service: Service
     orders: dict[str, Placed]
     many: list[str]  # the MANY orders of the third partner, oldest first
     apps: tuple[str, str, str]
@@ -44,8 +47,11 @@ class Shop:
 def shop(tmp_path_factory: pytest.TempPathFactory, backend: Backend) -> Iterator[Shop]:
     """A service, and every order the tests of this module look at (placed once, so that
     the overview's counts are known exactly)."""
-    service = ServiceProcess(
-        tmp_path_factory.mktemp(f"console-orders-{backend.name}"), sandbox_config(), backend=backend
+    service = InProcessService(
+        tmp_path_factory.mktemp(f"console-orders-{backend.name}"),
+        sandbox_config(),
+        backend=backend,
+        background=True,
     ).start()
     first, second, third = (new_partner(service) for _ in range(3))
     service.cli(
@@ -234,8 +240,10 @@ NEVER_SETTLES = sandbox_config(extra="settle_seconds = 3600").replace(
 )
 
 
-def test_an_order_in_review_links_to_the_review_queue_for_those_who_may_act(services) -> None:
-    service = services(NEVER_SETTLES)
+def test_an_order_in_review_links_to_the_review_queue_for_those_who_may_act(
+    in_process_services,
+) -> None:
+    service = in_process_services(NEVER_SETTLES, background=True)
     partner = new_partner(service)
     reply = partner.order(fresh_order_no("r"))
     order_no = reply["data"]["orderNo"]
