@@ -1,5 +1,7 @@
 """Abuse limits through the real API: rate limits per address and per app, the
-failed-signature lock, the per-app IP allowlist, and X-Forwarded-For from trusted proxies."""
+failed-signature lock, the per-app IP allowlist, and X-Forwarded-For from trusted proxies.
+No rule here needs a real process: the app is served in the test's own process
+(tests/inprocess.py), its requests coming from 127.0.0.1 as a local client's would."""
 
 from __future__ import annotations
 
@@ -12,7 +14,15 @@ import pytest
 from core.config import ConfigError, LimitsConfig, parse_config
 from core.ratelimit import AbuseGuard, ClientAddresses, KeyedLimiter, RateLimited
 from tests.conftest import new_partner
-from tests.support import Partner, ServiceProcess, eventually, fresh_order_no, sandbox_config
+from tests.inprocess import InProcessService
+from tests.support import (
+    Partner,
+    Service,
+    ServiceProcess,
+    eventually,
+    fresh_order_no,
+    sandbox_config,
+)
 
 # A rate this small never refills during a test: a bucket holds exactly its burst.
 NEVER = 0.0001
@@ -26,8 +36,8 @@ def limits(**values: object) -> str:
     return "\n".join(lines) + "\n"
 
 
-def limited_service(services, **values: object) -> ServiceProcess:
-    return services(sandbox_config(extra=limits(**values)))
+def limited_service(in_process_services, **values: object) -> InProcessService:
+    return in_process_services(sandbox_config(extra=limits(**values)))
 
 
 def token_reply(partner: Partner, secret: str | None = None, **headers: str) -> httpx.Response:
@@ -49,7 +59,7 @@ def assert_rate_limited(reply: httpx.Response) -> dict:
     return body
 
 
-def stored(service: ServiceProcess, cstm_order_no: str) -> int:
+def stored(service: Service, cstm_order_no: str) -> int:
     query = "SELECT count(*) FROM orders WHERE cstm_order_no = ?"
     return service.sql(query, cstm_order_no)[0][0]
 
@@ -63,9 +73,9 @@ def wait_for(check, what: str):
 
 
 def test_address_limit_answers_429_with_retry_after_stores_nothing_and_follows_reload(
-    services,
+    in_process_services,
 ) -> None:
-    service = limited_service(services, ip_rate=NEVER, ip_burst=3)
+    service = limited_service(in_process_services, ip_rate=NEVER, ip_burst=3)
     partner = new_partner(service)
     partner.token()
     assert partner.order(fresh_order_no())["code"] == "0"
@@ -88,10 +98,10 @@ def test_address_limit_answers_429_with_retry_after_stores_nothing_and_follows_r
     assert stored(service, again) == 1
 
 
-def test_app_limit_counts_only_signed_calls_and_spares_other_apps(services) -> None:
-    service = limited_service(services, app_rate=NEVER, app_burst=3)
+def test_app_limit_counts_only_signed_calls_and_spares_other_apps(in_process_services) -> None:
+    service = limited_service(in_process_services, app_rate=NEVER, app_burst=3)
     victim, other = new_partner(service), new_partner(service)
-    stranger = httpx.Client(base_url=service.url, timeout=10)
+    stranger = service.http_client()
     ts = str(int(time.time()))
     for n in range(30):
         forged = {"appID": victim.app_id, "ts": ts, "sign": f"{n:064x}"}
@@ -111,9 +121,11 @@ def test_app_limit_counts_only_signed_calls_and_spares_other_apps(services) -> N
     assert other.order(fresh_order_no())["code"] == "0"
 
 
-def test_a_thousand_bad_signatures_lock_only_that_apps_wrong_signatures(services) -> None:
+def test_a_thousand_bad_signatures_lock_only_that_apps_wrong_signatures(
+    in_process_services,
+) -> None:
     # The address limit is off: the thousand requests all come from one address.
-    service = limited_service(services, ip_rate=0, bad_signature_window=3600)
+    service = limited_service(in_process_services, ip_rate=0, bad_signature_window=3600)
     victim, other = new_partner(service), new_partner(service)
     replies = [token_reply(victim, secret=f"guess-{n:06d}-of-a-secret") for n in range(1000)]
     codes = [reply.json()["errorCode"] for reply in replies]
@@ -137,7 +149,8 @@ def test_a_thousand_bad_signatures_lock_only_that_apps_wrong_signatures(services
 # -- the IP allowlist -----------------------------------------------------------------------
 
 
-def test_allowlist_refuses_other_addresses_and_can_be_cleared(service: ServiceProcess) -> None:
+def test_allowlist_refuses_other_addresses_and_can_be_cleared(in_process: InProcessService) -> None:
+    service = in_process
     partner = new_partner(service)
     service.cli("app", "set", partner.app_id, "--allow-ip", "203.0.113.0/24")
     assert "allowed IPs:  203.0.113.0/24" in service.cli("app", "show", partner.app_id).stdout
@@ -186,16 +199,17 @@ def test_allow_ip_refuses_a_malformed_block(tmp_path: Path) -> None:
 # -- X-Forwarded-For ------------------------------------------------------------------------
 
 
-def spend(service: ServiceProcess, forwarded_for: str) -> str:
+def spend(service: Service, forwarded_for: str) -> str:
     """An unsigned call (refused, but counted against the caller's address)."""
-    reply = httpx.post(
-        f"{service.url}/sign/api/token", headers={"X-Forwarded-For": forwarded_for}, timeout=10
-    )
+    with service.http_client() as client:
+        reply = client.post("/sign/api/token", headers={"X-Forwarded-For": forwarded_for})
     return reply.json()["errorCode"]
 
 
-def test_forwarded_for_is_believed_from_a_trusted_proxy(services) -> None:
-    proxied = limited_service(services, ip_rate=NEVER, ip_burst=2, trusted_proxies=["127.0.0.1/32"])
+def test_forwarded_for_is_believed_from_a_trusted_proxy(in_process_services) -> None:
+    proxied = limited_service(
+        in_process_services, ip_rate=NEVER, ip_burst=2, trusted_proxies=["127.0.0.1/32"]
+    )
     partner = new_partner(proxied)
     proxied.cli("app", "set", partner.app_id, "--allow-ip", "198.51.100.0/24")
 
@@ -216,8 +230,8 @@ def test_forwarded_for_is_believed_from_a_trusted_proxy(services) -> None:
     assert spend(proxied, "198.51.100.2, 198.51.100.1") == "RATE_LIMITED"
 
 
-def test_forwarded_for_is_ignored_from_anyone_else(services) -> None:
-    direct = limited_service(services, ip_rate=NEVER, ip_burst=2)
+def test_forwarded_for_is_ignored_from_anyone_else(in_process_services) -> None:
+    direct = limited_service(in_process_services, ip_rate=NEVER, ip_burst=2)
     partner = new_partner(direct)
     direct.cli("app", "set", partner.app_id, "--allow-ip", "198.51.100.0/24")
 
