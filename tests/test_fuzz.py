@@ -1,7 +1,8 @@
 """Property-based fuzzing of every partner route and the supplier callback routes, through
-the HTTP API of real services: whatever arrives, no 5xx, every partner-route answer is the
-envelope (code "1" with a known errorCode whenever it is not "0"), and no traceback in the
-service log.
+the HTTP API of the app, served in the test's own process (tests/inprocess.py) so that a
+case costs the app's work alone: whatever arrives, no 5xx, every partner-route answer is
+the envelope (code "1" with a known errorCode whenever it is not "0"), and no traceback in
+the service log.
 
 Signed cases carry a valid signature (and often a valid token) of a registered partner
 over hostile values, so the checks past the signature run too. Seeded and bounded: set
@@ -29,7 +30,8 @@ from hypothesis import strategies as st
 from core.errors import ErrorCode
 from core.signing import compute_sign
 from tests.conftest import new_partner
-from tests.support import Partner, ServiceProcess
+from tests.inprocess import InProcessService
+from tests.support import Partner
 from tests.test_conformance import CREDENTIALS
 
 EXAMPLES = int(os.environ.get("TOPUP_FUZZ_EXAMPLES", "150"))
@@ -377,7 +379,8 @@ def odd_token_cases(partner: Partner, token: str) -> list[Case]:
     return cases  # fmt: skip
 
 
-def test_partner_routes_answer_every_input_with_the_envelope(service: ServiceProcess) -> None:
+def test_partner_routes_answer_every_input_with_the_envelope(in_process: InProcessService) -> None:
+    service = in_process
     partner = new_partner(service)
     token = partner.token()
     tally = Tally()
@@ -476,9 +479,9 @@ def callback_cases(draw: st.DrawFn) -> tuple[Case, dict[str, bytes]]:
     return Case(method, path, query, body, content_type, kind != "raw"), headers
 
 
-def test_callback_routes_never_answer_5xx(services) -> None:
-    receiver: ServiceProcess = services(CALLBACK_CONFIG, env=CREDENTIALS)
-    client = httpx.Client(base_url=receiver.url, timeout=10)
+def test_callback_routes_never_answer_5xx(in_process_services) -> None:
+    receiver: InProcessService = in_process_services(CALLBACK_CONFIG, env=CREDENTIALS)
+    client = receiver.http_client()
 
     @FUZZ_SETTINGS
     @given(drawn=callback_cases())
