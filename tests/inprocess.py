@@ -82,16 +82,20 @@ class InProcessService(Service):
         self._level = topup.level
         topup.setLevel(logging.INFO)
         logging.getLogger().addHandler(self._handler)
-        with _environment(self.env), _root_logging_kept(), warnings.catch_warnings():
-            settings = Settings.from_env()  # as ``topup serve`` reads them
-            # The routes use styles Litestar 2.x deprecates: a service process prints
-            # that once at start; here it would close every test run.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            from service.app import create_app
+        try:
+            with _environment(self.env), _root_logging_kept(), warnings.catch_warnings():
+                settings = Settings.from_env()  # as ``topup serve`` reads them
+                # The routes use styles Litestar 2.x deprecates: a service process prints
+                # that once at start; here it would close every test run.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from service.app import create_app
 
-            app = create_app(settings, background=self.background)
-            client = TestClient(app, base_url=BASE_URL, raise_server_exceptions=False)
-            client.__enter__()  # the lifespan: migrations, token key, node number
+                app = create_app(settings, background=self.background)
+                client = TestClient(app, base_url=BASE_URL, raise_server_exceptions=False)
+                client.__enter__()  # the lifespan: migrations, token key, node number
+        except BaseException:
+            self._detach_log()
+            raise
         self._client = client
         return self
 
@@ -102,6 +106,9 @@ class InProcessService(Service):
         if self._client is not None:
             self._client.__exit__(None, None, None)
             self._client = None
+            self._detach_log()
+
+    def _detach_log(self) -> None:
         logging.getLogger().removeHandler(self._handler)
         logging.getLogger("topup").setLevel(self._level)
 
