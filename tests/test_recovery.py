@@ -9,8 +9,8 @@ from pathlib import Path
 
 from tests.conftest import new_partner
 from tests.fake_suppliers import read_journal
-from tests.support import PRODUCTS, fresh_order_no
-from tests.test_lifecycle import calls, wait_for
+from tests.support import PRODUCTS, eventually, fresh_order_no
+from tests.test_lifecycle import calls
 
 PLUGINS_ENV = {"TOPUP_PLUGINS": "tests.fake_suppliers"}
 # The promise: an order in flight at a kill -9 is final this soon after the restart.
@@ -54,7 +54,7 @@ def test_orders_in_flight_at_a_kill_9_are_final_within_seconds_of_the_restart(
     numbers = {
         cstm: partner.order(cstm, phone=phone)["data"]["orderNo"] for cstm, phone in orders.items()
     }
-    wait_for(lambda: all(calls(str(journal), "submit", no) for no in numbers.values()))
+    eventually(lambda: all(calls(str(journal), "submit", no) for no in numbers.values()))
     crashed = {call["pid"] for call in read_journal(str(journal))}
 
     service.kill9()
