@@ -104,7 +104,7 @@ class TimelineEntry(msgspec.Struct, frozen=True):
     """One fact in an order's life, and who caused it.
 
     ``kind``: accepted, hold, attempt_started, attempt_refused, attempt_succeeded,
-    attempt_failed, review, resolved, requeried, succeeded, failed, capture, release,
+    attempt_failed, review, resolved, requeried, resent, succeeded, failed, capture, release,
     notify_queued, notify_delivered.
     ``actor_kind``: system, partner, supplier or operator; ``actor`` names them (the
     app, the plugin, the operator).
@@ -361,6 +361,7 @@ _RANK = {
             "attempt_started",
             "review",
             "requeried",
+            "resent",
             "attempt_refused",
             "attempt_succeeded",
             "attempt_failed",

@@ -61,6 +61,9 @@ class OrderRow(msgspec.Struct):
         return OrderRecord(**msgspec.structs.asdict(self))
 
 
+# Rows are read positionally in the table's column order, which is OrderRecord's.
+assert OrderRow.__struct_fields__ == OrderRecord.__struct_fields__, "OrderRow drifted"
+
 MUTABLE_COLUMNS = (
     "state",
     "attempts",

@@ -42,6 +42,7 @@ KINDS = {
     "attempt_failed": "上游结果：失败",
     "review": "转人工审核",
     "requeried": "送回自动查询",
+    "resent": "供应商查无此单，同一参考号重新提交",
     "resolved": "人工认定结果",
     "succeeded": "订单成功",
     "failed": "订单失败",
