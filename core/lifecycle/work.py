@@ -205,10 +205,6 @@ class Work:
         for names, rows in by_columns.items():
             update_rows(self.conn, orders, "order_no", names, rows)
 
-    @property
-    def finished(self) -> list[OrderRow]:
-        return list(self._finished)
-
 
 def _plain(value):
     # sqlite3 binds str, not its subclasses.
