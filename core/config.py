@@ -78,7 +78,7 @@ class DispatchConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # than call_timeout plus this many seconds: sooner, the first request may still be
     # on its way.
     resend_margin: float = 30.0
-    # Consecutive definitive failures that open a plugin's circuit, and how long it stays open.
+    # Consecutive transient refusals that open a plugin's circuit, and how long it stays open.
     breaker_threshold: int = 5
     breaker_cooldown: float = 60.0
 

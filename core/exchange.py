@@ -25,9 +25,10 @@ async def exchange(
     """Send one request; a transport failure comes back as the result it implies.
 
     - connection refused, connect or pool timeout: ``SupplierResult.not_sent`` (FAILED
-      with failover), since the request never left;
+      with failover), since the request never left. From ``submit`` that is the answer;
+      from ``query`` it says nothing about the order: answer ``unknown`` there;
     - any other transport error (a read timeout, a dropped connection, a protocol error
-      after sending): ``SupplierResult.unknown("TRANSPORT", ...)``, since it may have
+      after sending): ``SupplierResult.unknown(code="TRANSPORT", ...)``, since it may have
       arrived;
     - any HTTP answer, 5xx included, is returned as it came: many suppliers say what
       happened in the body whatever the status. Read it, and use ``unknown_answer``
@@ -38,12 +39,12 @@ async def exchange(
     try:
         return await client.request(method, url, **kwargs)
     except NEVER_LEFT as exc:
-        return SupplierResult.not_sent(f"{plugin} unreachable: {type(exc).__name__}")
+        return SupplierResult.not_sent(message=f"{plugin} unreachable: {type(exc).__name__}")
     except httpx.HTTPError as exc:
-        return SupplierResult.unknown("TRANSPORT", f"{type(exc).__name__}: {exc}")
+        return SupplierResult.unknown(code="TRANSPORT", message=f"{type(exc).__name__}: {exc}")
 
 
 def unknown_answer(response: httpx.Response, message: str) -> SupplierResult:
     """An answer that proves nothing (a bare 5xx, a body that is not the supplier's
     format): unknown, coded with the HTTP status so that the logs say what came back."""
-    return SupplierResult.unknown(f"HTTP_{response.status_code}", message)
+    return SupplierResult.unknown(code=f"HTTP_{response.status_code}", message=message)

@@ -40,4 +40,9 @@ def register_suppliers(register: Callable[[type[Supplier]], None]) -> None:
     Called once at start-up and again on every configuration reload. Do no I/O
     here: the core instantiates only the enabled suppliers, with their settings,
     and their methods are where network calls belong.
+
+    What those methods answer is the contract of ``topup.Supplier`` (core/suppliers.py):
+    above all, only ``submit``'s refusal before acceptance may allow failover; the core
+    reads a failover from ``query`` or a callback as unknown. ``topup.testing`` checks a
+    plugin against it.
     """

@@ -7,8 +7,13 @@ as often as it needs, and calls ``aclose`` at shutdown.
 
 The one rule a plugin must keep: report what the supplier actually said. If the
 plugin cannot tell whether the top-up was made (a timeout, a 5xx, a response it
-does not understand), the answer is ``Outcome.UNKNOWN``; the core then asks
-``query`` with the same reference and never submits the attempt again.
+does not understand, "system busy"), the answer is ``Outcome.UNKNOWN``; the core then
+asks ``query`` with the same reference and never submits the attempt again.
+
+Only one answer may let the core try another supplier: ``submit``'s refusal before
+acceptance, which proves nothing was delivered (``failed(..., failover=True)``). A
+status query or a callback cannot prove that, and the core reads a failover from
+either as unknown.
 """
 
 from __future__ import annotations
@@ -64,16 +69,54 @@ class UpstreamOrder(msgspec.Struct, frozen=True):
         return self.carrier
 
 
-class SupplierResult(msgspec.Struct, frozen=True):
+class FailReason(StrEnum):
+    """What a partner is told about a failed order: its ``failReason``.
+
+    A short, fixed table in the partner API's language, so that no supplier's own wording
+    (an English status, an internal code, the word "callback") ever reaches a partner. The
+    supplier's code and message stay on the attempt, for operators (the console,
+    ``topup orders show``). A plugin picks one with ``failed(..., reason=...)`` or in its
+    ``classify_error`` table; without one a failed order says ``FAILED``.
+    """
+
+    FAILED = "充值失败，款项已退回"
+    """Any failure without a more precise reason: the default."""
+    NUMBER_NOT_SUPPORTED = "号码不支持充值"
+    """The number cannot be topped up: a range the carrier or channel does not serve
+    (virtual carriers' 170/171...), a number that does not exist, a blocked number."""
+    NUMBER_SUSPENDED = "号码状态异常（停机/销户）"
+    """The number is suspended or closed at its carrier."""
+    AMOUNT_NOT_SUPPORTED = "该号码不支持此面值"
+    """The product (face value) is not offered for this number."""
+    CARRIER_MAINTENANCE = "运营商系统维护，请稍后再试"
+    """The carrier's own system is down for maintenance."""
+    NO_SUPPLIER = "暂无可用充值渠道"
+    """No supplier could take the order (set by the core, not by plugins)."""
+
+
+class SupplierResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What a supplier said about one attempt. Make it with the builders below
+    (``SupplierResult.succeeded(supplier_ref=...)``...), which take keywords only."""
+
     outcome: Outcome
     code: str = ""
-    """The supplier's own result or error code, verbatim."""
+    """The supplier's own result or error code, verbatim. Kept for operators."""
     message: str = ""
+    """The supplier's own words, verbatim. Kept for operators, never shown to partners
+    (they see ``reason``)."""
     supplier_ref: str | None = None
     failover: bool = False
-    """With FAILED only: the failure proves nothing was delivered, so the core may
-    try the next supplier in the route (balance exhausted, rejected before
-    acceptance...). Set it from the supplier's error code, never from HTTP status."""
+    """With FAILED from ``submit`` only: the supplier refused before accepting, which
+    proves nothing was delivered, so the core may try the next supplier in the route.
+    Set it from the supplier's error code, never from HTTP status. A query or callback
+    cannot prove that: the core reads a failover from either as UNKNOWN."""
+    transient: bool = False
+    """With a failover only: the refusal is about this supplier, not this order (it is
+    rate limiting, in maintenance, out of our balance, refusing our credentials): it
+    counts towards opening the supplier's circuit (``dispatch.breaker_threshold``)."""
+    reason: FailReason | None = None
+    """With FAILED only: what the partner is told if the order ends failed
+    (``FailReason.FAILED`` when None)."""
     no_such_order: bool = False
     """With UNKNOWN only, from ``query``: the supplier says it has no order with our
     reference. Make it with ``never_received``. For a plugin that declares
@@ -84,71 +127,127 @@ class SupplierResult(msgspec.Struct, frozen=True):
         if self.no_such_order and self.outcome is not Outcome.UNKNOWN:
             # "No such order" says nothing was credited yet, which only UNKNOWN may carry.
             raise ValueError(f"no_such_order with outcome {self.outcome}: use never_received")
+        if self.outcome is not Outcome.FAILED and (self.failover or self.reason is not None):
+            raise ValueError(f"failover and reason go with a failure, not {self.outcome}")
+        if self.transient and not self.failover:
+            raise ValueError("transient describes a refusal that allows failover")
 
     @classmethod
-    def succeeded(cls, supplier_ref: str | None = None, code: str = "", message: str = ""):
-        return cls(Outcome.SUCCEEDED, code, message, supplier_ref)
+    def succeeded(
+        cls, *, supplier_ref: str | None = None, code: str = "", message: str = ""
+    ) -> SupplierResult:
+        """The phone was credited."""
+        return cls(outcome=Outcome.SUCCEEDED, code=code, message=message, supplier_ref=supplier_ref)
 
     @classmethod
-    def pending(cls, supplier_ref: str | None = None, code: str = "", message: str = ""):
-        return cls(Outcome.PENDING, code, message, supplier_ref)
+    def pending(
+        cls, *, supplier_ref: str | None = None, code: str = "", message: str = ""
+    ) -> SupplierResult:
+        """The supplier has the order and is working on it."""
+        return cls(outcome=Outcome.PENDING, code=code, message=message, supplier_ref=supplier_ref)
 
     @classmethod
-    def unknown(cls, code: str = "", message: str = "", supplier_ref: str | None = None):
-        return cls(Outcome.UNKNOWN, code, message, supplier_ref)
+    def unknown(
+        cls, *, supplier_ref: str | None = None, code: str = "", message: str = ""
+    ) -> SupplierResult:
+        """Nobody knows whether the phone was or will be credited: the core queries."""
+        return cls(outcome=Outcome.UNKNOWN, code=code, message=message, supplier_ref=supplier_ref)
 
     @classmethod
     def failed(
         cls,
+        *,
         code: str = "",
         message: str = "",
-        *,
         failover: bool = False,
+        transient: bool = False,
         supplier_ref: str | None = None,
-    ):
-        return cls(Outcome.FAILED, code, message, supplier_ref, failover)
+        reason: FailReason | None = None,
+    ) -> SupplierResult:
+        """The supplier says it did not and will not credit the phone.
+
+        ``failover=True`` only for ``submit``'s refusal before acceptance (nothing was
+        delivered); ``transient=True`` as well when the refusal is about the supplier
+        rather than the order; ``reason`` is what the partner is told.
+        """
+        return cls(
+            outcome=Outcome.FAILED,
+            code=code,
+            message=message,
+            supplier_ref=supplier_ref,
+            failover=failover,
+            transient=transient,
+            reason=reason,
+        )
 
     @classmethod
-    def not_sent(cls, message: str):
-        """The request provably never left (connection refused, no token): try elsewhere."""
-        return cls(Outcome.FAILED, "NOT_SENT", message, None, True)
+    def not_sent(cls, *, message: str) -> SupplierResult:
+        """The request provably never left (connection refused, no token): another
+        supplier may try, and it counts against this one's circuit. ``topup.exchange``
+        answers it for any request that never left; for a status query that says nothing
+        about the order, so ``query`` answers ``unknown`` instead."""
+        return cls.failed(code="NOT_SENT", message=message, failover=True, transient=True)
 
     @classmethod
-    def never_received(cls, code: str = "", message: str = ""):
+    def never_received(cls, *, code: str = "", message: str = "") -> SupplierResult:
         """A status query's answer that the supplier has no order with our reference.
 
         Still unknown: the order may yet appear (a supplier's records can lag). Only a
         plugin that declares ``refuses_reused_reference`` lets the core act on it.
         """
-        return cls(Outcome.UNKNOWN, code, message, no_such_order=True)
+        return cls(outcome=Outcome.UNKNOWN, code=code, message=message, no_such_order=True)
 
 
 class ErrorClass(StrEnum):
-    """How a supplier's own error code is to be read."""
+    """How a supplier's own error code is to be read (see ``classify_error``).
+
+    Only a ``submit``'s answer is classified this way: an error answering a status query
+    is about the query, not the order, and is ``unknown`` whatever the code.
+    """
 
     DEFINITIVE = "definitive"
-    """Refused before acceptance; nothing was delivered: another supplier may try."""
+    """This supplier refused this order before accepting it; provably nothing was
+    delivered, and another supplier may do better (a product it does not stock, a
+    number it recently topped up): failover. Says nothing about the supplier's health."""
+    NO_FAILOVER = "no_failover"
+    """Refused before acceptance, nothing delivered, and no other supplier can help
+    either (a number the carrier does not serve, a blacklisted number, a face value not
+    offered for this number): the order fails, without failover. Give the partner's
+    reason with it: ``(ErrorClass.NO_FAILOVER, FailReason.NUMBER_NOT_SUPPORTED)``."""
     TRANSIENT = "transient"
-    """Refused for a passing reason; nothing was delivered: another supplier may try."""
+    """Refused before acceptance, nothing delivered, for a reason at this supplier
+    rather than in the order (rate limited, in maintenance, our balance there is
+    exhausted, our credentials refused): failover, and it counts towards opening the
+    supplier's circuit, so that following orders skip it for a while."""
     UNKNOWN = "unknown"
-    """Says nothing certain about delivery: the order is queried, never resent."""
+    """Says nothing certain about delivery ("system busy", an internal error, a
+    duplicate reference): the order is queried, never resent and never failed over."""
 
 
-def classify_error(
-    plugin: str, table: Mapping[str, ErrorClass], code: str, message: str
-) -> SupplierResult:
-    """The result for a supplier error code, from the plugin's table.
+ErrorTable = Mapping[str, ErrorClass | tuple[ErrorClass, FailReason]]
+"""A plugin's error codes: code -> class, or (class, the partner's reason)."""
+
+
+def classify_error(plugin: str, table: ErrorTable, code: str, message: str) -> SupplierResult:
+    """The result for a supplier error code answering ``submit``, from the plugin's table.
 
     A code missing from the table is treated as unknown and raises an alert, since it
     means the supplier says something the plugin was not written to understand.
     """
-    error_class = table.get(code)
-    if error_class is None:
+    entry = table.get(code)
+    if entry is None:
         alerts.warning("%s: unlisted error code %r (%s): treated as unknown", plugin, code, message)
-        return SupplierResult.unknown(code, message)
+        return SupplierResult.unknown(code=code, message=message)
+    error_class, reason = entry if isinstance(entry, tuple) else (entry, None)
     if error_class is ErrorClass.UNKNOWN:
-        return SupplierResult.unknown(code, message)
-    return SupplierResult.failed(code, message, failover=True)
+        return SupplierResult.unknown(code=code, message=message)
+    return SupplierResult.failed(
+        code=code,
+        message=message,
+        failover=error_class is not ErrorClass.NO_FAILOVER,
+        transient=error_class is ErrorClass.TRANSIENT,
+        reason=reason,
+    )
 
 
 class CallbackRequest(msgspec.Struct, frozen=True):
@@ -265,17 +364,51 @@ class Supplier(ABC):
 
     @abstractmethod
     async def submit(self, order: UpstreamOrder) -> SupplierResult:
-        """Send the order upstream, once. Report what the supplier said."""
+        """Send the order upstream, once. Report what the supplier said.
+
+        The one answer that may let the core try another supplier is a refusal before
+        acceptance that proves nothing was delivered: ``failed(..., failover=True)``,
+        ``not_sent``, or ``classify_error`` for a DEFINITIVE or TRANSIENT code. Anything
+        uncertain ("system busy", a timeout, a code not in the table) is ``unknown``.
+        """
 
     @abstractmethod
     async def query(self, order: UpstreamOrder) -> SupplierResult:
-        """Ask the supplier for the state of ``order.reference``; never resubmit."""
+        """Ask the supplier for the state of ``order.reference``; never resubmit.
+
+        Never allows failover: a failure found here came after acceptance, and a query
+        that went nowhere (``topup.exchange``'s ``not_sent``) or was answered with an
+        error says nothing about the order, so answer ``unknown``. The core reads a
+        failover from here as unknown.
+        """
 
     async def balance(self) -> int | None:
         """Our balance with the supplier in fen, where its protocol can tell it; None
         (the default) when it cannot. Raise when the supplier could not be asked: the
         console shows the last known figure and the error. Called at most once a minute,
         under a short timeout, never on an order's path."""
+        return None
+
+    async def lookup_carrier(self, phone_no: str) -> str | None:
+        """Optional: the carrier that serves ``phone_no`` today, as the supplier knows it.
+
+        Parameters:
+            phone_no: an 11-digit mainland mobile number in an allocated segment.
+
+        Returns:
+            The carrier under the partner API's name for it (中国移动, 中国联通, 中国电信,
+            中国广电), or None when the supplier cannot tell. Raise when the supplier could
+            not be asked; the core logs it.
+
+        A number keeps its segment when it moves to another carrier (携号转网), so only a
+        supplier that tops it up knows where it is now. Override this when the supplier's
+        protocol can tell (juhe's ``telquery``); the core then asks the first enabled
+        supplier that overrides it, when a partner asks ``/sign/api/products`` by
+        ``phoneNo``, never on an order's path. Answer within a second or two: the core
+        gives up after ``core.carriers.LOOKUP_TIMEOUT`` seconds, and on any failure (None,
+        an exception, a name it does not know) answers from the number-segment table.
+        The default does not look anything up.
+        """
         return None
 
     def parse_statement(self, content: bytes) -> list[StatementLine]:
@@ -286,8 +419,10 @@ class Supplier(ABC):
         """Verify and read a callback sent to ``/callback/NAME``. Do no I/O here.
 
         Return a ``Callback`` with a ``result`` only for a callback whose signature is
-        good; what the core does with it depends on ``authoritative_callbacks``.
-        Suppliers without callbacks keep this default, which refuses them.
+        good, read from the status it carries (a "still processing" callback is
+        ``pending``, or no result); what the core does with it depends on
+        ``authoritative_callbacks``. Like a query's, a callback's result never allows
+        failover. Suppliers without callbacks keep this default, which refuses them.
         """
         return Callback(CallbackReply(404, b"callbacks not supported"))
 

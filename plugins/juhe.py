@@ -3,7 +3,8 @@
 Submit ``onlineorder`` with our reference as ``orderid``; query ``ordersta`` by it;
 states 0 充值中, 1 成功, 9 撤销; POST callbacks signed ``md5(key + sporder_id + orderid)``,
 which the core takes only as a cue to query (the sign does not cover the outcome);
-``yue`` tells our balance (余额查询).
+``yue`` tells our balance (余额查询); ``telquery`` which carrier serves a number now
+(携号转网 included), read from the area of the product it would use.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from topup import (
     CallbackReply,
     CallbackRequest,
     ErrorClass,
+    ErrorTable,
+    FailReason,
     Outcome,
     StatementLine,
     Supplier,
@@ -39,22 +42,26 @@ from topup import (
 
 log = logging.getLogger("topup.plugins.juhe")
 
-# The supplier's own error codes, read as the protocol documents them. A code not
-# listed here is unknown and raises an alert (see classify_error).
-ERRORS: dict[str, ErrorClass] = {
-    "10001": ErrorClass.DEFINITIVE,  # 错误的请求KEY
-    "10002": ErrorClass.DEFINITIVE,  # 该KEY无请求权限
-    "10003": ErrorClass.DEFINITIVE,  # KEY过期
-    "10004": ErrorClass.DEFINITIVE,  # 错误的OPENID
+# The supplier's own error codes answering onlineorder, read as the protocol documents
+# them. A code not listed here is unknown and raises an alert (see classify_error).
+# Refusals about our account or the interface rather than the order are transient:
+# another supplier may try, and they count towards opening juhe's circuit.
+ERRORS: ErrorTable = {
+    "10001": ErrorClass.TRANSIENT,  # 错误的请求KEY
+    "10002": ErrorClass.TRANSIENT,  # 该KEY无请求权限
+    "10003": ErrorClass.TRANSIENT,  # KEY过期
+    "10004": ErrorClass.TRANSIENT,  # 错误的OPENID
     "10012": ErrorClass.TRANSIENT,  # 请求超过次数限制
     "10014": ErrorClass.UNKNOWN,  # 系统内部异常: it may have been processed
     "10020": ErrorClass.TRANSIENT,  # 接口维护
-    "10021": ErrorClass.DEFINITIVE,  # 接口停用
-    "208501": ErrorClass.DEFINITIVE,  # 不允许充值的手机号码及金额
-    "208502": ErrorClass.DEFINITIVE,  # 请求手机号码归属地出错
-    "208505": ErrorClass.DEFINITIVE,  # 错误的请求参数或校验值
+    "10021": ErrorClass.TRANSIENT,  # 接口停用
+    # 不允许充值的手机号码及金额: juhe's own list; another supplier may serve it.
+    "208501": (ErrorClass.DEFINITIVE, FailReason.AMOUNT_NOT_SUPPORTED),
+    # 请求手机号码归属地出错: juhe could not place the number; another supplier may.
+    "208502": (ErrorClass.DEFINITIVE, FailReason.NUMBER_NOT_SUPPORTED),
+    "208505": ErrorClass.TRANSIENT,  # 错误的请求参数或校验值: our signing, every order
     "208506": ErrorClass.UNKNOWN,  # 订单号不存在 (from a query: never_received)
-    "208507": ErrorClass.DEFINITIVE,  # 账户余额不足
+    "208507": ErrorClass.TRANSIENT,  # 账户余额不足
     "208509": ErrorClass.UNKNOWN,  # 订单号重复: usually the first try was paid
 }
 # ordersta's answer for an orderid juhe never accepted.
@@ -66,6 +73,10 @@ GAME_STATE = {
 }
 STATEMENT_COLUMNS = ("orderid", "sporder_id", "phoneno", "ordercash", "game_state")
 STATEMENT_STATE = {"1": Outcome.SUCCEEDED, "9": Outcome.FAILED, "0": Outcome.PENDING}
+# telquery names the product for one face value; any face value juhe sells will do.
+LOOKUP_CARDNUM = "10"
+# telquery's game_area ends with the carrier's short name: 江苏苏州电信.
+CARRIER_NAMES = {"移动": "中国移动", "联通": "中国联通", "电信": "中国电信", "广电": "中国广电"}
 SUCCESS_REPLY = CallbackReply(200, b"success")
 REFUSED_REPLY = CallbackReply(200, b"fail")  # anything but "success" makes juhe retry
 
@@ -74,12 +85,19 @@ class BalanceError(Exception):
     """The balance could not be read; the message says what juhe answered."""
 
 
+class LookupFailed(Exception):
+    """telquery could not be asked or refused; the message says what happened."""
+
+
 class JuheSettings(msgspec.Struct, forbid_unknown_fields=True):
     base_url: str = "http://op.juhe.cn"
     key_env: str = "TOPUP_JUHE_KEY"
     openid_env: str = "TOPUP_JUHE_OPENID"
     # Seconds for any one HTTP exchange, connect included.
     timeout: float = 10.0
+    # Seconds for a carrier lookup (telquery): a partner is waiting for it, and without an
+    # answer the number-segment table answers instead.
+    lookup_timeout: float = 2.0
 
 
 class JuheReply(msgspec.Struct):
@@ -114,7 +132,10 @@ class Juhe(Supplier):
     async def submit(self, order: UpstreamOrder) -> SupplierResult:
         if order.face_value % 100:
             return SupplierResult.failed(
-                "FACE_VALUE", "juhe tops up whole yuan only", failover=True
+                code="FACE_VALUE",
+                message="juhe tops up whole yuan only",
+                failover=True,
+                reason=FailReason.AMOUNT_NOT_SUPPORTED,
             )
         cardnum = str(order.face_value // 100)
         payload = {
@@ -136,12 +157,12 @@ class Juhe(Supplier):
         reply = await self._exchange("GET", "/ofpay/mobile/ordersta", params=params)
         if isinstance(reply, SupplierResult):
             # A query that went nowhere says nothing about the order; never fail over on it.
-            return SupplierResult.unknown(reply.code, reply.message)
+            return SupplierResult.unknown(code=reply.code, message=reply.message)
         if str(reply.error_code) == NO_SUCH_ORDER:
-            return SupplierResult.never_received(NO_SUCH_ORDER, reply.reason)
+            return SupplierResult.never_received(code=NO_SUCH_ORDER, message=reply.reason)
         if str(reply.error_code) != "0":
             # An error on a status query is about the query, not the order.
-            return SupplierResult.unknown(str(reply.error_code), reply.reason)
+            return SupplierResult.unknown(code=str(reply.error_code), message=reply.reason)
         return _from_state(reply.result or {}, reply.reason)
 
     async def balance(self) -> int:
@@ -164,6 +185,20 @@ class Juhe(Supplier):
         # juhe writes three decimals ("9.990"); we keep whole fen.
         return int((money * 100).to_integral_value(ROUND_DOWN))
 
+    async def lookup_carrier(self, phone_no: str) -> str | None:
+        """``GET telquery``: the product juhe would top the number up with; its
+        ``game_area`` (江苏苏州电信) ends with the carrier that serves the number now."""
+        params = {"cardnum": LOOKUP_CARDNUM, "phoneno": phone_no, "key": self._key}
+        reply = await self._exchange(
+            "GET", "/ofpay/mobile/telquery", params=params, timeout=self.settings.lookup_timeout
+        )
+        if isinstance(reply, SupplierResult):
+            raise LookupFailed(f"juhe telquery failed: {reply.code} {reply.message}")
+        if str(reply.error_code) != "0":
+            raise LookupFailed(f"juhe telquery refused: {reply.error_code} {reply.reason}")
+        area = str((reply.result or {}).get("game_area", ""))
+        return next((name for short, name in CARRIER_NAMES.items() if area.endswith(short)), None)
+
     def parse_callback(self, request: CallbackRequest) -> Callback:
         fields = dict(parse_qsl(request.body.decode("utf-8", errors="replace")))
         sporder_id, orderid = fields.get("sporder_id", ""), fields.get("orderid", "")
@@ -173,10 +208,10 @@ class Juhe(Supplier):
             return Callback(REFUSED_REPLY)
         status = fields.get("sta")
         if status == "1":
-            result = SupplierResult.succeeded(sporder_id, code="1")
+            result = SupplierResult.succeeded(supplier_ref=sporder_id, code="1")
         elif status == "9":
             result = SupplierResult.failed(
-                "9", fields.get("err_msg") or "撤销", supplier_ref=sporder_id
+                code="9", message=fields.get("err_msg") or "撤销", supplier_ref=sporder_id
             )
         else:
             log.warning("juhe callback for %s with unexpected sta %r", orderid, status)
@@ -215,11 +250,11 @@ def _from_state(result: dict, reason: str) -> SupplierResult:
     sporder_id = result.get("sporder_id") or None
     if state == "9":
         return SupplierResult.failed(
-            "9", result.get("err_msg") or reason or "撤销", supplier_ref=sporder_id
+            code="9", message=result.get("err_msg") or reason or "撤销", supplier_ref=sporder_id
         )
     make = GAME_STATE.get(state)
     if make is None:
-        return SupplierResult.unknown(f"game_state={state!r}", reason)
+        return SupplierResult.unknown(code=f"game_state={state!r}", message=reason)
     return make(supplier_ref=sporder_id, code=state, message=reason)
 
 

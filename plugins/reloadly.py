@@ -22,6 +22,8 @@ from topup import (
     CallbackReply,
     CallbackRequest,
     ErrorClass,
+    ErrorTable,
+    FailReason,
     StatementLine,
     Supplier,
     SupplierResult,
@@ -38,14 +40,17 @@ from topup import (
 log = logging.getLogger("topup.plugins.reloadly")
 
 ACCEPT = "application/com.reloadly.topups-v1+json"
-ERRORS: dict[str, ErrorClass] = {
-    "INSUFFICIENT_BALANCE": ErrorClass.DEFINITIVE,
-    "INVALID_PHONE_NUMBER": ErrorClass.DEFINITIVE,
-    "INVALID_AMOUNT_FOR_OPERATOR": ErrorClass.DEFINITIVE,
-    "OPERATOR_UNAVAILABLE": ErrorClass.TRANSIENT,
+# Refusals about our account or reloadly's service rather than the order are transient:
+# another supplier may try, and they count towards opening reloadly's circuit.
+ERRORS: ErrorTable = {
+    "INSUFFICIENT_BALANCE": ErrorClass.TRANSIENT,
+    "INVALID_PHONE_NUMBER": (ErrorClass.DEFINITIVE, FailReason.NUMBER_NOT_SUPPORTED),
+    "INVALID_AMOUNT_FOR_OPERATOR": (ErrorClass.DEFINITIVE, FailReason.AMOUNT_NOT_SUPPORTED),
+    "OPERATOR_UNAVAILABLE": (ErrorClass.TRANSIENT, FailReason.CARRIER_MAINTENANCE),
     "PHONE_RECENTLY_RECHARGED": ErrorClass.DEFINITIVE,
     "TRANSACTION_CANNOT_BE_PROCESSED_AT_THE_MOMENT": ErrorClass.TRANSIENT,
-    "INVALID_CREDENTIALS": ErrorClass.DEFINITIVE,
+    "INVALID_CREDENTIALS": ErrorClass.TRANSIENT,
+    "INTERNAL_SERVER_ERROR": ErrorClass.UNKNOWN,  # it may have been processed
     "DUPLICATED_CUSTOM_IDENTIFIER": ErrorClass.UNKNOWN,  # usually the first try was paid
     "TRANSACTION_NOT_FOUND": ErrorClass.UNKNOWN,
 }
@@ -139,7 +144,9 @@ class Reloadly(Supplier):
         operator = self.settings.operators.get(order.carrier)
         if operator is None:
             return SupplierResult.failed(
-                "NO_OPERATOR", f"no reloadly operatorId for {order.carrier}", failover=True
+                code="NO_OPERATOR",
+                message=f"no reloadly operatorId for {order.carrier}",
+                failover=True,
             )
         body = {
             "operatorId": operator,
@@ -165,14 +172,14 @@ class Reloadly(Supplier):
             response = await self._call("GET", "/topups/reports/transactions", params=params)
             reader = _from_report
         if isinstance(response, SupplierResult):
-            return SupplierResult.unknown(response.code, response.message)
+            return SupplierResult.unknown(code=response.code, message=response.message)
         if response.status_code != 200:
             # An error on a status query is about the query, not the order. That includes
             # TRANSACTION_NOT_FOUND for a transactionId: reloadly gave us that id, so it
             # has the order, whatever its status endpoint says now.
             error = _error_reply(response)
             return SupplierResult.unknown(
-                error.errorCode or f"HTTP_{response.status_code}", error.message
+                code=error.errorCode or f"HTTP_{response.status_code}", message=error.message
             )
         return _read(response.content, StatusReply if order.supplier_ref else Report, reader)
 
@@ -219,7 +226,7 @@ class Reloadly(Supplier):
             try:
                 token = await self._bearer(force=fresh)
             except NotSent as exc:
-                return SupplierResult.not_sent(str(exc))
+                return SupplierResult.not_sent(message=str(exc))
             headers = {"Authorization": f"Bearer {token}", "Accept": ACCEPT}
             response = await exchange(
                 self._http, method, path, plugin=self.name, headers=headers, **kwargs
@@ -231,7 +238,7 @@ class Reloadly(Supplier):
             )
             if not stale:
                 return response
-        return SupplierResult.not_sent("reloadly refused a freshly issued token")
+        return SupplierResult.not_sent(message="reloadly refused a freshly issued token")
 
     async def _bearer(self, force: bool) -> str:
         async with self._token_lock:
@@ -280,19 +287,23 @@ def _read(content: bytes, kind: type, reader) -> SupplierResult:
     try:
         return reader(msgspec.json.decode(content, type=kind))
     except (msgspec.DecodeError, msgspec.ValidationError):
-        return SupplierResult.unknown("UNREADABLE", "reloadly answered something unreadable")
+        return SupplierResult.unknown(
+            code="UNREADABLE", message="reloadly answered something unreadable"
+        )
 
 
 def _from_transaction(transaction: Transaction) -> SupplierResult:
     ref = None if transaction.transactionId is None else str(transaction.transactionId)
     status = transaction.status.upper()
     if status == "SUCCESSFUL":
-        return SupplierResult.succeeded(ref, code=status)
+        return SupplierResult.succeeded(supplier_ref=ref, code=status)
     if status in ("PROCESSING", "PENDING"):
-        return SupplierResult.pending(ref, code=status)
+        return SupplierResult.pending(supplier_ref=ref, code=status)
     if status in ("FAILED", "REFUNDED"):
-        return SupplierResult.failed(status, f"reloadly {status.lower()}", supplier_ref=ref)
-    return SupplierResult.unknown(status, "unexpected reloadly status")
+        return SupplierResult.failed(
+            code=status, message=f"reloadly {status.lower()}", supplier_ref=ref
+        )
+    return SupplierResult.unknown(code=status, message="unexpected reloadly status")
 
 
 def _from_status(reply: StatusReply) -> SupplierResult:
@@ -304,7 +315,7 @@ def _from_report(report: Report) -> SupplierResult:
     # Asked by our customIdentifier: an empty report is reloadly saying it has no such order.
     if not report.content:
         return SupplierResult.never_received(
-            "NOT_FOUND", "reloadly has no transaction with this customIdentifier"
+            code="NOT_FOUND", message="reloadly has no transaction with this customIdentifier"
         )
     return _from_transaction(report.content[0])
 

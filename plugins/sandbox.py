@@ -37,7 +37,7 @@ class Sandbox(Supplier):
         if order.phone_no.endswith("7"):
             # What a real plugin does when its HTTP call times out: admit it does not know.
             await asyncio.sleep(self.settings.timeout_after)
-            return SupplierResult.unknown("TIMEOUT", "沙箱: 尾号 7 提交超时")
+            return SupplierResult.unknown(code="TIMEOUT", message="沙箱: 尾号 7 提交超时")
         if self.settings.settle_seconds > 0:
             return SupplierResult.pending(supplier_ref=f"SBX{order.reference}", code="0")
         return _outcome(order)
@@ -51,7 +51,7 @@ class Sandbox(Supplier):
 
 def _outcome(order: UpstreamOrder) -> SupplierResult:
     if order.phone_no.endswith("4"):
-        return SupplierResult.failed("SANDBOX_DECLINED", "沙箱: 尾号 4 充值失败")
+        return SupplierResult.failed(code="SANDBOX_DECLINED", message="沙箱: 尾号 4 充值失败")
     return SupplierResult.succeeded(supplier_ref=f"SBX{order.reference}", code="1")
 
 

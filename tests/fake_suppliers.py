@@ -11,7 +11,8 @@ Behaviours:
   the query says success;
 - ``timeout-then-succeed``: submit answers unknown after a short wait, query says success;
 - ``slow``: submit answers "processing" after ``slow_seconds``, the query says success;
-- ``reject``: submit is refused definitively before acceptance (failover allowed);
+- ``reject``: submit is refused before acceptance for want of balance (failover
+  allowed; transient: it counts towards opening the plugin's circuit);
 - ``raise``: submit raises an exception; the query says success;
 - ``pending``: the query never settles.
 """
@@ -62,9 +63,11 @@ class Scripted(topup.Supplier):
             await asyncio.sleep(self.settings.slow_seconds)
         if behaviour == "timeout-then-succeed":
             await asyncio.sleep(0.1)
-            return topup.SupplierResult.unknown("TIMEOUT", "read timed out")
+            return topup.SupplierResult.unknown(code="TIMEOUT", message="read timed out")
         if behaviour == "reject":
-            return topup.SupplierResult.failed("NO_BALANCE", "余额不足", failover=True)
+            return topup.SupplierResult.failed(
+                code="NO_BALANCE", message="余额不足", failover=True, transient=True
+            )
         if behaviour == "raise":
             raise ConnectionResetError("connection reset after sending")
         return topup.SupplierResult.pending(supplier_ref=f"S-{order.reference}")
@@ -72,7 +75,7 @@ class Scripted(topup.Supplier):
     async def query(self, order: topup.UpstreamOrder) -> topup.SupplierResult:
         behaviour = self._record("query", order)
         if behaviour == "fail":
-            return topup.SupplierResult.failed("9", "撤销")
+            return topup.SupplierResult.failed(code="9", message="撤销")
         if behaviour == "pending":
             return topup.SupplierResult.pending()
         return topup.SupplierResult.succeeded(supplier_ref=f"S-{order.reference}")

@@ -1,16 +1,22 @@
 """The shipped conformance tests, run against every plugin we ship or document:
 the built-in juhe and reloadly, and the example third-party plugin (acme), each
-against the supplier simulator running as its own process."""
+against the supplier simulator running as its own process; and against each broken
+plugin of tests/mutants/, which the suite must fail."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from plugins.juhe import Juhe, JuheSettings
 from plugins.reloadly import Reloadly, ReloadlySettings
 from topup.testing import CallbackInbox, SimulatorUpstream, SupplierConformance, running_simulator
+
+# pytester runs the conformance suite in process against each mutant plugin (below).
+pytest_plugins = ["pytester"]
 
 CREDENTIALS = {
     "TOPUP_JUHE_KEY": "juhe-test-key",
@@ -35,7 +41,7 @@ def inbox() -> Iterator[CallbackInbox]:
 def simulator(inbox: CallbackInbox) -> Iterator[str]:
     with running_simulator(
         "--settle",
-        "0.3",
+        "0.1",
         "--callback-interval",
         "0.2",
         "--token-ttl",
@@ -158,3 +164,94 @@ def test_plugins_refuse_to_start_without_their_credentials(monkeypatch) -> None:
     monkeypatch.delenv("TOPUP_JUHE_KEY", raising=False)
     with pytest.raises(SupplierConfigError, match="TOPUP_JUHE_KEY"):
         Juhe(JuheSettings())
+
+
+# -- the suite's own power: each mutant plugin must fail it ---------------------------------
+
+MUTANTS = Path(__file__).parent / "mutants"
+# Mutant (tests/mutants/NAME.py) -> the conformance test written to catch its mistake.
+CAUGHT_BY = {
+    "busy_fails_over": "test_no_proper_answer_is_unknown_and_a_query_finds_the_truth[busy]",
+    "undocumented_error_fails_over": (
+        "test_no_proper_answer_is_unknown_and_a_query_finds_the_truth[undocumented_error]"
+    ),
+    "every_callback_succeeds": "test_callback_reports_the_outcome[failure]",
+    "processing_callback_succeeds": "test_a_processing_callback_settles_nothing",
+    "failed_callback_fails_over": "test_callback_reports_the_outcome[failure]",
+    "failed_query_fails_over": "test_failure_after_acceptance_is_final_without_failover",
+    "query_unguarded": "test_a_query_while_the_supplier_is_unreachable_is_unknown",
+    "amount_in_yuan": "test_the_order_reaches_the_supplier_as_asked[1000]",
+    "wrong_product": "test_the_order_reaches_the_supplier_as_asked[5000]",
+    "query_not_implemented": "test_query_is_implemented",
+}
+
+
+class SharedFixtures:
+    """The inner run's fixtures: this module's simulator and inbox, and the plugin class."""
+
+    def __init__(self, simulator: str, inbox: CallbackInbox, plugin_class: type) -> None:
+        self._simulator, self._inbox, self._plugin_class = simulator, inbox, plugin_class
+
+    @pytest.fixture
+    def simulator(self) -> str:
+        return self._simulator
+
+    @pytest.fixture
+    def inbox(self) -> CallbackInbox:
+        return self._inbox
+
+    @pytest.fixture
+    def plugin_class(self) -> type:
+        return self._plugin_class
+
+    @pytest.fixture
+    def api_key(self) -> str:
+        return CREDENTIALS["TOPUP_ACME_API_KEY"]
+
+    @pytest.fixture
+    def plugin_timeout(self) -> float:
+        return PLUGIN_TIMEOUT
+
+
+def run_suite(pytester: pytest.Pytester, fixtures: SharedFixtures, *args: str):
+    """The conformance suite (tests/mutants/conformance.py) in process; its recorder."""
+    return pytester.inline_run(
+        str(MUTANTS / "conformance.py"),
+        "--noconftest",
+        "-p",
+        "no:cacheprovider",
+        *args,
+        plugins=[fixtures],
+    )
+
+
+def test_the_suite_passes_the_example_plugin_as_the_mutants_run_it(
+    pytester: pytest.Pytester, simulator: str, inbox: CallbackInbox, example_plugin: None
+) -> None:
+    """The control for the mutants below: the same run, with the correct plugin, passes."""
+    from topup_acme import Acme
+
+    recorder = run_suite(pytester, SharedFixtures(simulator, inbox, Acme))
+    passed, _skipped, failed = recorder.listoutcomes()
+    assert not failed, [report.longreprtext for report in failed]
+    assert len(passed) > 20
+
+
+@pytest.mark.parametrize("mutant", sorted(CAUGHT_BY))
+def test_the_suite_fails_a_plugin_with_a_mistake_that_costs_money(
+    pytester: pytest.Pytester,
+    simulator: str,
+    inbox: CallbackInbox,
+    example_plugin: None,
+    mutant: str,
+) -> None:
+    plugin = importlib.import_module(f"tests.mutants.{mutant}").Plugin
+    # -x: one failure is the verdict; the rest of the suite would only take time.
+    recorder = run_suite(pytester, SharedFixtures(simulator, inbox, plugin), "-x")
+    _passed, _skipped, failed = recorder.listoutcomes()
+    assert failed, f"the conformance suite passed {mutant}"
+    caught = [report.nodeid.rpartition("::")[2] for report in failed]
+    assert caught == [CAUGHT_BY[mutant]], (caught, failed[0].longreprtext)
+    if mutant == "query_not_implemented":
+        assert "does not implement query" in failed[0].longreprtext
+        assert "NotImplementedError" not in failed[0].longreprtext.splitlines()[0]

@@ -136,18 +136,70 @@ def register_suppliers(register):
 """
 
 
-@pytest.mark.parametrize("command", ["plugins", "serve"])
-def test_a_supplier_missing_its_methods_is_refused_at_start(tmp_path: Path, command: str) -> None:
+@pytest.mark.parametrize(
+    ("command", "refused"),
+    [
+        (("serve",), "invalid configuration: plugin halfway_plugin: "),
+        (
+            ("plugins", "--check"),
+            "1 problem, which `topup serve` refuses:\n  plugin halfway_plugin: ",
+        ),
+    ],
+)
+def test_a_supplier_missing_its_methods_is_refused_at_start(
+    tmp_path: Path, command: tuple[str, ...], refused: str
+) -> None:
     (tmp_path / "halfway_plugin.py").write_text(INCOMPLETE_PLUGIN)
     env = {"PYTHONPATH": str(tmp_path), "TOPUP_PLUGINS": "halfway_plugin"}
     service = ServiceProcess(tmp_path, sandbox_config(), env=env)
-    result = service.cli(command, check=False)
-    assert result.returncode != 0
-    assert (
-        "invalid configuration: plugin halfway_plugin: "
-        "supplier class Halfway does not implement query, submit"
-    ) in result.stderr, result.stderr
+    result = service.cli(*command, check=False)
+    assert result.returncode == 1
+    expected = refused + "supplier class Halfway does not implement query, submit"
+    assert expected in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [
+        ("acme-2", True),
+        ("acme_cn", True),
+        ("a" * 32, True),
+        ("Acme", False),
+        ("acme.cn", False),
+        ("acme/2", False),
+        ("acme 2", False),
+        ("2acme", False),
+        ("-acme", False),
+        ("ácme", False),
+        ("a" * 33, False),
+    ],
+)
+def test_supplier_names_are_checked_at_registration(
+    registry: Registry, name: str, valid: bool
+) -> None:
+    class Named(FakeSupplier):
+        pass
+
+    Named.name = name
+
+    class Naming:
+        @topup.hookimpl
+        def register_suppliers(self, register):
+            register(Named)
+
+    registry.pm.register(Naming(), name="naming")
+    if valid:
+        config = parse_config(sandbox_config(enabled=f'["sandbox", "{name}"]', route=f'["{name}"]'))
+        runtime = Runtime.build(config, registry)
+        assert runtime.router.route("中国移动") == [name]
+        return
+    with pytest.raises(ConfigError) as refused:
+        registry.supplier_classes()
+    assert str(refused.value) == (
+        f"plugin naming: supplier class Named: {name!r} is not a valid supplier name (1 to 32 "
+        "characters: lower-case ASCII letters, digits, '-' and '_', starting with a letter)"
+    )
 
 
 def test_builtin_plugins_import_only_the_public_topup_package() -> None:
@@ -185,8 +237,54 @@ def test_every_hook_is_documented() -> None:
 
 def test_public_api_exports_what_a_plugin_needs() -> None:
     needed = ("hookimpl", "Supplier", "SupplierResult", "UpstreamOrder", "Outcome")
-    for name in (*needed, "yuan_to_fen", "exchange", "unknown_answer"):
+    for name in (*needed, "yuan_to_fen", "exchange", "unknown_answer", "FailReason"):
         assert name in topup.__all__ and hasattr(topup, name), name
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: topup.SupplierResult.succeeded("S-1"),
+        lambda: topup.SupplierResult.pending("S-1", "0"),
+        lambda: topup.SupplierResult.unknown("TIMEOUT", "read timed out"),
+        lambda: topup.SupplierResult.failed("9", "撤销"),
+        lambda: topup.SupplierResult.not_sent("unreachable"),
+        lambda: topup.SupplierResult.never_received("NOT_FOUND"),
+    ],
+)
+def test_result_builders_refuse_positional_arguments(call) -> None:
+    """The builders once took supplier_ref first in some and last in others: a call
+    written for the old order fails loudly instead of swapping a reference and a code."""
+    with pytest.raises(TypeError):
+        call()
+
+
+@pytest.mark.parametrize(
+    ("entry", "failover", "transient", "reason"),
+    [
+        (topup.ErrorClass.DEFINITIVE, True, False, None),
+        (topup.ErrorClass.TRANSIENT, True, True, None),
+        (topup.ErrorClass.NO_FAILOVER, False, False, None),
+        (
+            (topup.ErrorClass.NO_FAILOVER, topup.FailReason.NUMBER_NOT_SUPPORTED),
+            False,
+            False,
+            "号码不支持充值",
+        ),
+    ],
+)
+def test_each_error_class_reads_as_documented(entry, failover, transient, reason) -> None:
+    result = topup.classify_error("acme", {"E1": entry}, "E1", "refused")
+    assert result.outcome is topup.Outcome.FAILED
+    assert (result.failover, result.transient, result.reason) == (failover, transient, reason)
+    assert (result.code, result.message) == ("E1", "refused")
+
+
+@pytest.mark.parametrize("code", ["BUSY", "NEVER_HEARD_OF_IT"])
+def test_an_unknown_or_unlisted_code_is_unknown(code: str) -> None:
+    table: topup.ErrorTable = {"BUSY": topup.ErrorClass.UNKNOWN}
+    result = topup.classify_error("acme", table, code, "系统繁忙")
+    assert result.outcome is topup.Outcome.UNKNOWN and not result.failover
 
 
 # -- configuration --------------------------------------------------------------------
@@ -255,6 +353,29 @@ def test_topup_plugins_shows_a_plugin_from_topup_plugins_env(tmp_path: Path) -> 
     }
     out = topup_cli("plugins", env=env).stdout
     assert "tests.fake_suppliers" in out and "scripted, backup" in out
+
+
+def test_topup_plugins_lists_what_cannot_start_and_check_fails_on_it(tmp_path: Path) -> None:
+    """The listing shows everything and what is missing, and exits 0: the operator asked
+    for a list. --check exits 1 on the same, as `topup serve` would refuse to start."""
+    (tmp_path / "halfway_plugin.py").write_text(INCOMPLETE_PLUGIN)
+    env = {"PYTHONPATH": f"{tmp_path}:{REPO}", "TOPUP_PLUGINS": "halfway_plugin"}
+    config = sandbox_config(enabled='["sandbox", "juhe"]', route='["juhe", "sandbox"]')
+    service = ServiceProcess(tmp_path, config, env={**env, "TOPUP_JUHE_KEY": ""})
+    listing = service.cli("plugins")
+    out = listing.stdout
+    assert "plugins.juhe  [built-in]  suppliers: juhe" in out
+    assert "halfway_plugin  [TOPUP_PLUGINS]  suppliers: -" in out
+    assert f"enabled ({service.config_path}): sandbox, juhe (cannot start)" in out
+    assert "中国移动: juhe -> sandbox  (2 products)" in out
+    problems = [
+        "  juhe cannot start: [plugin.juhe]: environment variable TOPUP_JUHE_KEY is not set",
+        "  plugin halfway_plugin: supplier class Halfway does not implement query, submit",
+    ]
+    assert all(problem in out.splitlines() for problem in problems), out
+    check = service.cli("plugins", "--check", check=False)
+    assert check.returncode == 1 and out.startswith(check.stdout), check.stdout
+    assert all(problem in check.stderr.splitlines() for problem in problems), check.stderr
 
 
 def test_serve_refuses_an_invalid_config(tmp_path: Path) -> None:

@@ -14,26 +14,37 @@ Every built-in plugin passes these; run them against your own plugin too::
 They need pytest and pytest-asyncio. ``SimulatorUpstream`` drives ``topup simulate``,
 which speaks the built-in protocols and the tutorial's acme protocol; for another
 protocol, implement ``Upstream`` over your supplier's sandbox or a fake of it.
+
+Besides what a plugin reports for each outcome, they check what costs money when it is
+wrong: an unknown or "system busy" answer read as a refusal that allows failover, a
+callback read as success whatever it says, a failover from a query or a callback, a
+query answered with anything but unknown while the supplier is unreachable, an amount
+sent in the wrong unit or for the wrong product, and a ``query`` not implemented.
+tests/mutants/ in the topup repository holds a plugin with each of these mistakes, and
+its tests check that every one fails this suite.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar, Protocol
+from typing import IO, ClassVar, Protocol
 from urllib.parse import parse_qsl, urlencode
 
 import httpx
+import msgspec
 import pytest
 
 from core.suppliers import (
@@ -49,6 +60,17 @@ SUCCEED, FAIL, REJECT, NEVER_SETTLE = "succeed", "fail", "reject", "never_settle
 TERMINAL = (Outcome.SUCCEEDED, Outcome.FAILED)
 
 
+class Received(msgspec.Struct, frozen=True):
+    """An order as the upstream understood it."""
+
+    phone_no: str
+    face_value: int
+    """In fen, whatever unit the protocol uses on the wire."""
+    carrier: str | None = None
+    """As the partner names it (中国移动...), where the protocol says which carrier;
+    None where it does not (the supplier finds it from the number)."""
+
+
 class Upstream(Protocol):
     """A supplier test system the conformance tests can steer and inspect."""
 
@@ -56,11 +78,21 @@ class Upstream(Protocol):
         """A fresh number the upstream will treat as: succeed, fail, reject or never_settle."""
 
     def inject(self, phone_no: str, fault: str) -> None:
-        """Make ``phone_no`` suffer a fault: timeout, error_after_topup, garbage,
-        bad_signature_callback (the simulator's names)."""
+        """Make ``phone_no`` suffer a fault (the simulator's names). The top-up is made,
+        then the submit's answer is lost: ``timeout`` (no answer), ``error_after_topup``
+        (a bare HTTP 500), ``garbage`` (not the protocol's format), ``busy`` (the
+        supplier's documented "system busy", which does not say whether it took the
+        top-up), ``undocumented_error`` (an error code its documentation does not list).
+        Callbacks: ``bad_signature_callback`` (signed with the wrong key),
+        ``processing_callback`` (a callback saying "still processing" is sent as soon as
+        the top-up is accepted)."""
 
     def submissions(self, reference: str) -> int:
         """How many submits with this reference reached the upstream."""
+
+    def received(self, reference: str) -> Received | None:
+        """The order submitted with this reference, as the upstream understood it;
+        None if none arrived."""
 
     def charges(self, reference: str) -> int:
         """How many top-ups the upstream made for this reference (credited phones). Only
@@ -79,7 +111,7 @@ def new_order(phone_no: str, carrier: str = "中国移动", face_value: int = 10
         attempt=1,
         phone_no=phone_no,
         carrier=carrier,
-        product_id="TEST10",
+        product_id=f"TEST{face_value // 100}",
         face_value=face_value,
         created_at=int(time.time() * 1000),
     )
@@ -90,11 +122,36 @@ async def settle(supplier: Supplier, order: UpstreamOrder, within: float = 15.0)
     deadline = time.monotonic() + within
     ref = None
     while True:
-        result = await supplier.query(_with_ref(order, ref))
+        result = await query(supplier, _with_ref(order, ref))
         ref = result.supplier_ref or ref
         if result.outcome in TERMINAL or time.monotonic() > deadline:
             return result
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.05)
+
+
+async def submit(supplier: Supplier, order: UpstreamOrder) -> SupplierResult:
+    """``supplier.submit(order)``, failing the test plainly if it is not implemented."""
+    return await _call(supplier, "submit", order)
+
+
+async def query(supplier: Supplier, order: UpstreamOrder) -> SupplierResult:
+    """``supplier.query(order)``, failing the test plainly if it is not implemented."""
+    return await _call(supplier, "query", order)
+
+
+async def _call(supplier: Supplier, method: str, order: UpstreamOrder) -> SupplierResult:
+    try:
+        result = await getattr(supplier, method)(order)
+    except NotImplementedError as exc:
+        pytest.fail(
+            f"{type(supplier).__name__} does not implement {method}"
+            f"{f' ({exc})' if str(exc) else ''}. Every plugin must: the core calls submit "
+            "once per attempt and query about every order whose outcome is still open; "
+            "without query such orders can only end in manual review.",
+            pytrace=False,
+        )
+    assert isinstance(result, SupplierResult), f"{method} returned {result!r}"
+    return result
 
 
 def _with_ref(order: UpstreamOrder, supplier_ref: str | None) -> UpstreamOrder:
@@ -116,9 +173,13 @@ class SupplierConformance:
         order = new_order(upstream.phone(outcome))
         if fault:
             upstream.inject(order.phone_no, fault)
-        result = await supplier.submit(order)
-        assert isinstance(result, SupplierResult), f"submit returned {result!r}"
+        result = await submit(supplier, order)
         return order, _with_ref(order, result.supplier_ref), result
+
+    async def test_query_is_implemented(self, supplier: Supplier, upstream: Upstream) -> None:
+        """The core queries every order whose submit went unanswered: a plugin whose
+        ``query`` is a stub would leave them all to manual review."""
+        await query(supplier, new_order(upstream.phone(SUCCEED)))
 
     async def test_success_is_reported(self, supplier: Supplier, upstream: Upstream) -> None:
         order, known, submitted = await self._submitted(supplier, upstream, SUCCEED)
@@ -131,8 +192,13 @@ class SupplierConformance:
     ) -> None:
         _order, known, submitted = await self._submitted(supplier, upstream, FAIL)
         assert submitted.outcome in (Outcome.PENDING, Outcome.FAILED), submitted
+        assert not submitted.failover, f"the supplier had accepted the order: {submitted}"
         final = await settle(supplier, known)
-        assert final.outcome is Outcome.FAILED and not final.failover, final
+        assert final.outcome is Outcome.FAILED, final
+        assert not final.failover, (
+            f"a status query reported a failure that allows failover: {final}. Only a "
+            "submit's refusal before acceptance proves nothing was delivered"
+        )
 
     async def test_refusal_before_acceptance_allows_failover(
         self, supplier: Supplier, upstream: Upstream
@@ -141,19 +207,62 @@ class SupplierConformance:
         assert submitted.outcome is Outcome.FAILED and submitted.failover, submitted
         assert submitted.code, "say which supplier code refused it"
 
-    @pytest.mark.parametrize("fault", ["timeout", "error_after_topup", "garbage"])
+    @pytest.mark.parametrize(
+        "fault", ["timeout", "error_after_topup", "garbage", "busy", "undocumented_error"]
+    )
     async def test_no_proper_answer_is_unknown_and_a_query_finds_the_truth(
         self, supplier: Supplier, upstream: Upstream, fault: str
     ) -> None:
+        """The supplier made the top-up and its answer says nothing certain: a timeout, a
+        5xx, something unreadable, "system busy", a code nobody documented. Reading any
+        of them as a refusal that allows failover would pay the phone twice."""
         order, known, submitted = await self._submitted(supplier, upstream, SUCCEED, fault)
-        assert submitted.outcome is Outcome.UNKNOWN, f"{fault}: {submitted}"
+        assert submitted.outcome is Outcome.UNKNOWN, (
+            f"{fault}: {submitted}; the supplier did make this top-up"
+        )
         assert (await settle(supplier, known)).outcome is Outcome.SUCCEEDED
         assert upstream.submissions(order.reference) == 1, "the plugin resent on its own"
+
+    @pytest.mark.parametrize("face_value", [1000, 5000])
+    async def test_the_order_reaches_the_supplier_as_asked(
+        self, supplier: Supplier, upstream: Upstream, face_value: int
+    ) -> None:
+        """The number, the amount (``face_value`` is in fen: a supplier that counts in
+        yuan gets yuan) and, where the protocol names it, the carrier."""
+        order = new_order(upstream.phone(SUCCEED), face_value=face_value)
+        submitted = await submit(supplier, order)
+        assert submitted.outcome in (Outcome.PENDING, Outcome.SUCCEEDED), submitted
+        received = upstream.received(order.reference)
+        assert received is not None, f"the upstream has no order {order.reference}"
+        assert received.face_value == order.face_value, (
+            f"the supplier was asked for {received.face_value} fen, the order is for "
+            f"{order.face_value} fen ({order.face_value / 100:g} yuan): an amount sent in "
+            "the wrong unit, or the wrong product?"
+        )
+        assert received.phone_no == order.phone_no, received
+        assert received.carrier in (None, order.carrier), received
+
+    async def test_a_query_while_the_supplier_is_unreachable_is_unknown(
+        self, supplier: Supplier, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Connections refused: ``topup.exchange`` says ``not_sent``, which from a submit
+        allows failover. From a query it says nothing about the top-up: unknown."""
+        order = _with_ref(new_order(upstream.phone(SUCCEED)), "4242")
+        with _connections_refused(monkeypatch) as refused:
+            result = await query(supplier, order)
+        assert refused, (
+            "the query opened no connection, so the suite could not make the supplier "
+            "unreachable: give each test a new Supplier (a function-scoped fixture)"
+        )
+        assert result.outcome is Outcome.UNKNOWN, (
+            f"asked while the supplier was unreachable, query answered {result}: a query "
+            "that never left says nothing about the order"
+        )
 
     async def test_a_reference_never_sent_is_not_failed(
         self, supplier: Supplier, upstream: Upstream
     ) -> None:
-        result = await supplier.query(new_order(upstream.phone(SUCCEED)))
+        result = await query(supplier, new_order(upstream.phone(SUCCEED)))
         assert result.outcome in (Outcome.UNKNOWN, Outcome.PENDING), result
 
     async def test_a_reference_never_sent_is_no_such_order(
@@ -162,10 +271,10 @@ class SupplierConformance:
         """What lets the core send again an attempt that never arrived: asked by our
         reference alone, the plugin tells "no such order" from an order it has."""
         _skip_unless_it_refuses_reused_references(supplier)
-        never_sent = await supplier.query(new_order(upstream.phone(SUCCEED)))
+        never_sent = await query(supplier, new_order(upstream.phone(SUCCEED)))
         assert never_sent.outcome is Outcome.UNKNOWN and never_sent.no_such_order, never_sent
         order, _known, _submitted = await self._submitted(supplier, upstream, NEVER_SETTLE)
-        sent = await supplier.query(order)
+        sent = await query(supplier, order)
         assert not sent.no_such_order, f"the supplier has this order: {sent}"
 
     @pytest.mark.parametrize("first", ["open", "settled"])
@@ -180,8 +289,7 @@ class SupplierConformance:
         order, known, _submitted = await self._submitted(supplier, upstream, SUCCEED)
         if first == "settled":
             assert (await settle(supplier, known)).outcome is Outcome.SUCCEEDED
-        again = await supplier.submit(order)
-        assert isinstance(again, SupplierResult), f"submit returned {again!r}"
+        again = await submit(supplier, order)
         assert again.outcome is not Outcome.FAILED, f"the reference was already used: {again}"
         assert upstream.submissions(order.reference) == 2, "the second submit was not sent"
         assert (await settle(supplier, known)).outcome is Outcome.SUCCEEDED
@@ -191,18 +299,45 @@ class SupplierConformance:
         self, supplier: Supplier, upstream: Upstream
     ) -> None:
         _order, known, _submitted = await self._submitted(supplier, upstream, NEVER_SETTLE)
-        result = await supplier.query(known)
+        result = await query(supplier, known)
         assert result.outcome in (Outcome.PENDING, Outcome.UNKNOWN), result
 
+    @pytest.mark.parametrize(
+        ("outcome", "said"),
+        [(SUCCEED, Outcome.SUCCEEDED), (FAIL, Outcome.FAILED)],
+        ids=["success", "failure"],
+    )
     async def test_callback_reports_the_outcome(
-        self, supplier: Supplier, upstream: Upstream
+        self, supplier: Supplier, upstream: Upstream, outcome: str, said: Outcome
     ) -> None:
-        order, _known, _submitted = await self._submitted(supplier, upstream, SUCCEED)
+        order, _known, _submitted = await self._submitted(supplier, upstream, outcome)
         received = await _callbacks_or_skip(upstream, order.reference)
         parsed = supplier.parse_callback(received[0])
         assert parsed.reference == order.reference
-        assert parsed.result is not None and parsed.result.outcome is Outcome.SUCCEEDED
+        assert parsed.result is not None, f"a genuine callback was not read: {parsed}"
+        assert parsed.result.outcome is said, (
+            f"a callback saying the top-up {outcome}ed was read as {parsed.result}: read "
+            "the status it carries, not only its signature"
+        )
+        assert not parsed.result.failover, (
+            f"a callback allows failover: {parsed.result}. Only a submit's refusal before "
+            "acceptance proves nothing was delivered"
+        )
         assert 200 <= parsed.reply.status_code < 300
+
+    async def test_a_processing_callback_settles_nothing(
+        self, supplier: Supplier, upstream: Upstream
+    ) -> None:
+        """A callback saying the top-up is still under way is neither success nor failure."""
+        order, _known, _submitted = await self._submitted(
+            supplier, upstream, NEVER_SETTLE, "processing_callback"
+        )
+        received = await _callbacks_or_skip(upstream, order.reference)
+        parsed = supplier.parse_callback(received[0])
+        assert parsed.result is None or parsed.result.outcome in (
+            Outcome.PENDING,
+            Outcome.UNKNOWN,
+        ), f"a callback saying the top-up is still processing was read as {parsed.result}"
 
     async def test_tampered_callback_changes_nothing(
         self, supplier: Supplier, upstream: Upstream
@@ -257,6 +392,22 @@ class SupplierConformance:
             supplier.parse_callback(hostile)
 
 
+@contextmanager
+def _connections_refused(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
+    """Every new connection this event loop makes is refused, as a supplier that is down
+    refuses them; yields the addresses tried. (Connections already open are not touched.)"""
+    loop = asyncio.get_running_loop()
+    tried: list[object] = []
+
+    async def refuse(_protocol_factory, host=None, port=None, *args, **kwargs):
+        tried.append((host, port))
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused (conformance test)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "create_connection", refuse)
+        yield tried
+
+
 def _skip_unless_it_refuses_reused_references(supplier: Supplier) -> None:
     if not supplier.refuses_reused_reference:
         pytest.skip("the plugin does not declare refuses_reused_reference")
@@ -305,7 +456,7 @@ async def _callbacks_or_skip(
             return received
         if time.monotonic() > deadline:
             raise AssertionError(f"no callback arrived for {reference} within {within}s")
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.05)
 
 
 # -- running the simulator --------------------------------------------------------------
@@ -365,6 +516,7 @@ class SimulatorUpstream:
         return f"138{secrets.randbelow(10**7):07d}"[:10] + self.DIGITS[outcome]
 
     def inject(self, phone_no: str, fault: str) -> None:
+        # Long enough that the plugin's own timeout gives up first.
         seconds = {"timeout": 30.0}.get(fault)
         body = {"phone_no": phone_no, "fault": fault, **({"seconds": seconds} if seconds else {})}
         self._http.post("/_sim/faults", json=body).raise_for_status()
@@ -376,6 +528,14 @@ class SimulatorUpstream:
     def charges(self, reference: str) -> int:
         transactions = self._http.get("/_sim/transactions").json()
         return sum(t["paid"] for t in transactions if t["reference"] == reference)
+
+    def received(self, reference: str) -> Received | None:
+        found = self._http.get(
+            "/_sim/transactions", params={"protocol": self.protocol, "reference": reference}
+        ).json()
+        if not found:
+            return None
+        return Received(found[0]["phone_no"], found[0]["amount_fen"], found[0]["carrier"])
 
     def callbacks(self, reference: str) -> list[CallbackRequest] | None:
         return None if self.inbox is None else self.inbox.about(reference)
@@ -390,26 +550,32 @@ def running_simulator(
 ) -> Iterator[str]:
     """``topup simulate`` in its own process for the duration of the block; yields its URL."""
     port = port or free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-c", _TOPUP_MAIN, "simulate", "--port", str(port), *args],
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(
-            f"{url}/_sim/health", process, lambda: process.stderr.read().decode(errors="replace")
+    # A file, not a pipe: nobody reads the log while the simulator runs, and a full pipe
+    # would block it (each held answer cancelled at its stop logs a traceback).
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _TOPUP_MAIN, "simulate", "--port", str(port), *args],
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
         )
-        yield url
-    finally:
-        process.terminate()
+        url = f"http://127.0.0.1:{port}"
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            wait_until_healthy(f"{url}/_sim/health", process, lambda: _read_from_start(log))
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _read_from_start(log: IO[bytes]) -> str:
+    log.seek(0)
+    return log.read().decode(errors="replace")
 
 
 def wait_until_healthy(

@@ -29,6 +29,8 @@ STATUS = {Status.PROCESSING: "accepted", Status.SUCCEEDED: "succeeded", Status.F
 FAILURE_REASON = "the carrier declined the top-up"
 # The supplier charges 99.0% of the face value, in thousandths so that prices stay in fen.
 PRICE_PER_MILLE = 990
+# How the faults of answers.CODED_FAULTS are answered: HTTP status and error.
+CODED_FAULTS = {"busy": (503, "SYSTEM_BUSY"), "undocumented_error": (400, "E_UNDOCUMENTED")}
 STATEMENT_HEADER = ("reference", "id", "msisdn", "amount", "charged", "status", "created_at")
 
 
@@ -95,7 +97,12 @@ async def submit(request: Request, sim: Simulator) -> Response:
     if not 0 < asked.amount <= MAX_AMOUNT_FEN:
         return answer(422, {"error": "INVALID_AMOUNT"})
     verdict, tx, faults = await sim.submit(
-        PROTOCOL, asked.reference, asked.msisdn, asked.amount, callback_url=asked.callback_url
+        PROTOCOL,
+        asked.reference,
+        asked.msisdn,
+        asked.amount,
+        carrier=asked.carrier or None,
+        callback_url=asked.callback_url,
     )
     if verdict is Verdict.DUPLICATE:
         reply = answer(409, {"error": "DUPLICATE_REFERENCE"})
@@ -104,7 +111,12 @@ async def submit(request: Request, sim: Simulator) -> Response:
     else:
         # Per the protocol a submit answers "accepted", even when it settled at once.
         reply = answer(200, {"reference": tx.reference, "id": acme_id(tx), "status": "accepted"})
-    return await bend_submit_answer(faults, reply)
+    return await bend_submit_answer(faults, reply, coded_fault)
+
+
+def coded_fault(fault: str) -> Response:
+    status_code, code = CODED_FAULTS[fault]
+    return answer(status_code, {"error": code})
 
 
 @get("/topups/{reference:str}")

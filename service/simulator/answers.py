@@ -7,6 +7,7 @@ without importing the web framework.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from litestar import Response
 
@@ -16,8 +17,17 @@ from service.simulator.faults import ActiveFaults
 GARBAGE_BODY = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>\n"
 
 
-async def bend_submit_answer(faults: ActiveFaults, answer: Response) -> Response:
-    """The answer a submit actually gets; the top-up itself is already made (or refused)."""
+# Faults answered in the protocol's own words, which each protocol supplies: "busy" is its
+# documented "system busy" (outcome unknown), "undocumented_error" a code no document lists.
+CODED_FAULTS = ("busy", "undocumented_error")
+
+
+async def bend_submit_answer(
+    faults: ActiveFaults, answer: Response, coded: Callable[[str], Response]
+) -> Response:
+    """The answer a submit actually gets; the top-up itself is already made (or refused).
+
+    ``coded(fault)`` is the protocol's answer for one of ``CODED_FAULTS``."""
     if "slow" in faults:
         await asyncio.sleep(faults.seconds("slow"))
     if "timeout" in faults:
@@ -28,4 +38,7 @@ async def bend_submit_answer(faults: ActiveFaults, answer: Response) -> Response
         return Response(b"Internal Server Error", status_code=500, media_type="text/plain")
     if "garbage" in faults:
         return Response(GARBAGE_BODY, status_code=200, media_type="text/html")
+    for fault in CODED_FAULTS:
+        if fault in faults:
+            return coded(fault)
     return answer

@@ -12,6 +12,10 @@ FAULT_DEFAULT_SECONDS: dict[str, float | None] = {
     "timeout": 3600.0,
     "error_after_topup": None,
     "garbage": None,
+    # The top-up is made, then the submit answers the protocol's "system busy" code,
+    # or an error code its documentation does not list (answers.py).
+    "busy": None,
+    "undocumented_error": None,
     "reject": None,
     # The first submit of each reference never arrives: nothing is recorded, and the
     # answer is held this long (then the connection fails) as a lost request would be.
@@ -19,7 +23,11 @@ FAULT_DEFAULT_SECONDS: dict[str, float | None] = {
     "lose_callback": None,
     "duplicate_callback": None,
     "early_callback": None,
+    # A callback saying "still processing" is sent as soon as the top-up is accepted.
+    "processing_callback": None,
     "bad_signature_callback": None,
+    # A carrier lookup (juhe telquery) answers only after this long.
+    "slow_lookup": 2.0,
 }
 FAULT_NAMES = tuple(FAULT_DEFAULT_SECONDS)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import Any
 from urllib.parse import urlencode
@@ -50,6 +51,9 @@ REASONS = {
     208507: "账户余额不足",
     208509: "订单号重复",
 }
+# How the faults of answers.CODED_FAULTS are answered: 系统内部异常, and a code juhe's
+# documentation does not list.
+CODED_FAULTS = {"busy": (10014, REASONS[10014]), "undocumented_error": (209999, "未知错误")}
 GAME_STATE = {Status.PROCESSING: "0", Status.SUCCEEDED: "1", Status.FAILED: "9"}
 STATEMENT_HEADER = (
     "orderid",
@@ -76,8 +80,8 @@ def reply(result: Any, reason: str) -> Response:
     return Response(msgspec.json.encode(Reply(reason, result, 0)), media_type=JSON)
 
 
-def refuse(error_code: int) -> Response:
-    body = Reply(REASONS[error_code], None, error_code)
+def refuse(error_code: int, reason: str | None = None) -> Response:
+    body = Reply(reason or REASONS[error_code], None, error_code)
     # juhe answers every error with HTTP 200; only error_code tells.
     return Response(msgspec.json.encode(body), media_type=JSON)
 
@@ -143,7 +147,11 @@ async def submit(request: Request, sim: Simulator) -> Response:
         answer = refuse(208507)
     else:
         answer = reply(_submit_result(tx), "订单提交成功，等待充值")
-    return await bend_submit_answer(faults, answer)
+    return await bend_submit_answer(faults, answer, coded_fault)
+
+
+def coded_fault(fault: str) -> Response:
+    return refuse(*CODED_FAULTS[fault])
 
 
 def _submit_result(tx: Transaction) -> dict[str, Any]:
@@ -175,6 +183,34 @@ async def query(orderid: str = "", key: str = "", *, sim: Simulator) -> Response
     }
     if tx.status is Status.FAILED:
         result["err_msg"] = FAILURE_MESSAGE
+    return reply(result, "查询成功")
+
+
+@get("/telquery")
+async def telquery(
+    cardnum: str = "", phoneno: str = "", key: str = "", *, sim: Simulator
+) -> Response:
+    """The product juhe would use for ``cardnum`` yuan to ``phoneno``: its ``game_area``
+    ends with the carrier serving the number now (a ported number's new carrier). The
+    simulator does not model 归属地: every number is in 广东广州."""
+    if key != sim.credentials.juhe_key:
+        return refuse(10001)
+    faults = sim.faults.for_phone(phoneno)
+    if "slow_lookup" in faults:
+        await asyncio.sleep(faults.seconds("slow_lookup"))
+    carrier = sim.carrier_of(phoneno) if is_mobile_number(phoneno) else None
+    if carrier is None:
+        return refuse(208502)
+    if not cardnum.isdigit() or int(cardnum) not in FACE_VALUES:
+        return refuse(208501)
+    short = carrier.removeprefix("中国")
+    face = int(cardnum)
+    result = {
+        "cardid": f"{10000 + face}",
+        "cardname": f"广东{short}话费{face}元直充",
+        "inprice": f"{price_fen(face * 100, PRICE_PER_MILLE) / 100:.3f}",
+        "game_area": f"广东广州{short}",
+    }
     return reply(result, "查询成功")
 
 
@@ -216,4 +252,4 @@ def _acknowledged(response: httpx.Response) -> bool:
 
 
 def router() -> Router:
-    return Router(path="/ofpay/mobile", route_handlers=[submit, query, balance])
+    return Router(path="/ofpay/mobile", route_handlers=[submit, query, telquery, balance])

@@ -109,6 +109,12 @@ MESSAGES = {
     "INVALID_AMOUNT_FOR_OPERATOR": "The amount is not valid for this operator",
     "DUPLICATED_CUSTOM_IDENTIFIER": "A transaction with this custom identifier already exists",
     "TRANSACTION_NOT_FOUND": "Transaction not found",
+    "INTERNAL_SERVER_ERROR": "An internal error occurred, please check the transaction status",
+}
+# How the faults of answers.CODED_FAULTS are answered: HTTP status and errorCode.
+CODED_FAULTS = {
+    "busy": (500, "INTERNAL_SERVER_ERROR"),
+    "undocumented_error": (400, "SOMETHING_NOBODY_DOCUMENTED"),
 }
 
 
@@ -226,7 +232,9 @@ async def topup(request: Request, sim: Simulator, tokens: TokenStore) -> Respons
         answer = error(request, 400, "INSUFFICIENT_BALANCE")
     else:
         answer = ok(transaction_json(tx))
-    return await bend_submit_answer(faults, answer)
+    return await bend_submit_answer(
+        faults, answer, lambda fault: error(request, *CODED_FAULTS[fault])
+    )
 
 
 @get("/topups/{transaction_id:int}/status")

@@ -16,6 +16,7 @@ import httpx
 import msgspec
 
 from core.clock import BEIJING
+from core.numbering import carrier_of
 from service.simulator.faults import ActiveFaults, FaultBook
 from service.simulator.options import Credentials, SimulatorOptions
 
@@ -72,6 +73,8 @@ class Transaction(msgspec.Struct, kw_only=True):
     paid: int = 0
     settled_at: float | None = None
     operator_id: int | None = None
+    # The carrier the submit named, in protocols that name one (acme).
+    carrier: str | None = None
     callback_url: str | None = None
 
     def charged_fen(self, per_mille: int) -> int:
@@ -84,6 +87,7 @@ class Transaction(msgspec.Struct, kw_only=True):
             reference=self.reference,
             phone_no=self.phone_no,
             amount_fen=self.amount_fen,
+            carrier=self.carrier,
             status=self.status.value,
             submits=self.submits,
             paid=self.paid,
@@ -97,6 +101,7 @@ class TransactionView(msgspec.Struct, kw_only=True):
     reference: str
     phone_no: str
     amount_fen: int
+    carrier: str | None
     status: str
     submits: int
     paid: int
@@ -158,6 +163,9 @@ class Simulator:
         # References whose first submit was lost on purpose (fault lose_submit).
         self._lost: set[tuple[str, str]] = set()
         self._client: httpx.AsyncClient | None = None
+        # Numbers moved to another carrier (携号转网), set through /_sim/ported: what a
+        # carrier lookup answers for them instead of their segment's carrier.
+        self.ported: dict[str, str] = {}
 
     async def start(self) -> None:
         self._client = httpx.AsyncClient(timeout=CALLBACK_TIMEOUT)
@@ -182,6 +190,10 @@ class Simulator:
     def find_by_seq(self, protocol: str, seq: int) -> Transaction | None:
         found = self._by_seq.get((protocol, seq))
         return found if found is not None and found.status is not Status.REFUSED else None
+
+    def carrier_of(self, phone_no: str) -> str | None:
+        """The carrier serving ``phone_no`` now: as ported, else its segment's."""
+        return self.ported.get(phone_no) or carrier_of(phone_no)
 
     # -- submits ------------------------------------------------------------------------------
 
@@ -215,6 +227,9 @@ class Simulator:
         if outcome is Outcome.REFUSE or "reject" in faults:
             tx.status = Status.REFUSED
             return Verdict.REFUSED, tx, faults
+        if "processing_callback" in faults:
+            # Spawned before the settlement starts, so it is built while still processing.
+            self._spawn(self._notify(tx))
         await self._start_settlement(tx, outcome, early="early_callback" in faults)
         return Verdict.ACCEPTED, tx, faults
 

@@ -14,12 +14,16 @@ import msgspec
 
 import topup
 
-# ACME's own error codes, read as its documentation says. Anything else is unknown.
-ERRORS = {
-    "INSUFFICIENT_FUNDS": topup.ErrorClass.DEFINITIVE,
-    "INVALID_MSISDN": topup.ErrorClass.DEFINITIVE,
-    "DUPLICATE_REFERENCE": topup.ErrorClass.UNKNOWN,
-    "NOT_FOUND": topup.ErrorClass.UNKNOWN,
+# ACME's own error codes answering a top-up, read as its documentation says.
+# Anything else is unknown (and raises an alert).
+ERRORS: topup.ErrorTable = {
+    # Our balance at ACME: another supplier may take the order; counts against ACME.
+    "INSUFFICIENT_FUNDS": topup.ErrorClass.TRANSIENT,
+    # No supplier can top up a number that does not exist: the order fails, no failover.
+    "INVALID_MSISDN": (topup.ErrorClass.NO_FAILOVER, topup.FailReason.NUMBER_NOT_SUPPORTED),
+    # Not a refusal: ACME may have taken the top-up. Query, never fail over.
+    "SYSTEM_BUSY": topup.ErrorClass.UNKNOWN,
+    "DUPLICATE_REFERENCE": topup.ErrorClass.UNKNOWN,  # probably paid the first time
 }
 STATUS = {
     "accepted": topup.SupplierResult.pending,
@@ -36,6 +40,8 @@ class AcmeSettings(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class AcmeReply(msgspec.Struct):
+    """Every ACME answer and callback: a status, or an error."""
+
     status: str = ""
     id: str | None = None
     reason: str = ""
@@ -67,18 +73,28 @@ class Acme(topup.Supplier):
         body = {
             "reference": order.reference,
             "msisdn": order.phone_no,
-            "amount": order.face_value,
+            "amount": order.face_value,  # ACME counts in fen, as topup does
             "carrier": order.carrier,
             "callback_url": self.settings.callback_url,
         }
-        return await self._exchange("POST", "/acme/v1/topups", json=body)
+        answer = await self._exchange("POST", "/acme/v1/topups", json=body)
+        if isinstance(answer, topup.SupplierResult):
+            return answer  # not sent (another supplier may try), or unknown
+        if answer.error:
+            return topup.classify_error(self.name, ERRORS, answer.error, answer.reason)
+        return _result(answer)
 
     async def query(self, order: topup.UpstreamOrder) -> topup.SupplierResult:
-        result = await self._exchange("GET", f"/acme/v1/topups/{order.reference}")
-        if result.outcome is topup.Outcome.FAILED and result.failover:
-            # A refused status query says nothing about the top-up itself.
-            return topup.SupplierResult.unknown(result.code, result.message)
-        return result
+        answer = await self._exchange("GET", f"/acme/v1/topups/{order.reference}")
+        if isinstance(answer, topup.SupplierResult):
+            # Even a query that never left (not_sent) says nothing about the top-up.
+            return topup.SupplierResult.unknown(code=answer.code, message=answer.message)
+        if answer.error == "NOT_FOUND":
+            return topup.SupplierResult.never_received(code=answer.error, message=answer.reason)
+        if answer.error:
+            # An error answering a query is about the query, not the order.
+            return topup.SupplierResult.unknown(code=answer.error, message=answer.reason)
+        return _result(answer)
 
     def parse_callback(self, request: topup.CallbackRequest) -> topup.Callback:
         signature = request.headers.get("x-acme-signature", "")
@@ -93,26 +109,27 @@ class Acme(topup.Supplier):
         ok = topup.CallbackReply(200, b"ok")
         return topup.Callback(ok, reply.reference, _result(reply))
 
-    async def _exchange(self, method: str, path: str, **kwargs) -> topup.SupplierResult:
+    async def _exchange(self, method: str, path: str, **kwargs) -> AcmeReply | topup.SupplierResult:
+        """One request: ACME's answer, or the result a failed exchange implies."""
         # Connection refused: not sent; a timeout or a dropped connection: unknown.
         response = await topup.exchange(self._http, method, path, plugin=self.name, **kwargs)
         if isinstance(response, topup.SupplierResult):
             return response
         try:
-            reply = msgspec.json.decode(response.content, type=AcmeReply)
+            return msgspec.json.decode(response.content, type=AcmeReply)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            return topup.unknown_answer(response, "unreadable")
-        return _result(reply)
+            return topup.unknown_answer(response, "not ACME's JSON")  # a proxy's 502 page
 
 
 def _result(reply: AcmeReply) -> topup.SupplierResult:
-    if reply.error:
-        return topup.classify_error("acme", ERRORS, reply.error, reply.reason)
+    """What an ACME status says, in an answer or a callback."""
     if reply.status == "failed":
-        return topup.SupplierResult.failed("failed", reply.reason, supplier_ref=reply.id)
+        return topup.SupplierResult.failed(
+            code="failed", message=reply.reason, supplier_ref=reply.id
+        )
     make = STATUS.get(reply.status)
     if make is None:
-        return topup.SupplierResult.unknown(reply.status or "NO_STATUS", reply.reason)
+        return topup.SupplierResult.unknown(code=reply.status or "NO_STATUS", message=reply.reason)
     return make(supplier_ref=reply.id, code=reply.status, message=reply.reason)
 
 
