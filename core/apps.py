@@ -10,6 +10,7 @@ import os
 import secrets
 import time
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import Any
 
 import msgspec
@@ -32,6 +33,18 @@ GENERATED_SECRET_BYTES = 32
 MIN_SECRET_LENGTH = 16
 
 
+class CarrierMismatch(StrEnum):
+    """What an order whose Supplier contradicts the phone number's segment gets.
+
+    A number keeps its segment when it moves to another carrier (携号转网), so the partner
+    may know better than the table: accepting is the default."""
+
+    ACCEPT = "accept"
+    """Accepted; the segment's carrier is recorded on the order (``segment_carrier``)."""
+    REFUSE = "refuse"
+    """Refused with CARRIER_MISMATCH; nothing is written."""
+
+
 class App(msgspec.Struct, frozen=True):
     app_id: str
     company: str
@@ -44,6 +57,7 @@ class App(msgspec.Struct, frozen=True):
     previous_secret_until: int | None = None
     allow_ips: tuple[Network, ...] = ()
     notify_allow_private: bool = False
+    carrier_mismatch: CarrierMismatch = CarrierMismatch.ACCEPT
 
     def secrets_at(self, now_ms: int) -> tuple[str, ...]:
         """The secrets that sign for this app now: the current one, then during a
@@ -212,6 +226,12 @@ class AppStore:
             app_id, "app.allow_ips", actor, reason, {"allow_ips": text or None}
         )
 
+    async def set_carrier_mismatch(
+        self, app_id: str, policy: CarrierMismatch, *, actor: str, reason: str = ""
+    ) -> bool:
+        values = {"carrier_mismatch": str(policy)}
+        return await self._change(app_id, "app.carrier_mismatch", actor, reason, values)
+
     async def _change(
         self, app_id: str, action: str, actor: str, reason: str, values: dict[str, Any]
     ) -> bool:
@@ -244,6 +264,7 @@ class AppStore:
             row["previous_secret_until"],
             parse_networks(row["allow_ips"] or ""),
             bool(row["notify_allow_private"]),
+            CarrierMismatch(row["carrier_mismatch"]),
         )
 
 

@@ -32,6 +32,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_SUPPLIER = "UNKNOWN_SUPPLIER"
     UNKNOWN_PRODUCT = "UNKNOWN_PRODUCT"
     INVALID_PHONE = "INVALID_PHONE"
+    CARRIER_MISMATCH = "CARRIER_MISMATCH"
     INSUFFICIENT_BALANCE = "INSUFFICIENT_BALANCE"
     ORDER_CONFLICT = "ORDER_CONFLICT"
     ORDER_NOT_FOUND = "ORDER_NOT_FOUND"
@@ -67,7 +68,14 @@ ERROR_DOCS: dict[ErrorCode, str] = {
     ErrorCode.COMPANY_MISMATCH: "company is not the company registered for this appID.",
     ErrorCode.UNKNOWN_SUPPLIER: "No route is configured for this Supplier name.",
     ErrorCode.UNKNOWN_PRODUCT: "The Supplier offers no product with this productId.",
-    ErrorCode.INVALID_PHONE: "phoneNo is not an 11-digit mainland China mobile number.",
+    ErrorCode.INVALID_PHONE: (
+        "phoneNo is not an 11-digit mainland China mobile number, or (products by phoneNo) "
+        "its segment is allocated to no carrier."
+    ),
+    ErrorCode.CARRIER_MISMATCH: (
+        "The app refuses orders whose Supplier is not the carrier of phoneNo's number "
+        "segment (`topup app set --carrier-mismatch refuse`); nothing was stored."
+    ),
     ErrorCode.INSUFFICIENT_BALANCE: (
         "The app's balance plus credit limit does not cover the product's price; nothing "
         "was stored."

@@ -40,7 +40,16 @@ PARTNER_STATUS = {
 PARTNER_STATUS_TEXT = {"0": "已受理", "1": "充值中", "2": "充值成功", "3": "充值失败"}
 
 
-class NewOrder(msgspec.Struct, frozen=True):
+class _CarrierCheck(msgspec.Struct, frozen=True, kw_only=True):
+    # Keyword-only, so that it comes last in every subclass's fields, as its column comes
+    # last in the orders table (migration 0008 added it).
+    segment_carrier: str | None = None
+    """The carrier core/numbering.py names for ``phone_no`` when it differs from
+    ``carrier``: the partner named another (a ported number, or a mistake) and the app
+    accepts that. None when they agree or the segment is unknown."""
+
+
+class NewOrder(_CarrierCheck, frozen=True):
     order_no: str
     order_id: str
     app_id: str
@@ -119,7 +128,7 @@ def order_from_row(row) -> OrderRecord:
 
 def order_from_tuple(row: tuple) -> OrderRecord:
     """From the orders table's columns in table order (which is OrderRecord's order)."""
-    return OrderRecord(*row[:11], State(row[11]), *row[12:])
+    return OrderRecord(*row[:11], State(row[11]), *row[12:-1], segment_carrier=row[-1])
 
 
 def attempt_from_row(row) -> AttemptRecord:

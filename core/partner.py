@@ -10,19 +10,20 @@ service determined it (a plain string; the core knows no HTTP).
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Mapping
 
 import msgspec
 
-from core import metrics
-from core.apps import App, AppStore
+from core import metrics, partner_params
+from core.apps import App, AppStore, CarrierMismatch
+from core.carriers import find_carrier
 from core.config import Product
 from core.errors import ErrorCode, TopupError
 from core.ids import OrderNumbers, new_order_id
 from core.ledger import Account, Ledger
 from core.lifecycle import Lifecycle
+from core.numbering import carrier_of
 from core.order_store import OrderStore
 from core.orders import NewOrder, OrderRecord
 from core.ratelimit import AbuseGuard
@@ -32,45 +33,29 @@ from core.tokens import TokenIssuer
 
 TIMESTAMP_TOLERANCE_SECONDS = 300
 
-_SIGNED = ("appID", "ts", "sign")
-REQUIRED = {
-    "token": _SIGNED,
-    "order": (
-        "access_token",
-        "company",
-        "Supplier",
-        "phoneNo",
-        "productId",
-        "cstmOrderName",
-        "cstmOrderNo",
-        *_SIGNED,
-    ),
-    "status": ("access_token", "company", "Supplier", "cstmOrderNo", *_SIGNED),
-    "products": ("access_token", "company", "Supplier", *_SIGNED),
-    "balance": ("access_token", "company", *_SIGNED),
-}
-
-MAX_LENGTH = {
-    "appID": 64,
-    "access_token": 128,
-    "company": 128,
-    "Supplier": 32,
-    "phoneNo": 32,
-    "productId": 64,
-    "cstmOrderName": 128,
-    "cstmOrderNo": 64,
-    "orderNo": 32,
-    "sign": 128,
-    "ts": 20,
-}
-_PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
-_MAINLAND_MOBILE = re.compile(r"1[3-9][0-9]{9}")
-_DIGITS = re.compile(r"[0-9]{1,16}")
+# What each call requires and how long and of what shape each value may be, from the
+# Structs that the OpenAPI document publishes (core/partner_params.py); derived once here.
+# Products also needs exactly one of Supplier or phoneNo (PartnerDesk.products).
+REQUIRED = {call: partner_params.required(params) for call, params in partner_params.PARAMS.items()}
+MAX_LENGTH = partner_params.max_lengths()
+_PRINTABLE_ASCII = partner_params.pattern("cstmOrderNo")
+_MAINLAND_MOBILE = partner_params.pattern("phoneNo")
+_DIGITS = partner_params.pattern("ts")
 
 
 class TokenGrant(msgspec.Struct, frozen=True):
     access_token: str
     expires_in: int
+
+
+class ProductOffer(msgspec.Struct, frozen=True):
+    """A carrier's products; asked by phoneNo, also how the carrier was found."""
+
+    carrier: str
+    products: list[Product]
+    carrier_source: str | None = None
+    """None when the partner named the carrier (Supplier); else ``segment`` or
+    ``supplier:NAME`` (core/carriers.py)."""
 
 
 class PartnerDesk:
@@ -117,6 +102,11 @@ class PartnerDesk:
                 ErrorCode.INVALID_PHONE,
                 f"手机号码格式错误: {phone_no!r} 不是 11 位中国大陆手机号",
             )
+        # One dict probe or three; a supplier is never asked here (the accept path).
+        segment = carrier_of(phone_no)
+        mismatch = segment if segment is not None and segment != product.carrier else None
+        if mismatch and app.carrier_mismatch is CarrierMismatch.REFUSE:
+            await self._refuse_mismatch(app, params, product, mismatch)
         new = NewOrder(
             order_no=self._order_numbers.next(),
             order_id=new_order_id(),
@@ -129,6 +119,7 @@ class PartnerDesk:
             product_id=product.product_id,
             face_value=product.face_value,
             price=product.price,
+            segment_carrier=mismatch,
         )
         order, created = await self._lifecycle.accept(new)
         if not created and not order.same_request(new):
@@ -166,13 +157,51 @@ class PartnerDesk:
         account = await self._ledger.account(app.app_id)
         return account or Account(app.app_id, 0, 0, 0, 0)
 
-    async def products(self, params: Mapping[str, str], client: str = "") -> list[Product]:
+    async def products(self, params: Mapping[str, str], client: str = "") -> ProductOffer:
+        """The products of the carrier named by ``Supplier``, or of the carrier ``phoneNo``
+        most likely belongs to (exactly one of the two: with both, they could disagree
+        about a ported number and no one answer would be right)."""
+        _check_one_of(params, REQUIRED["products"], *partner_params.ProductsParams.one_of)
         await self._authenticate(params, "products", client)
-        supplier = params["Supplier"]
-        catalog = self._runtime().catalog
-        if not catalog.has_carrier(supplier):
-            raise _unknown_supplier(supplier, catalog.carriers)
-        return catalog.products(supplier)
+        runtime = self._runtime()
+        supplier = params.get("Supplier")
+        if supplier:
+            if not runtime.catalog.has_carrier(supplier):
+                raise _unknown_supplier(supplier, runtime.catalog.carriers)
+            return ProductOffer(supplier, runtime.catalog.products(supplier))
+        phone_no = params["phoneNo"]
+        if not _MAINLAND_MOBILE.fullmatch(phone_no):
+            raise TopupError(
+                ErrorCode.INVALID_PHONE,
+                f"手机号码格式错误: {phone_no!r} 不是 11 位中国大陆手机号",
+            )
+        found = await find_carrier(phone_no, runtime)
+        if found is None:
+            raise TopupError(
+                ErrorCode.INVALID_PHONE,
+                f"手机号码 {phone_no} 的号段 {phone_no[:3]} 未分配给任何运营商",
+            )
+        if not runtime.catalog.has_carrier(found.carrier):
+            raise TopupError(
+                ErrorCode.UNKNOWN_SUPPLIER,
+                f"手机号码 {phone_no} 属于{found.carrier} (来源 {found.source}),"
+                f" 未开通该运营商的产品; 可用: {', '.join(runtime.catalog.carriers) or '无'}",
+            )
+        products = runtime.catalog.products(found.carrier)
+        return ProductOffer(found.carrier, products, found.source)
+
+    async def _refuse_mismatch(
+        self, app: App, params: Mapping[str, str], product: Product, segment: str
+    ) -> None:
+        """CARRIER_MISMATCH, unless this is a repeat of an order already stored (accepted
+        before the app was set to refuse): a repeat gets the original, as always."""
+        if await self._store.find(app.app_id, params["cstmOrderNo"]) is not None:
+            return
+        raise TopupError(
+            ErrorCode.CARRIER_MISMATCH,
+            f"手机号码 {params['phoneNo']} 的号段属于{segment}, 与 Supplier {product.carrier} 不符;"
+            f" 该应用设置为拒绝此类订单 (携号转网的号码请联系运营方改为接受)",
+        )
 
     def _product(self, params: Mapping[str, str]) -> Product:
         supplier, product_id = params["Supplier"], params["productId"]
@@ -259,6 +288,22 @@ def _check_present(params: Mapping[str, str], required: tuple[str, ...]) -> None
     missing = [name for name in required if not params.get(name)]
     if missing:
         raise TopupError(ErrorCode.MISSING_PARAMETER, f"缺少必填参数: {', '.join(missing)}")
+
+
+def _check_one_of(
+    params: Mapping[str, str], required: tuple[str, ...], first: str, second: str
+) -> None:
+    """Presence of ``required`` and of exactly one of ``first`` and ``second``; the
+    refusal names every missing parameter at once, as ``_check_present``'s does."""
+    missing = [name for name in required if not params.get(name)]
+    if not params.get(first) and not params.get(second):
+        missing.append(f"{first} 或 {second} (二选一)")
+    if missing:
+        raise TopupError(ErrorCode.MISSING_PARAMETER, f"缺少必填参数: {', '.join(missing)}")
+    if params.get(first) and params.get(second):
+        raise TopupError(
+            ErrorCode.INVALID_PARAMETER, f"{first} 和 {second} 只能给一个: 按运营商或按手机号查询"
+        )
 
 
 def _check_shapes(params: Mapping[str, str]) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from core.addresses import Network, parse_networks
-from core.apps import AppExistsError, AppStore
+from core.apps import AppExistsError, AppStore, CarrierMismatch
 from core.clock import beijing_time, now_ms
 from core.db import Database
 from core.ledger import Account, Ledger
@@ -92,7 +92,10 @@ def app_rotate_secret(
 def app_list() -> None:
     """List partner apps (without their secrets)."""
     for item in run_with_db(lambda db: AppStore(db).all()):
-        click.echo(f"{item.app_id}\t{item.company}\t{item.sign_type}")
+        click.echo(
+            f"{item.app_id}\t{item.company}\t{item.sign_type}\tcarrier-mismatch "
+            f"{item.carrier_mismatch}"
+        )
 
 
 @app.command("credit")
@@ -131,6 +134,13 @@ def app_credit(app_id: str, amount: str, reason: str, operator: str) -> None:
     metavar="CIDR[,CIDR]",
     help="Accept the app's calls only from these addresses or blocks ('' to accept any).",
 )
+@click.option(
+    "--carrier-mismatch",
+    type=click.Choice([policy.value for policy in CarrierMismatch]),
+    help="An order whose Supplier is not the carrier of its phone number's segment: accept "
+    "it and record the segment's carrier on the order (the default: the number may have "
+    "been ported), or refuse it with CARRIER_MISMATCH.",
+)
 @click.option("--reason", default="", help="Why; kept in the audit log.")
 @operator_option()
 def app_set(
@@ -139,17 +149,21 @@ def app_set(
     allow_private: bool,
     credit_limit: str | None,
     allow_ip: str | None,
+    carrier_mismatch: str | None,
     reason: str,
     operator: str,
 ) -> None:
-    """Change an app's notify URL, credit limit or IP allowlist.
+    """Change an app's notify URL, credit limit, IP allowlist or carrier check.
 
     A notify URL must be http(s), without credentials, and its host must be (or resolve
     to) public addresses only, unless --allow-private; the notifier checks again at
-    every send and never follows redirects.
+    every send and never follows redirects. Running services see a change within a few
+    seconds (apps are cached that long).
     """
-    if notify_url is None and credit_limit is None and allow_ip is None:
-        raise click.UsageError("give --notify-url, --credit-limit and/or --allow-ip")
+    if notify_url is None and credit_limit is None and allow_ip is None and not carrier_mismatch:
+        raise click.UsageError(
+            "give --notify-url, --credit-limit, --allow-ip and/or --carrier-mismatch"
+        )
     if allow_private and notify_url is None:
         raise click.UsageError("--allow-private goes with --notify-url")
     if notify_url:
@@ -175,6 +189,10 @@ def app_set(
             await AppStore(db).set_allow_ips(app_id, allowed, actor=operator, reason=reason)
         if limit is not None:
             await Ledger(db).set_credit_limit(app_id, limit, actor=operator, reason=reason)
+        if carrier_mismatch:
+            await AppStore(db).set_carrier_mismatch(
+                app_id, CarrierMismatch(carrier_mismatch), actor=operator, reason=reason
+            )
         return True
 
     try:
@@ -184,6 +202,14 @@ def app_set(
     if not found:
         raise click.ClickException(f"no app {app_id!r}")
     click.echo(f"{app_id} updated")
+
+
+_MISMATCH = {
+    CarrierMismatch.ACCEPT: "(a Supplier that contradicts the number's segment is accepted "
+    "and recorded on the order)",
+    CarrierMismatch.REFUSE: "(a Supplier that contradicts the number's segment is refused: "
+    "CARRIER_MISMATCH)",
+}
 
 
 def _allowlist(text: str) -> tuple[Network, ...]:
@@ -224,6 +250,7 @@ def app_show(app_id: str, entries: int) -> None:
         until = beijing_time(found.previous_secret_until)
         click.echo(f"old secret:   still signs until {until} (rotation grace)")
     click.echo(f"allowed IPs:  {', '.join(map(str, found.allow_ips)) or 'any'}")
+    click.echo(f"carrier mismatch: {found.carrier_mismatch} {_MISMATCH[found.carrier_mismatch]}")
     click.echo(f"credited:     {fen_to_yuan(account.credited)}")
     click.echo(f"captured:     {fen_to_yuan(account.captured)}")
     click.echo(f"held:         {fen_to_yuan(account.held)}")

@@ -12,8 +12,8 @@ Works on the raw ASGI scope and receive channel: the partner API is the hot path
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
-from urllib.parse import parse_qsl
 
 import msgspec
 from litestar.types import Receive, Scope
@@ -73,9 +73,42 @@ async def read_body(receive: Receive) -> bytes:
 
 def _query_pairs(raw: bytes) -> list[tuple[str, str]]:
     try:
-        return parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
+        return _urlencoded_pairs(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise _undecodable("查询字符串不是 UTF-8 URL 编码") from exc
+
+
+def _urlencoded_pairs(raw: bytes) -> list[tuple[str, str]]:
+    """``parse_qsl(raw.decode(), keep_blank_values=True, errors="strict")``, at under half
+    its cost (profiled: a tenth of a status query): only a part holding ``+`` or ``%`` is
+    rewritten, and each run of percent-escapes is decoded as UTF-8 in one step."""
+    pairs = []
+    for part in raw.decode("utf-8").split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        pairs.append((_unquote_plus(name), _unquote_plus(value)))
+    return pairs
+
+
+# A run of percent-escapes, as unquote_to_bytes reads them (anything else stays as it is).
+_ESCAPES = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
+
+
+def _unquote_plus(text: str) -> str:
+    if "+" in text:
+        text = text.replace("+", " ")
+    if "%" in text:
+        # Each run decoded on its own is the whole decoded at once: text between runs is
+        # whole characters, so it can neither complete nor split a run's UTF-8 sequence.
+        text = _ESCAPES.sub(_unescape_run, text)
+    return text
+
+
+def _unescape_run(run: re.Match[str]) -> str:
+    # bytes.fromhex: one C call for a run, where unquote_to_bytes looks up each escape
+    # in Python (a Chinese company name or carrier is one run of 12 to 30 escapes).
+    return bytes.fromhex(run.group().replace("%", "")).decode("utf-8")
 
 
 def _body_pairs(content_type: str, body: bytes) -> list[tuple[str, str]]:
@@ -96,8 +129,7 @@ def _body_pairs(content_type: str, body: bytes) -> list[tuple[str, str]]:
 
 def _form_pairs(body: bytes) -> list[tuple[str, str]]:
     try:
-        text = body.decode("utf-8")
-        return parse_qsl(text, keep_blank_values=True, strict_parsing=False, errors="strict")
+        return _urlencoded_pairs(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise _undecodable("表单数据不是 UTF-8 URL 编码") from exc
 

@@ -203,6 +203,26 @@ def test_wrong_method(partner: Partner) -> None:
     assert_refused(response.json(), "METHOD_NOT_ALLOWED", "GET")
 
 
+@pytest.mark.parametrize(
+    "path", ["/sign/api/order/status", "/sign/api/订单状态查询", "/sign/api/order/status/"]
+)
+def test_a_bug_answers_the_envelope_and_logs_the_trace(
+    service: InProcessService, partner: Partner, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    # The exact paths are served past Litestar's router, the one with a slash through it:
+    # both must answer a bug the same way.
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug planted by the test")
+
+    monkeypatch.setattr(service.services.desk, "order_status", broken)
+    params = partner.signed(partner.base(Supplier="中国移动", cstmOrderNo=fresh_order_no()))
+    response = partner.http.get(path, params=params)
+    assert response.status_code == 500
+    assert_refused(response.json(), "INTERNAL_ERROR", "cstmOrderNo")
+    assert "a bug planted" not in response.text
+    assert "RuntimeError: a bug planted by the test" in service.log()
+
+
 def test_oversized_body(partner: Partner, unchanged: None) -> None:
     response = partner.http.post("/sign/api/order", data={"x": "y" * 100_000})
     assert response.status_code == 413
