@@ -15,7 +15,8 @@ shipped plugins.toml with the abuse limits raised out of the way, see ``BENCH_LI
 5. latency of acceptance at a fixed arrival rate of half the measured maximum
    (bench/loadgen.c, open loop);
 6. status query against a database holding 1,000,000 orders;
-7. resident memory over a sustained run at a fixed rate;
+7. memory over a sustained run at a fixed rate: the processes' own (anonymous) memory
+   and the pages of the database file SQLite maps, apart;
 8. PostgreSQL acceptance with one and two instances (when a server answers).
 
 Prints each figure and writes BENCHMARKS.md, with bench/ANALYSIS.md, bench/PROFILE.md
@@ -581,30 +582,52 @@ def memory(results: Results, workdir: Path, maximum: float) -> None:
         half = int(SUSTAIN_SECONDS / 2)
         bodies = order_bodies(server.url, secret, int(rate * SUSTAIN_SECONDS) + 100, ts_offset=half)
         requests = write_http_requests(f"127.0.0.1:{server.port}", bodies)
-        samples: list[int] = []
+        samples: list[tuple[int, int]] = []
         load = subprocess.Popen(
             loadgen_command(server.port, rate, SUSTAIN_SECONDS, requests),
             stdout=subprocess.PIPE,
             text=True,
         )
         while load.poll() is None:
-            samples.append(sum(rss_kib(pid) for pid in server.pids()))
+            samples.append(resident_kib(server.pids()))
             time.sleep(5)
         load.communicate()
-    warm = samples[len(samples) // 5 :] or samples
+    # The resident size has two parts that behave differently: the process's own memory
+    # (anonymous pages: the heap, and SQLite's page cache, bounded by cache_size) and the
+    # pages of the database file that SQLite reads through its memory map (mmap_size). The
+    # second grows with the file, a fixed-rate run grows the file throughout, and the
+    # kernel drops those pages under pressure: it is the OS's file cache, not a leak.
+    # Flat memory is judged on the first; both are reported.
+    record_growth(results, "memory", [own + mapped for own, mapped in samples])
+    record_growth(results, "memory own (anonymous)", [own for own, _mapped in samples])
+    record_growth(results, "memory database file mapped", [mapped for _own, mapped in samples])
+
+
+def record_growth(results: Results, name: str, samples: list[int]) -> None:
+    """Start and end (the first and last quarter after a warm-up third) and growth. The
+    warm-up is what SQLite's page cache (64 MiB) takes to fill: at the rates this phase
+    offers (1,000 orders/s and more) about 60 s of the 300."""
+    warm = samples[len(samples) // 3 :] or samples
     first, last = warm[: max(1, len(warm) // 4)], warm[-max(1, len(warm) // 4) :]
     start, end = sum(first) / len(first), sum(last) / len(last)
-    results.record("memory start MiB", start / 1024, "MiB")
-    results.record("memory end MiB", end / 1024, "MiB")
-    results.record("memory growth %", (end - start) / start * 100, "%")
+    results.record(f"{name} start MiB", start / 1024, "MiB")
+    results.record(f"{name} end MiB", end / 1024, "MiB")
+    if name != "memory database file mapped":
+        results.record(f"{name} growth %", (end - start) / max(start, 1) * 100, "%")
 
 
-def rss_kib(pid: int) -> int:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+def resident_kib(pids: list[int]) -> tuple[int, int]:
+    """(anonymous, file-backed) resident KiB of these processes, from /proc/PID/status."""
+    own = mapped = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                name, _, value = line.partition(":")
+                if name in ("RssAnon", "RssShmem"):
+                    own += int(value.split()[0])
+                elif name == "RssFile":
+                    mapped += int(value.split()[0])
+    return own, mapped
 
 
 def status_query(results: Results, workdir: Path) -> None:
@@ -829,7 +852,16 @@ def verdicts(figures: dict[str, float]) -> list[tuple[str, str, bool]]:
                 figures["latency p99 ms"] <= 25,
             )
         )
-    if "memory growth %" in figures:
+    if "memory own (anonymous) growth %" in figures:
+        rows.append(
+            (
+                "memory flat (within 10%) over the sustained run",
+                f"{figures['memory own (anonymous) growth %']:+.1f}% own memory "
+                f"(resident with the mapped database file: {figures['memory growth %']:+.1f}%)",
+                abs(figures["memory own (anonymous) growth %"]) <= 10,
+            )
+        )
+    elif "memory growth %" in figures:
         rows.append(
             (
                 "resident memory flat (within 10%) over the sustained run",

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import timedelta, timezone
 
 BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
+_BEIJING_OFFSET_S = 8 * 3600
 
 
 def _system_ms() -> int:
@@ -51,4 +52,6 @@ def beijing_time(ms: int | None) -> str:
     """``yyyy-MM-dd HH:mm:ss`` in Beijing time, the format Chinese partners expect."""
     if ms is None:
         return ""
-    return datetime.fromtimestamp(ms / 1000, UTC).astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
+    # BEIJING's fixed offset applied by hand: a third of the cost of an aware datetime,
+    # and a status query formats three of these.
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms // 1000 + _BEIJING_OFFSET_S))

@@ -16,6 +16,7 @@ the same writer for writes.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,6 +42,7 @@ from sqlalchemy.engine import URL, Engine, create_engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import SingletonThreadPool
 
+from core.fastsql import driver_fetch_one, fetch_one
 from core.writer import (
     Answer,
     AsyncTransactions,
@@ -73,6 +75,9 @@ apps = Table(
     Column("allow_ips", Text),
     # The operator allowed a notify URL on a loopback, private or link-local address.
     Column("notify_allow_private", Boolean, nullable=False, server_default=false()),
+    # An order whose Supplier contradicts the phone number's segment: "accept" (and record
+    # it on the order) or "refuse" (CARRIER_MISMATCH). core/apps.py CarrierMismatch.
+    Column("carrier_mismatch", String(8), nullable=False, server_default="accept"),
 )
 
 server_keys = Table(
@@ -108,6 +113,10 @@ orders = Table(
     Column("next_run_at", BigInteger),
     Column("lease_owner", String(64)),
     Column("lease_until", BigInteger),
+    # The carrier the number-segment table names for phone_no, when it is not the order's
+    # Supplier (a ported number, or a partner's mistake); NULL when they agree. Last, as
+    # in OrderRecord: rows are read positionally in this order.
+    Column("segment_carrier", String(32)),
     UniqueConstraint("app_id", "cstm_order_no", name="uq_orders_app_cstm_order_no"),
     Index("ix_orders_next_run_at", "next_run_at"),
     # The console's searches. Order numbers are time-ordered, so (x, order_no) serves
@@ -320,6 +329,8 @@ class Database:
         if self.is_sqlite:
             _ensure_parent_directory(self.url.database)
             self._reader = _sqlite_sync_engine(self.url, begin=None)
+            self._point_readers = threading.local()
+            self._held_readers: list[Any] = []
             self._transactions: Transactions = LoopTransactions(
                 _sqlite_sync_engine(self.url, begin="BEGIN IMMEDIATE")
             )
@@ -347,6 +358,27 @@ class Database:
                 return job(conn)
         async with self._engine.connect() as conn:
             return await conn.run_sync(job)
+
+    async def fetch_one(self, statement, params: dict[str, Any]) -> tuple | None:
+        """The first row of a prepared SELECT (a point read by key), as a tuple.
+
+        On SQLite straight from the driver connection this thread keeps for the purpose:
+        checking a connection out of SQLAlchemy's pool and resetting it after cost as
+        much as the read (a tenth of a status query's time, profiled).
+        """
+        if self._engine is None:
+            return driver_fetch_one(self._point_reader(), self._reader.dialect, statement, params)
+        async with self._engine.connect() as conn:
+            return await conn.run_sync(lambda sync: fetch_one(sync, statement, params))
+
+    def _point_reader(self) -> Any:
+        held = getattr(self._point_readers, "connection", None)
+        if held is None:
+            # Kept checked out: SingletonThreadPool gives this thread this one connection
+            # (autocommit, as every reader: each SELECT sees the latest commit).
+            held = self._point_readers.connection = self._reader.raw_connection()
+            self._held_readers.append(held)
+        return held.driver_connection
 
     async def read_aside(self, job: Callable[[Connection], T]) -> T:
         """A read that may take milliseconds (the console's searches and counts): on
@@ -385,6 +417,8 @@ class Database:
             self._aside.shutdown()
         if isinstance(self._transactions, LoopTransactions):
             self._transactions.close()
+            for held in self._held_readers:
+                held.close()
             self._reader.dispose()
 
 

@@ -303,6 +303,8 @@ class Dispatcher:
     ) -> None:
         """Apply one result; ``queries_done`` counts status queries including this one."""
         settings = runtime.config.dispatch
+        if result.failover and source != SUBMIT:
+            _warn_failover_outside_submit(plugin, upstream, result, source)
         await self._track_health(
             plugin, result, settings.breaker_threshold, settings.breaker_cooldown, source
         )
@@ -345,13 +347,15 @@ class Dispatcher:
     async def _track_health(
         self, plugin: str, result: SupplierResult, threshold: int, cooldown: float, source: str
     ) -> None:
-        # Only submit's definitive failures count against a plugin (and only they may move
-        # an order on to the next supplier: core/lifecycle/rules.py).
-        if result.outcome is Outcome.FAILED and result.failover and source == SUBMIT:
+        # Only submit's refusals about the supplier itself (transient: rate limited, in
+        # maintenance, out of balance, unreachable) count against a plugin. A refusal
+        # about the order (definitive) says the supplier is working, so it counts neither
+        # way; it still moves the order on to the next supplier (core/lifecycle/rules.py).
+        if result.transient and source == SUBMIT:
             if self.breaker.record_failure(plugin, threshold, cooldown):
                 metrics.circuit(plugin, True, opened=True)
                 alerts.warning(
-                    "%s: circuit opened after %s definitive failures; skipped for %ss",
+                    "%s: circuit opened after %s transient refusals; skipped for %ss",
                     plugin,
                     threshold,
                     cooldown,
@@ -405,14 +409,30 @@ class Dispatcher:
                 upstream.reference,
                 timeout,
             )
-            return SupplierResult.unknown("TIMEOUT", f"no answer within {timeout}s")
+            return SupplierResult.unknown(code="TIMEOUT", message=f"no answer within {timeout}s")
         except Exception as exc:
             log.exception("%s %s of %s raised", plugin, method.__name__, upstream.reference)
-            return SupplierResult.unknown("PLUGIN_ERROR", type(exc).__name__)
+            return SupplierResult.unknown(code="PLUGIN_ERROR", message=type(exc).__name__)
         if not isinstance(result, SupplierResult):
             log.error("%s %s returned %r, not a SupplierResult", plugin, method.__name__, result)
-            return SupplierResult.unknown("PLUGIN_ERROR", "invalid result")
+            return SupplierResult.unknown(code="PLUGIN_ERROR", message="invalid result")
         return result
+
+
+def _warn_failover_outside_submit(
+    plugin: str, upstream: UpstreamOrder, result: SupplierResult, source: str
+) -> None:
+    """A plugin bug worth an alert; the lifecycle reads such a result as unknown
+    (core/lifecycle/rules.py: as_applied)."""
+    alerts.warning(
+        "%s %s of %s reported a refusal that allows failover (%s %s): read as unknown, "
+        "since only a submit can be refused before acceptance",
+        plugin,
+        source,
+        upstream.reference,
+        result.code,
+        result.message,
+    )
 
 
 def _order_no(step: Step) -> str:

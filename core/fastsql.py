@@ -99,9 +99,17 @@ def fetch_one(conn: Connection, statement, params: dict[str, Any]) -> tuple | No
     if conn.dialect.name != "sqlite":
         row = conn.execute(statement, params).first()
         return None if row is None else tuple(row)
-    sql, names = _select_sql(conn.dialect, statement)
-    cursor = conn.connection.dbapi_connection.execute(sql, [params[name] for name in names])
-    return cursor.fetchone()
+    return driver_fetch_one(conn.connection.dbapi_connection, conn.dialect, statement, params)
+
+
+def driver_fetch_one(driver: Any, dialect: Dialect, statement, params: dict[str, Any]):
+    """``fetch_one`` on a DB-API connection of ``dialect`` (SQLite's driver)."""
+    sql, names = _select_sql(dialect, statement)
+    cursor = driver.execute(sql, [params[name] for name in names])
+    try:
+        return cursor.fetchone()
+    finally:
+        cursor.close()  # a statement left open would hold its read snapshot
 
 
 @cache

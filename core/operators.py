@@ -8,6 +8,7 @@ SHA-256, so a copy of the database opens no session. A session ends on sign-out,
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import secrets
 from enum import IntEnum
@@ -26,9 +27,20 @@ MIN_PASSWORD_LENGTH = 10
 TOUCH_EVERY_MS = 60_000
 
 _hasher = PasswordHasher()
-# Verified against when the name is unknown, so that a wrong name costs what a wrong
-# password costs and the timing does not tell which names exist.
-_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the name is unknown, so that a wrong name costs what a wrong
+    password costs and the timing does not tell which names exist. Made on first use, not
+    at import: an argon2 hash takes a tenth of a second and 64 MiB, which every ``topup``
+    command would otherwise pay."""
+    return _hasher.hash(secrets.token_hex(16))
+
+
+def _verify(stored: str | None, password: str) -> None:
+    """Raises unless ``password`` matches; an unknown name (None) is checked all the same."""
+    _hasher.verify(_dummy_hash() if stored is None else stored, password)
 
 
 class Role(IntEnum):
@@ -134,9 +146,9 @@ class OperatorStore:
         row = await self.db.read(
             lambda conn: conn.execute(select(operators).where(operators.c.name == name)).first()
         )
-        stored = _DUMMY_HASH if row is None else row.password_hash
+        stored = None if row is None else row.password_hash
         try:
-            await asyncio.to_thread(_hasher.verify, stored, password)
+            await asyncio.to_thread(_verify, stored, password)
         except (VerificationError, InvalidHashError):
             return None
         if row is None or row.disabled:

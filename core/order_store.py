@@ -9,7 +9,6 @@ from __future__ import annotations
 from sqlalchemy import Connection, and_, bindparam, func, select
 
 from core.db import Database, attempts, order_events, orders
-from core.fastsql import fetch_one
 from core.orders import (
     OPEN_ATTEMPT,
     AttemptRecord,
@@ -43,11 +42,8 @@ class OrderStore:
         return await self._one(BY_ORDER_NO, {"order_no": order_no})
 
     async def _one(self, statement, params: dict[str, str]) -> OrderRecord | None:
-        def find(conn: Connection) -> OrderRecord | None:
-            row = fetch_one(conn, statement, params)
-            return None if row is None else order_from_tuple(row)
-
-        return await self.db.read(find)
+        row = await self.db.fetch_one(statement, params)
+        return None if row is None else order_from_tuple(row)
 
     async def attempts_of(self, order_no: str) -> list[AttemptRecord]:
         def find(conn: Connection) -> list[AttemptRecord]:

@@ -61,10 +61,10 @@ def _weighted_order(entries: list[RouteEntry], rng: random.Random) -> list[str]:
 
 
 class CircuitBreaker:
-    """Skips a plugin after ``threshold`` consecutive definitive failures, for ``cooldown``.
+    """Skips a plugin after ``threshold`` consecutive transient refusals, for ``cooldown``.
 
-    When the cool-down has passed the plugin is tried again; one more definitive
-    failure opens it again at once, anything else closes it. State is per process:
+    When the cool-down has passed the plugin is tried again; one more transient
+    refusal opens it again at once, a success or an acknowledgement closes it. State is per process:
     each instance finds out for itself (and publishes what it found, core/circuits.py).
     """
 
@@ -82,7 +82,7 @@ class CircuitBreaker:
         return self._open_until.pop(plugin, None) is not None
 
     def record_failure(self, plugin: str, threshold: int, cooldown: float) -> bool:
-        """Count a definitive failure; True when this opened the circuit."""
+        """Count a transient refusal; True when this opened the circuit."""
         failures = self._failures.get(plugin, 0) + 1
         self._failures[plugin] = failures
         if failures >= threshold and self.available(plugin):

@@ -16,7 +16,7 @@ import signal
 
 from service.logs import configure_logging
 from service.settings import Settings
-from service.wiring import Services
+from service.wiring import Services, settle_heap
 
 log = logging.getLogger("topup.background")
 
@@ -41,6 +41,7 @@ async def _main(watch_parent: bool) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await services.start()
+    settle_heap()
     watcher = asyncio.create_task(_watch_parent(os.getppid(), stop)) if watch_parent else None
     try:
         await stop.wait()

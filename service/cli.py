@@ -5,32 +5,34 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 import click
 
-from core import metrics
-from core.apps import AppStore, check_master_key
-from core.config import ConfigError, load_config
-from core.control import CONFIG_GENERATION, bump_counter
-from core.db import Database
-from core.migrate import current_revision, head_revision, upgrade
-from core.operators import OperatorStore
-from core.route_overrides import SkippedOverride, apply_overrides, load_overrides
 from core.signing import SignType, compute_sign, string_to_sign
-from service.cli_apps import app
-from service.cli_keys import keys
-from service.cli_operators import operator
-from service.cli_orders import orders
-from service.cli_reconcile import reconcile
-from service.cli_routes import routes
-from service.cli_support import check_config, run_with_db
+from service.cli_lazy import LazyGroup
 from service.settings import DEFAULT_REQUEST_TIMEOUT, REQUEST_TIMEOUT_ENV, Settings
-from service.simulator.cli import simulate
-from service.wiring import build_registry, load_runtime
+
+if TYPE_CHECKING:
+    from core.db import Database
+    from core.route_overrides import SkippedOverride
+
+# Imported when run: `topup sign` in a shell loop should not load the whole service.
+SUBCOMMANDS = {
+    "app": "service.cli_apps:app",
+    "keys": "service.cli_keys:keys",
+    "operator": "service.cli_operators:operator",
+    "orders": "service.cli_orders:orders",
+    "plugin": "service.cli_plugins:plugin",
+    "plugins": "service.cli_plugins:plugins",
+    "reconcile": "service.cli_reconcile:reconcile",
+    "routes": "service.cli_routes:routes",
+    "simulate": "service.simulator.cli:simulate",
+}
 
 
-@click.group()
+@click.group(cls=LazyGroup, lazy=SUBCOMMANDS)
 def main() -> None:
     """topup: phone-credit top-up service.
 
@@ -80,7 +82,9 @@ def serve(
     import uvicorn
     from sqlalchemy.engine import make_url
 
+    from core import metrics
     from service.background import run_background
+    from service.cli_support import check_config, run_with_db
     from service.wiring import BACKGROUND_ENV
 
     try:
@@ -110,7 +114,7 @@ def serve(
     _announce_console(f"http://{host}:{port}/console", operators)
     try:
         uvicorn.run(
-            "service.app:create_app",
+            "service.app:served_app",
             factory=True,
             host=host,
             port=port,
@@ -139,6 +143,8 @@ def _metrics_dir(processes: int) -> str | None:
     several: PROMETHEUS_MULTIPROC_DIR if the operator set it (a ``topup worker`` on this
     host may write there too; files of dead processes are removed), else a new directory
     of ours, returned so that it is removed when we stop."""
+    from core import metrics
+
     given = metrics.multiprocess_dir()
     if not metrics.enabled():
         return None
@@ -153,8 +159,11 @@ def _metrics_dir(processes: int) -> str | None:
     return path
 
 
-async def _check_start(db) -> int:
+async def _check_start(db: Database) -> int:
     """Check the master key opens the stored secrets; the number of console operators."""
+    from core.apps import check_master_key
+    from core.operators import OperatorStore
+
     await check_master_key(db)
     return len(await OperatorStore(db).all())
 
@@ -174,36 +183,16 @@ def _announce_console(url: str, operators: int) -> None:
 @main.command()
 def worker() -> None:
     """Run only the background worker (dispatcher and notifier), e.g. on another host."""
+    from core import metrics
+    from core.apps import check_master_key
     from service.background import run_background
+    from service.cli_support import check_config, run_with_db
 
     check_config(Settings.from_env())
     if metrics.multiprocess_dir():  # shared with a `topup serve` on this host
         os.makedirs(metrics.multiprocess_dir(), exist_ok=True)
     run_with_db(check_master_key)
     run_background()
-
-
-@main.command()
-def plugins() -> None:
-    """List discovered plugins, their suppliers, and the Supplier routes."""
-    settings = Settings.from_env()
-    registry = build_registry()
-    try:
-        # Listing checks every registered supplier class: a bad one is refused here too.
-        found = registry.plugins()
-        runtime = load_runtime(settings, registry)
-    except ConfigError as exc:
-        raise click.ClickException(f"invalid configuration: {exc}") from exc
-    for info in found:
-        version = f" {info.version}" if info.version else ""
-        suppliers = ", ".join(info.suppliers) or "-"
-        click.echo(f"{info.name}{version}  [{info.source}]  suppliers: {suppliers}")
-    click.echo(f"\nenabled ({settings.config_path}): {', '.join(runtime.suppliers) or 'none'}")
-    click.echo("routes:")
-    for supplier in runtime.catalog.carriers:
-        route = " -> ".join(runtime.router.route(supplier))
-        count = len(runtime.catalog.products(supplier))
-        click.echo(f"  {supplier}: {route}  ({count} products)")
 
 
 @main.command()
@@ -239,6 +228,9 @@ def sign(
     values = _parse_pairs(params)
     kind = SignType(sign_type) if sign_type else None
     if app_id:
+        from core.apps import AppStore
+        from service.cli_support import run_with_db
+
         found = run_with_db(lambda db: AppStore(db).get(app_id))
         if found is None:
             raise click.ClickException(f"no app {app_id!r}")
@@ -272,6 +264,9 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply pending migrations (needed before serving on PostgreSQL)."""
+    from core.migrate import head_revision, upgrade
+    from service.cli_support import run_with_db
+
     run_with_db(upgrade, migrate=False)
     click.echo(f"database at revision {head_revision()}")
 
@@ -279,6 +274,9 @@ def db_upgrade() -> None:
 @db.command("current")
 def db_current() -> None:
     """Show the database's schema revision and this release's."""
+    from core.migrate import current_revision, head_revision
+    from service.cli_support import run_with_db
+
     current = run_with_db(current_revision, migrate=False)
     click.echo(f"database: {current or 'empty'}; this release: {head_revision()}")
 
@@ -292,6 +290,11 @@ def reload() -> None:
     that no longer fits the new file is named here, and skipped by the instances (each
     logs an ERROR) until it is reset or the file fits it again.
     """
+    from core.config import load_config
+    from core.control import CONFIG_GENERATION, bump_counter
+    from core.route_overrides import apply_overrides, load_overrides
+    from service.cli_support import check_config, run_with_db
+
     settings = Settings.from_env()
     check_config(settings)
     file_config = load_config(settings.config_path)
@@ -304,7 +307,3 @@ def reload() -> None:
     for override in skipped:
         click.echo(f"warning: {override.log_line()}", err=True)
     click.echo(f"{settings.config_path} is valid; reload requested (generation {generation})")
-
-
-for group in (app, keys, operator, orders, reconcile, routes, simulate):
-    main.add_command(group)

@@ -38,6 +38,11 @@ def orders_show(order_no: str) -> None:
         f"{order.order_no}  {order.state}  app {order.app_id}  cstmOrderNo {order.cstm_order_no}"
         f"  {order.carrier} {order.product_id} -> {order.phone_no}"
     )
+    if order.segment_carrier:
+        click.echo(
+            f"  carrier mismatch: the number's segment is {order.segment_carrier}'s; "
+            f"accepted as {order.carrier} (ported, or the partner's mistake)"
+        )
     for attempt in attempts:
         click.echo(
             f"  attempt {attempt.seq} via {attempt.plugin}: {attempt.state}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Iterable
 
@@ -38,6 +39,19 @@ RELOAD_POLL_SECONDS = 1.0
 # "0" in an API process tells it that background work runs in a process of its own.
 BACKGROUND_ENV = "TOPUP_BACKGROUND"
 CONSOLE_SESSION_HOURS = 12
+
+
+def settle_heap() -> None:
+    """Put what start-up built out of the cyclic garbage collector's way, once started.
+
+    A started service holds about 125,000 objects that live as long as the process
+    (Litestar's, SQLAlchemy's, the plugins'), and every full collection walked them all,
+    stopping the event loop for 100 to 200 ms on a 2-core machine: most of the acceptance
+    p99. Frozen (``gc.freeze``), a full collection walks only what came after. Garbage
+    is collected first, so that none of it is kept for good.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def build_registry(extra_plugins: Iterable[object] = ()) -> Registry:

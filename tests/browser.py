@@ -53,9 +53,11 @@ class Screen:
         self.dialogs.append(dialog.message)
         dialog.accept()
 
-    def goto(self, path: str) -> Response | None:
-        response = self.page.goto(self.base_url + path)
-        self.snap()
+    def goto(self, path: str, timeout_ms: float | None = None) -> Response | None:
+        """Open a page and record it; ``timeout_ms`` for a page heavier than the default
+        allows (the context's 10 s)."""
+        response = self.page.goto(self.base_url + path, timeout=timeout_ms)
+        self.snap(timeout_ms=timeout_ms)
         return response
 
     def click(self, target: Locator) -> Response | None:
@@ -76,9 +78,9 @@ class Screen:
         self.snap()
         return navigation.value
 
-    def snap(self, step: str | None = None) -> Path:
+    def snap(self, step: str | None = None, timeout_ms: float | None = None) -> Path:
         """A full-page screenshot, named after ``step`` or the page's path."""
-        self.page.wait_for_load_state()
+        self.page.wait_for_load_state(timeout=timeout_ms)
         name = step or _slug(self.page.url.removeprefix(self.base_url)) or "root"
         path = self.folder / f"{len(self.shots) + 1:02d}-{name}.png"
         self.page.screenshot(path=path, full_page=True)

@@ -31,6 +31,12 @@ TOKEN_SECRET = "test-token-key-known-to-the-tests"
 _app_numbers = itertools.count(1)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests marked slow first: xdist hands tests out in this order, so each starts
+    while the rest of the suite runs beside it, not last with the other workers idle."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest) -> Backend:
     """Every storage and API test runs on both: SQLite, and the machine's PostgreSQL."""
@@ -52,7 +58,7 @@ def empty_database_url(tmp_path: Path, backend: Backend) -> Iterator[str]:
 
 @pytest.fixture
 def database_url(tmp_path: Path, backend: Backend) -> Iterator[str]:
-    """A new database with the schema in place (PostgreSQL is migrated deliberately)."""
+    """A new database with the schema in place: a copy of one migrated per test process."""
     url = backend.migrated_database(tmp_path)
     yield url
     backend.drop(url)

@@ -53,8 +53,10 @@ class InProcessService(Service):
         env: Mapping[str, str] | None = None,
         backend: Backend = SQLITE,
         background: bool = False,
+        settle: bool = False,
     ) -> None:
         self.workdir = workdir
+        self.settle = settle
         self.backend = backend
         self.background = background
         self.database_url = backend.migrated_database(workdir)
@@ -90,7 +92,7 @@ class InProcessService(Service):
                 warnings.simplefilter("ignore", DeprecationWarning)
                 from service.app import create_app
 
-                app = create_app(settings, background=self.background)
+                app = create_app(settings, background=self.background, settle=self.settle)
                 client = TestClient(app, base_url=BASE_URL, raise_server_exceptions=False)
                 client.__enter__()  # the lifespan: migrations, token key, node number
         except BaseException:
@@ -111,6 +113,13 @@ class InProcessService(Service):
     def _detach_log(self) -> None:
         logging.getLogger().removeHandler(self._handler)
         logging.getLogger("topup").setLevel(self._level)
+
+    @property
+    def services(self) -> Any:
+        """The running app's ``Services`` (service/wiring.py), for a test that must reach
+        inside, as a bug would."""
+        assert self._client is not None, "the service is not started"
+        return self._client.app.state.services
 
     def http_client(self, **options: Any) -> httpx.Client:
         """A client with cookies of its own, to the one running app."""

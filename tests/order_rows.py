@@ -72,7 +72,9 @@ class Shop:
             [step] = await self.lifecycle.claim("worker", 60_000, 10, Plan(*plugins))
             assert isinstance(step, Send) and step.upstream.order_no == new.order_no
             if seq < len(plugins):
-                refusal = SupplierResult.failed("NO_BALANCE", "余额不足", failover=True)
+                refusal = SupplierResult.failed(
+                    code="NO_BALANCE", message="余额不足", failover=True, transient=True
+                )
                 await self._apply(step.upstream.reference, refusal, from_submit=True)
             else:
                 await self._apply(step.upstream.reference, *_RESULTS[outcome])
@@ -96,10 +98,10 @@ class Shop:
 
 
 _RESULTS: dict[str, tuple] = {
-    "succeeded": (SupplierResult.succeeded("S-1", code="1", message="充值成功"),),
-    "failed": (SupplierResult.failed("9", "充值失败"),),
-    "pending": (SupplierResult.pending("S-2"), False, 600_000),
-    "review": (SupplierResult.unknown("TIMEOUT"), False, None),
+    "succeeded": (SupplierResult.succeeded(supplier_ref="S-1", code="1", message="充值成功"),),
+    "failed": (SupplierResult.failed(code="9", message="充值失败"),),
+    "pending": (SupplierResult.pending(supplier_ref="S-2"), False, 600_000),
+    "review": (SupplierResult.unknown(code="TIMEOUT"), False, None),
 }
 
 

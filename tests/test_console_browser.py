@@ -178,6 +178,16 @@ def test_an_operator_finds_an_order_by_phone_number_and_reads_its_timeline(
     expect(page.locator("#ledger")).to_contain_text("扣款")
 
 
+def test_an_order_whose_carrier_contradicts_its_number_says_so(screen, desk: Desk) -> None:
+    # 138 is 中国移动's segment; the partner names 中国联通 (a ported number, or a mistake).
+    order_no = desk.place("13811113333", carrier="中国联通", product="LT10")
+    page = screen.sign_in(desk.viewer)
+    screen.goto(f"/console/orders/{order_no}")
+    mismatch = page.locator("#segment-carrier")
+    expect(mismatch).to_contain_text("与号段不符")
+    expect(mismatch).to_contain_text("号段属于中国移动，合作方指定中国联通")
+
+
 # -- the review queue -------------------------------------------------------------------
 
 

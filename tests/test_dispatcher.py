@@ -36,6 +36,7 @@ max_queries = 3
 call_timeout = 1
 resend_margin = 1
 lease_seconds = 5
+breaker_threshold = 2
 
 [suppliers."中国移动"]
 route = ["first", "second"]
@@ -78,7 +79,11 @@ class Scripted(topup.Supplier):
     def _answer(self, call: str, order: UpstreamOrder) -> SupplierResult:
         self.script.calls.append((self.name, call, order.reference))
         queued = self.script.answers.get((self.name, call))
-        return queued.pop(0) if queued else SupplierResult.succeeded(f"S-{order.reference}")
+        return (
+            queued.pop(0)
+            if queued
+            else SupplierResult.succeeded(supplier_ref=f"S-{order.reference}")
+        )
 
     def parse_callback(self, request: CallbackRequest) -> topup.Callback:
         said = msgspec.json.decode(request.body)
@@ -163,7 +168,7 @@ async def desk(database_url: str, clock: FakeClock) -> AsyncIterator[Desk]:
 
 
 async def test_an_unknown_submit_is_queried_never_sent_again(desk: Desk) -> None:
-    desk.script.will("first", "submit", SupplierResult.unknown("TIMEOUT"))
+    desk.script.will("first", "submit", SupplierResult.unknown(code="TIMEOUT"))
     order_no = await desk.order()
     assert await desk.round() == 1
     assert (await desk.get(order_no)).state is State.UNKNOWN
@@ -176,7 +181,7 @@ async def test_an_unknown_submit_is_queried_never_sent_again(desk: Desk) -> None
 
 
 async def test_a_definitive_refusal_fails_over_through_the_same_claim(desk: Desk) -> None:
-    refused = SupplierResult.failed("NO_BALANCE", "余额不足", failover=True)
+    refused = SupplierResult.failed(code="RECENTLY_RECHARGED", message="近期已充值", failover=True)
     desk.script.will("first", "submit", refused)
     order_no = await desk.order()
     await desk.round()
@@ -186,16 +191,80 @@ async def test_a_definitive_refusal_fails_over_through_the_same_claim(desk: Desk
     assert desk.script.asked("second", "submit") == [f"{order_no}A2"]
 
 
-async def test_a_failure_a_query_reports_never_fails_over(desk: Desk) -> None:
+async def test_a_refusal_no_supplier_can_help_fails_with_the_partners_reason(
+    desk: Desk,
+) -> None:
+    said = topup.classify_error(
+        "first",
+        {"NUMBER_BLOCKED": (topup.ErrorClass.NO_FAILOVER, topup.FailReason.NUMBER_NOT_SUPPORTED)},
+        "NUMBER_BLOCKED",
+        "This number is on the carrier's blacklist",
+    )
+    desk.script.will("first", "submit", said)
+    order_no = await desk.order()
+    await desk.round()
+    order = await desk.get(order_no)
+    assert (order.state, order.fail_code) == (State.FAILED, "NUMBER_BLOCKED")
+    assert order.fail_reason == "号码不支持充值"
+    [attempt] = await desk.store.attempts_of(order_no)  # the supplier's words, for operators
+    assert attempt.message == "This number is on the carrier's blacklist"
+    assert desk.script.asked("second", "submit") == []
+    assert (await desk.ledger.account("app")).held == 0
+
+
+async def test_a_failure_without_a_reason_tells_the_partner_the_default(desk: Desk) -> None:
     desk.script.will("first", "submit", SupplierResult.pending())
-    desk.script.will("first", "query", SupplierResult.failed("NO_BALANCE", failover=True))
+    desk.script.will("first", "query", SupplierResult.failed(code="9", message="callback"))
     order_no = await desk.order()
     await desk.round()
     await desk.round(1)
     order = await desk.get(order_no)
-    assert (order.state, order.fail_code) == (State.FAILED, "NO_BALANCE")
+    assert (order.state, order.fail_code, order.fail_reason) == (
+        State.FAILED,
+        "9",
+        "充值失败，款项已退回",
+    )
+
+
+async def test_a_failover_a_query_reports_is_read_as_unknown(
+    desk: Desk, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A query that never left comes back from topup.exchange as not_sent (failover).
+    It says nothing about the top-up: the order is neither failed nor moved on."""
+    desk.script.will("first", "submit", SupplierResult.pending())
+    desk.script.will("first", "query", SupplierResult.not_sent(message="first unreachable"))
+    order_no = await desk.order()
+    await desk.round()
+    with caplog.at_level(logging.WARNING, logger="topup.alert"):
+        await desk.round(1)
+    order = await desk.get(order_no)
+    assert order.state is State.PENDING, order
+    assert (await desk.ledger.account("app")).held == 995
+    assert any("only a submit" in r.getMessage() for r in caplog.records)
+    await desk.round(2)  # the next query says it succeeded
+    assert (await desk.get(order_no)).state is State.SUCCEEDED
     assert desk.script.asked("second", "submit") == []
-    assert (await desk.ledger.account("app")).held == 0
+
+
+async def test_only_refusals_about_the_supplier_open_its_circuit(desk: Desk) -> None:
+    """Definitive refusals are about their orders: however many, the supplier is
+    working. Transient ones (no balance, maintenance, unreachable) open its circuit."""
+    about_the_order = SupplierResult.failed(code="RECENTLY_RECHARGED", failover=True)
+    desk.script.will("first", "submit", about_the_order, about_the_order, about_the_order)
+    for _ in range(3):
+        await desk.order()
+    await desk.round()
+    assert desk.dispatcher.breaker.available("first")
+    about_the_supplier = SupplierResult.not_sent(message="first unreachable")
+    desk.script.will("first", "submit", about_the_supplier, about_the_supplier)
+    for _ in range(2):
+        await desk.order()
+    await desk.round()
+    assert not desk.dispatcher.breaker.available("first")
+    later = await desk.order()
+    await desk.round()
+    assert (await desk.get(later)).state is State.SUCCEEDED
+    assert desk.script.asked("second", "submit")[-1] == f"{later}A1"
 
 
 async def test_a_callback_settling_an_order_mid_query_is_routine(
@@ -219,8 +288,8 @@ async def test_a_callback_settling_an_order_mid_query_is_routine(
 
 
 async def test_an_outcome_still_open_after_max_queries_goes_to_review(desk: Desk) -> None:
-    desk.script.will("first", "submit", SupplierResult.unknown("TIMEOUT"))
-    desk.script.will("first", "query", *[SupplierResult.unknown("TIMEOUT")] * 3)
+    desk.script.will("first", "submit", SupplierResult.unknown(code="TIMEOUT"))
+    desk.script.will("first", "query", *[SupplierResult.unknown(code="TIMEOUT")] * 3)
     order_no = await desk.order()
     await desk.round()
     for delay in (1, 2, 2):
@@ -233,9 +302,9 @@ async def test_an_outcome_still_open_after_max_queries_goes_to_review(desk: Desk
 async def test_a_never_received_attempt_is_resent_once_where_the_supplier_allows(
     desk: Desk,
 ) -> None:
-    lost = SupplierResult.unknown("TIMEOUT")
+    lost = SupplierResult.unknown(code="TIMEOUT")
     desk.script.will("strict", "submit", lost)
-    desk.script.will("strict", "query", *[SupplierResult.never_received("NOT_FOUND")] * 3)
+    desk.script.will("strict", "query", *[SupplierResult.never_received(code="NOT_FOUND")] * 3)
     order_no = await desk.order("中国联通")
     await desk.round()
     await desk.round(1)  # 1 s after the attempt: too soon to tell a lost request
@@ -248,8 +317,8 @@ async def test_a_never_received_attempt_is_resent_once_where_the_supplier_allows
 
 
 async def test_a_supplier_that_may_take_a_reference_twice_gets_no_resend(desk: Desk) -> None:
-    desk.script.will("first", "submit", SupplierResult.unknown("TIMEOUT"))
-    desk.script.will("first", "query", *[SupplierResult.never_received("NOT_FOUND")] * 3)
+    desk.script.will("first", "submit", SupplierResult.unknown(code="TIMEOUT"))
+    desk.script.will("first", "query", *[SupplierResult.never_received(code="NOT_FOUND")] * 3)
     order_no = await desk.order()
     await desk.round()
     for delay in (1, 2, 2):
@@ -259,9 +328,9 @@ async def test_a_supplier_that_may_take_a_reference_twice_gets_no_resend(desk: D
 
 
 async def test_a_resend_lost_again_is_not_sent_a_third_time(desk: Desk) -> None:
-    lost = SupplierResult.unknown("TIMEOUT")
+    lost = SupplierResult.unknown(code="TIMEOUT")
     desk.script.will("strict", "submit", lost, lost)
-    desk.script.will("strict", "query", *[SupplierResult.never_received("NOT_FOUND")] * 5)
+    desk.script.will("strict", "query", *[SupplierResult.never_received(code="NOT_FOUND")] * 5)
     order_no = await desk.order("中国联通")
     await desk.round()
     for delay in (3, 3, 3, 3):

@@ -69,13 +69,18 @@ def test_sandbox_success(partner: Partner) -> None:
     assert partner.wait_status(cstm, {"2", "3"})["data"]["status"] == "2"
 
 
-def test_sandbox_failure_on_4(partner: Partner) -> None:
+def test_sandbox_failure_on_4(service: ServiceProcess, partner: Partner) -> None:
     cstm = fresh_order_no()
-    partner.order(cstm, phone="13800138004")
+    order_no = partner.order(cstm, phone="13800138004")["data"]["orderNo"]
     data = partner.wait_status(cstm, {"2", "3"})["data"]
     assert data["status"] == "3"
     assert data["statusDesc"] == "充值失败"
-    assert "尾号 4" in data["failReason"]
+    # The partner reads the curated reason; the supplier's own words are for operators.
+    assert data["failReason"] == "充值失败，款项已退回"
+    [(code, message)] = service.sql(
+        "SELECT code, message FROM attempts WHERE order_no = ?", order_no
+    )
+    assert (code, message) == ("SANDBOX_DECLINED", "沙箱: 尾号 4 充值失败")
     assert data["finishTime"]
 
 
@@ -148,7 +153,7 @@ def test_failure_after_acceptance_is_final(scripted_service) -> None:
     cstm = fresh_order_no()
     order_no = partner.order(cstm, phone="13800000004")["data"]["orderNo"]
     data = partner.wait_status(cstm, {"2", "3"})["data"]
-    assert data["status"] == "3" and data["failReason"] == "撤销"
+    assert data["status"] == "3" and data["failReason"] == "充值失败，款项已退回"
     assert [s["plugin"] for s in calls(journal, "submit", order_no)] == ["scripted"]
 
 

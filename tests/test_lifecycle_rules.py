@@ -87,13 +87,15 @@ def order_of(reference: str) -> str:
 
 async def test_terminal_state_never_changes_back(desk: Desk) -> None:
     reference = await submitted(desk)
-    done = await apply(desk, reference, SupplierResult.succeeded("X1"), from_submit=True)
+    done = await apply(
+        desk, reference, SupplierResult.succeeded(supplier_ref="X1"), from_submit=True
+    )
     assert done.state is State.SUCCEEDED and done.changed
     for later in (
-        SupplierResult.failed("9", "撤销"),
+        SupplierResult.failed(code="9", message="撤销"),
         SupplierResult.pending(),
         SupplierResult.unknown(),
-        SupplierResult.failed("NO_BALANCE", failover=True),
+        SupplierResult.failed(code="NO_BALANCE", failover=True),
     ):
         again = await apply(desk, reference, later, from_submit=True)
         assert again.state is State.SUCCEEDED and not again.changed
@@ -104,8 +106,8 @@ async def test_terminal_state_never_changes_back(desk: Desk) -> None:
 
 async def test_same_result_applies_once(desk: Desk) -> None:
     reference = await submitted(desk)
-    first = await apply(desk, reference, SupplierResult.failed("9", "撤销"))
-    second = await apply(desk, reference, SupplierResult.failed("9", "撤销"))
+    first = await apply(desk, reference, SupplierResult.failed(code="9", message="撤销"))
+    second = await apply(desk, reference, SupplierResult.failed(code="9", message="撤销"))
     assert (first.changed, second.changed) == (True, False)
     assert second.state is State.FAILED
     assert await desk.ledger.verify("app")
@@ -114,8 +116,8 @@ async def test_same_result_applies_once(desk: Desk) -> None:
 
 async def test_acknowledged_attempt_does_not_fall_back_to_unknown(desk: Desk) -> None:
     reference = await submitted(desk)
-    await apply(desk, reference, SupplierResult.pending("X1"))
-    after = await apply(desk, reference, SupplierResult.unknown("TIMEOUT"))
+    await apply(desk, reference, SupplierResult.pending(supplier_ref="X1"))
+    after = await apply(desk, reference, SupplierResult.unknown(code="TIMEOUT"))
     assert after.state is State.PENDING
 
 
@@ -139,7 +141,7 @@ async def test_the_attempt_is_recorded_with_its_claim(desk: Desk) -> None:
 async def test_a_failover_from_submit_retries_through_the_same_claim(desk: Desk) -> None:
     plan = Plan("first", "second")
     reference = await submitted(desk, "c5", plan)
-    refused = SupplierResult.failed("NO_BALANCE", "余额不足", failover=True)
+    refused = SupplierResult.failed(code="NO_BALANCE", message="余额不足", failover=True)
     moved = await apply(desk, reference, refused, from_submit=True)
     assert moved.state is State.RETRYING
     [step] = await desk.lifecycle.claim("me", 60_000, 10, plan)
@@ -149,39 +151,56 @@ async def test_a_failover_from_submit_retries_through_the_same_claim(desk: Desk)
 
 async def test_a_failover_from_a_query_or_callback_never_moves_the_order(desk: Desk) -> None:
     reference = await submitted(desk, "c6", Plan("first", "second"))
-    await apply(desk, reference, SupplierResult.unknown("TIMEOUT"), from_submit=True)
-    said = SupplierResult.failed("NO_BALANCE", "余额不足", failover=True)
+    await apply(desk, reference, SupplierResult.unknown(code="TIMEOUT"), from_submit=True)
+    said = SupplierResult.failed(code="NO_BALANCE", message="余额不足", failover=True)
     applied = await apply(desk, reference, said)  # a query's answer
-    assert applied.state is State.FAILED
-    assert len(await desk.store.attempts_of(order_of(reference))) == 1
+    # Only a submit can be refused before acceptance: from a query it proves nothing.
+    assert applied.state is State.UNKNOWN
+    [attempt] = await desk.store.attempts_of(order_of(reference))
+    assert attempt.state == "unknown" and not attempt.refused
+    assert (await desk.ledger.account("app")).held == 995
 
 
 async def test_no_plugin_left_fails_the_order_in_its_claim(desk: Desk) -> None:
     reference = await submitted(desk, "c7", Plan("only"))
-    refused = SupplierResult.failed("NO_BALANCE", "余额不足", failover=True)
+    refused = SupplierResult.failed(code="NO_BALANCE", message="余额不足", failover=True)
     await apply(desk, reference, refused, from_submit=True)
     [step] = await desk.lifecycle.claim("me", 60_000, 10, Plan("only"))
     assert isinstance(step, Unroutable) and step.tried == ["only"]
     order = await desk.store.get(order_of(reference))
     assert (order.state, order.fail_code) == (State.FAILED, "NO_BALANCE")
+    # The partner reads the curated reason of the last refusal, not "余额不足".
+    assert order.fail_reason == "充值失败，款项已退回"
     assert (await desk.ledger.account("app")).held == 0
+
+
+async def test_an_order_no_supplier_can_take_tells_the_partner_so(desk: Desk) -> None:
+    await desk.lifecycle.accept(new_order("c7b"))
+    [step] = await desk.lifecycle.claim("me", 60_000, 10, Plan())
+    assert isinstance(step, Unroutable) and step.tried == []
+    order = await desk.store.get(step.order.order_no)
+    assert (order.state, order.fail_code, order.fail_reason) == (
+        State.FAILED,
+        "NO_SUPPLIER",
+        "暂无可用充值渠道",
+    )
 
 
 async def test_a_claim_reads_the_open_attempt_it_will_query(desk: Desk) -> None:
     reference = await submitted(desk, "c8")
-    await apply(desk, reference, SupplierResult.pending("X"), from_submit=True)
+    await apply(desk, reference, SupplierResult.pending(supplier_ref="X"), from_submit=True)
     await desk.lifecycle.wake(order_of(reference))
     [step] = await desk.lifecycle.claim("me", 60_000, 10, Plan("sandbox"))
     assert isinstance(step, Query) and step.attempt.reference == reference
     # A callback settles it while the worker asks: the worker's answer changes nothing.
-    await apply(desk, reference, SupplierResult.succeeded("X"))
-    late = await apply(desk, reference, SupplierResult.pending("X"))
+    await apply(desk, reference, SupplierResult.succeeded(supplier_ref="X"))
+    late = await apply(desk, reference, SupplierResult.pending(supplier_ref="X"))
     assert late.state is State.SUCCEEDED and not late.changed
 
 
 async def test_an_unknown_attempt_is_resent_once_and_only_by_its_lease_holder(desk: Desk) -> None:
     reference = await submitted(desk, "c9")
-    await apply(desk, reference, SupplierResult.unknown("TIMEOUT"), from_submit=True)
+    await apply(desk, reference, SupplierResult.unknown(code="TIMEOUT"), from_submit=True)
     order_no = order_of(reference)
     assert await desk.lifecycle.resend(reference, "me", min_age_ms=60_000) is None  # too soon
     await desk.lifecycle.wake(order_no)
@@ -203,7 +222,7 @@ async def test_an_operator_verdict_is_audited_with_the_change(desk: Desk) -> Non
     order_no = order_of(reference)
     await desk.lifecycle.apply(
         reference,
-        SupplierResult.unknown("TIMEOUT"),
+        SupplierResult.unknown(code="TIMEOUT"),
         from_submit=True,
         next_query_delay_ms=None,
         counts_as_query=False,

@@ -57,7 +57,9 @@ async def _instance(db: Database, seed: int) -> None:
         results = [
             lifecycle.apply(
                 step.upstream.reference,
-                rng.choice([SupplierResult.succeeded(), SupplierResult.failed("9", "x")]),
+                rng.choice(
+                    [SupplierResult.succeeded(), SupplierResult.failed(code="9", message="x")]
+                ),
                 from_submit=True,
                 next_query_delay_ms=1000,
                 counts_as_query=False,

@@ -291,7 +291,9 @@ async def test_random_concurrent_histories_in_the_core(database_url: str, seed: 
         for step in await lifecycle.claim("w", 60_000, rng.randint(1, 5), Plan("sandbox")):
             if isinstance(step, Send):
                 references.append(step.upstream.reference)
-        outcome = rng.choice([SupplierResult.succeeded(), SupplierResult.failed("9", "x")])
+        outcome = rng.choice(
+            [SupplierResult.succeeded(), SupplierResult.failed(code="9", message="x")]
+        )
         chosen = rng.sample(references, k=min(len(references), rng.randint(0, 4)))
         await asyncio.gather(
             *(

@@ -174,7 +174,7 @@ def test_each_final_state_is_delivered_signed_and_retried_until_accepted(
     assert {p["status"] for _at, p, _b in deliveries} == {"2"}
     assert deliveries[0][1]["fundStatus"] == "captured"
     assert only[1]["status"] == "3" and only[1]["fundStatus"] == "released"
-    assert only[1]["failReason"]
+    assert only[1]["failReason"] == "充值失败，款项已退回"
     # The waits grow with the schedule (each at least its delay after the previous answer).
     gaps = [later[0] - earlier[0] for earlier, later in itertools.pairwise(deliveries)]
     for gap, delay in zip(gaps, SCHEDULE, strict=False):

@@ -31,8 +31,10 @@ enabled = ["juhe"]
 
 [dispatch]
 query_delays = [0.3, 0.5, 1.0]
-max_queries = 12
-call_timeout = 2
+# Room for a simulator slowed by a busy machine (CI runs this beside the rest of the
+# suite): a query that times out counts as one, and 12 were once not enough.
+max_queries = 40
+call_timeout = 3
 # juhe refuses a reused orderid: an attempt the killed instance recorded but never sent
 # is sent again once its "no such order" comes this long after call_timeout.
 resend_margin = 1
@@ -41,7 +43,7 @@ scan_interval = 0.1
 
 [plugin.juhe]
 base_url = "{simulator}"
-timeout = 1.0
+timeout = 2.0
 
 [suppliers."中国移动"]
 route = ["juhe"]
@@ -59,6 +61,7 @@ def postgres():
     return found
 
 
+@pytest.mark.slow
 def test_three_instances_one_killed_mid_run(tmp_path: Path, postgres) -> None:
     database_url = postgres.new_database(tmp_path)
     instances: list[ServiceProcess] = []
@@ -143,7 +146,13 @@ def settle_everything(survivor: ServiceProcess, expected: int, simulator: str) -
         return True
 
     eventually(none_open, 120, interval=0.5, what="every order final or in review")
-    assert survivor.sql("SELECT order_no FROM orders WHERE state = 'review'") == []
+    in_review = survivor.sql(
+        "SELECT o.order_no, a.state, a.code, a.queries, a.resent, e.detail FROM orders o"
+        " JOIN attempts a ON a.order_no = o.order_no"
+        " LEFT JOIN order_events e ON e.order_no = o.order_no AND e.kind = 'review'"
+        " WHERE o.state = 'review'"
+    )
+    assert in_review == [], in_review
     [(stored,)] = survivor.sql("SELECT count(*) FROM orders")
     assert stored >= expected
     assert survivor.sql(

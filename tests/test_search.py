@@ -255,7 +255,9 @@ async def test_a_failed_order_and_its_release(db: Database, placed: list[dict]) 
         ("failed", "supplier", "juhe"),
         ("release", "system", "system"),
     ]
-    assert detail.timeline[-2].detail == "9 充值失败"
+    # The supplier's words on the attempt, what the partner was told on the order.
+    assert detail.timeline[-3].detail == "9 充值失败"
+    assert detail.timeline[-2].detail == "9 充值失败，款项已退回"
 
 
 async def test_an_order_still_open_has_no_final_entry(db: Database, placed: list[dict]) -> None:

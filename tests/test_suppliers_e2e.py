@@ -197,7 +197,8 @@ def test_success_through_reloadly(stack: Stack) -> None:
 def test_failure_after_acceptance_is_reported_and_not_rerouted(stack: Stack) -> None:
     cstm, order_no = stack.order(phone("4"))
     data = stack.final(cstm)
-    assert data["status"] == "3" and data["failReason"]
+    # juhe's own err_msg stays with the attempt, for operators.
+    assert data["status"] == "3" and data["failReason"] == "充值失败，款项已退回"
     assert [t["protocol"] for t in stack.upstream(order_no)] == ["juhe"]
 
 

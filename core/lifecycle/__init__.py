@@ -7,7 +7,7 @@ States of an order::
         |            |     \\-> unknown --> (query) --> pending / succeeded / failed
         |            |            \\-> submitting (re-sent once: results.py, Resend)
         |            \\-> retrying --> submitting (next supplier; only after submit's
-        |                              definitive failure that delivered nothing)
+        |                              refusal that delivered nothing: failover)
         \\-> failed (no supplier could take it; from retrying too)
 
     pending / unknown --(max_queries unanswered)--> review --(operator, or a late

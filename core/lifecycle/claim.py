@@ -25,7 +25,7 @@ from core.leases import lease_due, make_due
 from core.lifecycle.work import AttemptRow, Work, order_row
 from core.orders import READY_TO_SUBMIT, AttemptRecord, OrderRecord, State
 from core.routing import RoutePlan
-from core.suppliers import UpstreamOrder
+from core.suppliers import FailReason, UpstreamOrder
 from core.writer import Batch, Phase, Tx
 
 log = logging.getLogger("topup.lifecycle")
@@ -114,7 +114,7 @@ def _start_attempt(work: Work, order, plan: RoutePlan) -> Step:
             State.FAILED,
             # A failover's own code and message say more than "no supplier" does.
             fail_code=order.fail_code or "NO_SUPPLIER",
-            fail_reason=order.fail_reason or f"没有可用的供应商: {order.carrier}",
+            fail_reason=order.fail_reason or str(FailReason.NO_SUPPLIER),
         )
         return Unroutable(order.record(), tried)
     seq = order.attempts + 1

@@ -4,7 +4,8 @@
 Applied idempotently and monotonically: a terminal attempt or order never changes, an
 acknowledged (pending) attempt never falls back to unknown, and a query or callback
 never moves an order to another supplier, whatever the plugin reports (only ``submit``'s
-definitive failure can: core/lifecycle/rules.py).
+refusal that allows failover can, and such a refusal from anything else is read as
+unknown: core/lifecycle/rules.py).
 
 A resend (``Resend``) is the one exception to "never send an attempt again": a plugin
 whose supplier refuses a reused reference said, in a query made well after the
@@ -16,10 +17,10 @@ from __future__ import annotations
 
 import msgspec
 
-from core.lifecycle.rules import next_attempt_state, order_state_after
+from core.lifecycle.rules import as_applied, next_attempt_state, order_state_after
 from core.lifecycle.work import AttemptChange, AttemptRow, Work
 from core.orders import TERMINAL, State
-from core.suppliers import SupplierResult, UpstreamOrder
+from core.suppliers import FailReason, SupplierResult, UpstreamOrder
 
 
 class Applied(msgspec.Struct, frozen=True):
@@ -34,7 +35,7 @@ class Applied(msgspec.Struct, frozen=True):
 
 class ApplyResult(AttemptChange, frozen=True):
     result: SupplierResult
-    # From submit: only then may a definitive failure move the order to another supplier.
+    # From submit: only then may a refusal move the order to another supplier.
     from_submit: bool
     # When to query an outcome still open; None gives up and sends the order to review.
     next_query_delay_ms: int | None
@@ -88,7 +89,7 @@ def apply_result(
 ) -> Applied:
     """One result against the attempt and its order. ``event``: (kind, actor, detail)."""
     order = work.orders[attempt.order_no]
-    result = change.result
+    result = as_applied(change.result, from_submit=change.from_submit)
     new_state = next_attempt_state(attempt.state, result.outcome)
     if new_state is None:
         return Applied(order.order_no, order.state, False, order.carrier, attempt.plugin)
@@ -123,13 +124,14 @@ def _columns(to: State, result: SupplierResult, delay: int | None, now: int) -> 
     released = {"lease_owner": None, "lease_until": None}
     if to is State.SUCCEEDED:
         return {"fail_code": None, "fail_reason": None}
+    # fail_reason is the partner's failReason: the curated text the plugin chose, never
+    # the supplier's own message (kept on the attempt, for operators, with its code).
+    reason = str(result.reason or FailReason.FAILED)
     if to is State.FAILED:
-        return {
-            "fail_code": result.code or "FAILED",
-            "fail_reason": result.message or "供应商充值失败",
-        }
+        return {"fail_code": result.code or "FAILED", "fail_reason": reason}
     if to is State.RETRYING:
-        fail = {"fail_code": result.code or None, "fail_reason": result.message or None}
+        # Kept in case no supplier is left to try: the last refusal says most.
+        fail = {"fail_code": result.code or None, "fail_reason": reason}
         return {**released, **fail, "next_run_at": now}
     if to is State.REVIEW or delay is None:
         return {**released, "next_run_at": None}

@@ -44,7 +44,7 @@ class Resolve(OrderChange, frozen=True):
         verdict = (
             SupplierResult.succeeded(code="MANUAL", message=self.reason)
             if self.succeeded
-            else SupplierResult.failed("MANUAL", self.reason)
+            else SupplierResult.failed(code="MANUAL", message=self.reason)
         )
         change = ApplyResult(attempt.reference, verdict, False, None, False)
         outcome = "succeeded" if self.succeeded else "failed"

@@ -56,6 +56,7 @@ class OrderRow(msgspec.Struct):
     next_run_at: int | None
     lease_owner: str | None
     lease_until: int | None
+    segment_carrier: str | None = None
 
     def record(self) -> OrderRecord:
         return OrderRecord(**msgspec.structs.asdict(self))
@@ -120,6 +121,21 @@ def new_record(new: NewOrder, now: int) -> OrderRecord:
     )
 
 
+def as_applied(result: SupplierResult, *, from_submit: bool) -> SupplierResult:
+    """The result as the lifecycle applies it: a failover outside ``submit`` is unknown.
+
+    "Refused before acceptance, nothing delivered" can only be said of a submit. Said by
+    a status query (often one that never left: ``not_sent``) or a callback, it proves
+    nothing about the top-up, and reading it as a failure would give the partner its
+    money back for a phone that may have been credited: so the order is queried on.
+    """
+    if from_submit or not result.failover:
+        return result
+    return SupplierResult.unknown(
+        supplier_ref=result.supplier_ref, code=result.code, message=result.message
+    )
+
+
 def next_attempt_state(current: State, outcome: Outcome) -> State | None:
     """The attempt's new state, or None when the result changes nothing.
 
@@ -145,7 +161,8 @@ def order_state_after(
     A failure moves the order to another supplier only when it came from ``submit``
     (``may_fail_over``), the order was still submitting, and the supplier's own code
     says nothing was delivered: never from a query or a callback, whatever the plugin
-    says. An outcome still open after the last query (``give_up``) goes to review.
+    says (``as_applied`` has made such a result unknown). An outcome still open after
+    the last query (``give_up``) goes to review.
     """
     if attempt is State.SUCCEEDED:
         return State.SUCCEEDED
