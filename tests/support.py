@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import inspect
-import json
 import os
 import re
 import shutil
@@ -22,6 +21,7 @@ from typing import Any, TypeVar
 import httpx
 
 from core.signing import SignType, compute_sign
+from tests.forked_cli import FORKED_CLI
 from topup.testing import free_port, wait_until_healthy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -137,15 +137,24 @@ def topup_cli(
     input: str | None = None,
     topup: str = TOPUP,
 ) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [topup, *args],
-        env=dict(env),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=check,
-        input=input,
-    )
+    """``topup ARGS`` in a process of its own, as from a shell in the repository. This
+    environment's command is forked from a warm interpreter (tests/forked_cli.py); another
+    environment's (a plugin author's venv, another PYTHONPATH) is started as it is."""
+    if topup != TOPUP or not FORKED_CLI.can_run(env):
+        return subprocess.run(
+            [topup, *args],
+            env=dict(env),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=check,
+            input=input,
+        )
+    code, stdout, stderr = FORKED_CLI.run([list(args)], env=env, cwd=str(REPO), input=input)
+    done = subprocess.CompletedProcess([topup, *args], code, stdout, stderr)
+    if check:
+        done.check_returncode()
+    return done
 
 
 class Backend:
@@ -410,24 +419,19 @@ class ServiceProcess(Service):
         return topup_cli(*args, env=self.env, check=check, input=input, topup=self.topup)
 
     def cli_many(self, commands: list[list[str]], input: str | None = None) -> str:
-        """Several ``topup`` commands in one interpreter (each start costs a second); a
-        command reading standard input (``--password-stdin``) reads the next line of it."""
-        script = (
-            "import json, sys\n"
-            "from service.cli import main\n"
-            "for args in json.loads(sys.argv[1]):\n"
-            "    main(args, standalone_mode=False)\n"
+        """Several ``topup`` commands in one process; a command reading standard input
+        (``--password-stdin``) reads the next line of it."""
+        if not FORKED_CLI.can_run(self.env):
+            lines = iter((input or "").splitlines())
+            stdin = [next(lines, "") if "--password-stdin" in args else None for args in commands]
+            done = [self.cli(*a, input=i) for a, i in zip(commands, stdin, strict=True)]
+            return "".join(result.stdout for result in done)
+        code, stdout, stderr = FORKED_CLI.run(
+            commands, env=self.env, cwd=str(REPO), input=input, standalone=False
         )
-        result = subprocess.run(
-            [sys.executable, "-c", script, json.dumps(commands)],
-            env=self.env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-            input=input,
-        )
-        return result.stdout
+        if code != 0:
+            raise subprocess.CalledProcessError(code, ["topup", *commands], stdout, stderr)
+        return stdout
 
 
 class Partner:

@@ -1,0 +1,58 @@
+"""The tests' ``topup`` commands, forked from a warm interpreter, behave as started afresh."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support import TOPUP, topup_cli
+
+
+def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
+    database = f"sqlite+aiosqlite:///{tmp_path}/topup.db"
+    return {**os.environ, "TOPUP_DATABASE_URL": database, **extra}
+
+
+def test_a_command_answers_as_its_console_script_would(tmp_path: Path) -> None:
+    env = env_for(tmp_path)
+    forked = topup_cli("app", "nosuch", env=env, check=False)
+    started = subprocess.run(
+        [TOPUP, "app", "nosuch"], env=env, capture_output=True, text=True, check=False
+    )
+    assert (forked.returncode, forked.stdout, forked.stderr) == (
+        started.returncode,
+        started.stdout,
+        started.stderr,
+    )
+    assert forked.returncode == 2 and "No such command 'nosuch'" in forked.stderr
+    with pytest.raises(subprocess.CalledProcessError):
+        topup_cli("app", "nosuch", env=env)
+
+
+def test_each_command_has_its_own_environment_and_standard_input(tmp_path: Path) -> None:
+    first, second = tmp_path / "one", tmp_path / "two"
+    first.mkdir()
+    second.mkdir()
+    for where in (first, second):
+        topup_cli("db", "upgrade", env=env_for(where))
+    topup_cli("app", "add", "only-in-one", "--company", "某公司", env=env_for(first))
+    assert "only-in-one" in topup_cli("app", "list", env=env_for(first)).stdout
+    assert "only-in-one" not in topup_cli("app", "list", env=env_for(second)).stdout
+    from_env = topup_cli("sign", "a=1", env=env_for(first, TOPUP_SIGN_SECRET="s3cret"))
+    from_option = topup_cli("sign", "--secret", "s3cret", "a=1", env=env_for(second))
+    assert from_env.stdout == from_option.stdout != ""
+    assert topup_cli("sign", "a=1", env=env_for(second), check=False).returncode != 0
+    add = ("operator", "add", "bob", "--password-stdin")
+    nothing = topup_cli(*add, env=env_for(first), input="", check=False)
+    assert nothing.returncode != 0
+    added = topup_cli(*add, env=env_for(first), input="correct horse battery staple\n")
+    assert "operator bob (viewer) added" in added.stdout
+
+
+def test_interpreter_settings_it_cannot_reproduce_get_a_real_process(tmp_path: Path) -> None:
+    (tmp_path / "sitecustomize.py").write_text("print('started afresh')\n")
+    env = env_for(tmp_path, PYTHONPATH=str(tmp_path))
+    assert "started afresh" in topup_cli("sign", "--secret", "s", "a=1", env=env).stdout
