@@ -337,3 +337,9 @@ async def test_a_resend_lost_again_is_not_sent_a_third_time(desk: Desk) -> None:
         await desk.round(delay)
     assert desk.script.asked("strict", "submit") == [f"{order_no}A1"] * 2
     assert (await desk.get(order_no)).state is State.REVIEW
+    # The operator reads why: both sends are unanswered and the supplier has neither.
+    review = [e.detail for e in await desk.store.events_of(order_no) if e.kind == "review"]
+    assert review == [
+        "向供应商查询 3 次仍无最终结果，最后一次返回 NOT_FOUND，转人工审核；"
+        f"参考号 {order_no}A1 已原样重发一次，供应商仍答查无此单"
+    ]

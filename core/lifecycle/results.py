@@ -113,11 +113,20 @@ def apply_result(
     if event is not None:
         work.event(order.order_no, event[0], event[2], actor=event[1])
     elif to is State.REVIEW and before is not State.REVIEW:
-        # Read by operators (the console's timeline, `topup orders show`): in Chinese.
-        last_code = f"，最后一次返回 {result.code}" if result.code else ""
-        detail = f"向供应商查询 {attempt.queries} 次仍无最终结果{last_code}，转人工审核"
-        work.event(order.order_no, "review", detail)
+        work.event(order.order_no, "review", _review_detail(attempt, result))
     return Applied(order.order_no, to, to is not before, order.carrier, attempt.plugin)
+
+
+def _review_detail(attempt: AttemptRow, result: SupplierResult) -> str:
+    """Why the order waits for an operator; read in the console's timeline and `topup
+    orders show`, so in Chinese."""
+    last_code = f"，最后一次返回 {result.code}" if result.code else ""
+    detail = f"向供应商查询 {attempt.queries} 次仍无最终结果{last_code}，转人工审核"
+    if result.no_such_order and attempt.resent:
+        # The one case the operator can settle from the supplier's word alone: neither
+        # request reached it. Said plainly so that nobody has to reconstruct it.
+        detail += f"；参考号 {attempt.reference} 已原样重发一次，供应商仍答查无此单"
+    return detail
 
 
 def _columns(to: State, result: SupplierResult, delay: int | None, now: int) -> dict:
