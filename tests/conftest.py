@@ -111,6 +111,21 @@ def service(service_process: ServiceProcess) -> Service:
     return service_process
 
 
+@pytest.fixture(scope="module")
+def sqlite_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """A running service of the module's own on SQLite, for tests the backend does not
+    matter to (the schema page, a client generated from the document)."""
+    proc = ServiceProcess(
+        tmp_path_factory.mktemp("sqlite-service"),
+        sandbox_config(),
+        env={"TOPUP_TOKEN_SECRET": TOKEN_SECRET},
+        backend=SQLITE,
+    )
+    proc.start()
+    yield proc
+    proc.stop()
+
+
 @pytest.fixture(scope="session")
 def in_process(
     tmp_path_factory: pytest.TempPathFactory, backend: Backend

@@ -50,8 +50,8 @@ from schemathesis.checks import (
 )
 
 from core.signing import compute_sign
-from tests.conftest import TOKEN_SECRET, new_partner
-from tests.support import SQLITE, Partner, ServiceProcess, fresh_order_no, sandbox_config
+from tests.conftest import new_partner
+from tests.support import Partner, ServiceProcess, fresh_order_no
 
 SCHEMA_URL = "/schema/openapi.json"
 PARTNER_PATHS = {
@@ -439,29 +439,16 @@ def test_every_answer_conforms_to_the_published_document(
 # -- the page ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def page_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    """The page reads no database: SQLite only."""
-    proc = ServiceProcess(
-        tmp_path_factory.mktemp("schema-page"),
-        sandbox_config(),
-        env={"TOPUP_TOKEN_SECRET": TOKEN_SECRET},
-        backend=SQLITE,
-    )
-    proc.start()
-    yield proc
-    proc.stop()
-
-
 SWAGGER_UI_LOAD_MS = 60_000
 
 
-def test_the_schema_page_lists_every_operation_offline(page_service, screen_for) -> None:
-    screen = screen_for(page_service)
+def test_the_schema_page_lists_every_operation_offline(sqlite_service, screen_for) -> None:
+    """The page reads no database: SQLite only."""
+    screen = screen_for(sqlite_service)
     outside: list[str] = []
     # Nothing but the service itself: a partner network that reaches no CDN sees the same.
     screen.page.route(
-        re.compile(r"^(?!" + re.escape(page_service.url) + ")"),
+        re.compile(r"^(?!" + re.escape(sqlite_service.url) + ")"),
         lambda route: (outside.append(route.request.url), route.abort()),
     )
     # Swagger UI is a 1.4 MB script: chromium takes 2 s to run it on an idle 2-core

@@ -8,42 +8,29 @@ import importlib
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import httpx
 import pytest
 
-from tests.conftest import TOKEN_SECRET, new_partner
-from tests.support import SQLITE, TOPUP, Partner, ServiceProcess, fresh_order_no, sandbox_config
+from tests.conftest import new_partner
+from tests.support import TOPUP, Partner, ServiceProcess, fresh_order_no
 
 GENERATOR = Path(TOPUP).with_name("openapi-generator-cli")
 PACKAGE = "topup_partner"  # the README's --package-name
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    """The document does not depend on the backend: SQLite only."""
-    proc = ServiceProcess(
-        tmp_path_factory.mktemp("generated-client"),
-        sandbox_config(),
-        env={"TOPUP_TOKEN_SECRET": TOKEN_SECRET},
-        backend=SQLITE,
-    )
-    proc.start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
-def generated(service: ServiceProcess, tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
+def generated(
+    sqlite_service: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
+) -> ModuleType:
     """The README's command, run on the document the service publishes."""
     if shutil.which("java") is None:
         pytest.skip("openapi-generator needs Java 11+: not installed")
     out = tmp_path_factory.mktemp("generated")
     document = out / "openapi.json"
-    document.write_bytes(httpx.get(f"{service.url}/schema/openapi.json").content)
+    document.write_bytes(httpx.get(f"{sqlite_service.url}/schema/openapi.json").content)
     command = [str(GENERATOR), "generate", "-i", str(document), "-g", "python"]
     command += ["-o", str(out / "topup-client"), "--package-name", PACKAGE]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -56,14 +43,14 @@ def generated(service: ServiceProcess, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="module")
-def api(generated: ModuleType, service: ServiceProcess) -> object:
-    client = generated.ApiClient(generated.Configuration(host=service.url))
+def api(generated: ModuleType, sqlite_service: ServiceProcess) -> object:
+    client = generated.ApiClient(generated.Configuration(host=sqlite_service.url))
     return generated.PartnerAPIApi(client)
 
 
 @pytest.fixture(scope="module")
-def partner(service: ServiceProcess) -> Partner:
-    return new_partner(service)
+def partner(sqlite_service: ServiceProcess) -> Partner:
+    return new_partner(sqlite_service)
 
 
 def test_a_generated_client_orders_and_queries(
