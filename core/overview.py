@@ -13,7 +13,8 @@ index and of the attempts' primary key; nothing here reads the whole of a table:
   notifications have no next attempt); the oldest is the lowest id, as notifications
   are numbered in the order they are queued;
 - orders per minute: the primary key range of the last hour, grouped by the minute
-  written in the order number.
+  written in the order number;
+- the background workers: the workers table, a few rows per instance.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import msgspec
 from sqlalchemy import Connection, func, select
 
 from core.clock import now_ms
-from core.db import Database, attempts, notifications, order_events, orders
+from core.db import Database, attempts, notifications, order_events, orders, workers
 from core.ids import order_no_floor, taken_at
+from core.leases import database_now_ms
 from core.orders import TERMINAL, State
 
 HOUR_MS = 3_600_000
@@ -35,6 +37,8 @@ MINUTE_MS = 60_000
 # Settled attempts per plugin whose latency makes the percentiles.
 LATENCY_SAMPLE = 1000
 SPARK_MINUTES = 60
+# Rows of the workers table on the overview: a few per instance.
+WORKERS_SHOWN = 100
 
 
 class StateCounts(msgspec.Struct, frozen=True):
@@ -80,6 +84,17 @@ class NotificationBacklog(msgspec.Struct, frozen=True):
     oldest_created_at: int | None
 
 
+class WorkerBeat(msgspec.Struct, frozen=True):
+    """A background worker (dispatcher or notifier) as its heartbeat row shows it."""
+
+    kind: str
+    host: str
+    pid: int
+    started_at: int
+    # How long ago its last heartbeat was, by the database's clock (which wrote it).
+    silent_ms: int
+
+
 class Overview(msgspec.Struct, frozen=True):
     at: int
     last_hour: StateCounts
@@ -94,6 +109,8 @@ class Overview(msgspec.Struct, frozen=True):
     per_minute_from: int
     # When plugins_day was read (OverviewReader reuses it for a minute).
     plugins_day_at: int
+    # Every instance's background workers (core/leases.py), at most WORKERS_SHOWN.
+    workers: list[WorkerBeat]
 
 
 def state_counts(conn: Connection, since: int) -> StateCounts:
@@ -207,6 +224,19 @@ def per_minute(conn: Connection, now: int) -> tuple[list[int], int]:
     return [counts.get(m, 0) for m in minutes], first
 
 
+def worker_beats(conn: Connection) -> list[WorkerBeat]:
+    """The workers' rows: a worker stopped cleanly has none, one taken for dead loses its
+    row at the takeover, so a row silent for longer than ``takeover_seconds`` is a worker
+    that died and whose work nobody has taken over yet."""
+    silent = database_now_ms(conn) - workers.c.heartbeat_at
+    rows = conn.execute(
+        select(workers.c.kind, workers.c.host, workers.c.pid, workers.c.started_at, silent)
+        .order_by(workers.c.kind, workers.c.host, workers.c.pid)
+        .limit(WORKERS_SHOWN)
+    )
+    return [WorkerBeat(*row) for row in rows]
+
+
 def overview(conn: Connection, now: int | None = None) -> Overview:
     now = now_ms() if now is None else now
     return _assemble(now, plugin_stats(conn, now - DAY_MS), now, _all_but_the_day(conn, now))
@@ -222,6 +252,7 @@ def _all_but_the_day(conn: Connection, now: int) -> dict:
         "notifications": notification_backlog(conn),
         "per_minute": sparkline,
         "per_minute_from": spark_from,
+        "workers": worker_beats(conn),
     }
 
 

@@ -139,6 +139,10 @@ def test_an_operator_signs_in_and_a_wrong_password_is_refused(screen, desk: Desk
     screen.click(page.get_by_role("button", name="登录"))
     expect(page).to_have_url(re.compile(r"/console\?from=bookmark$"))  # back where they were going
     expect(page.locator(".me .who")).to_contain_text(desk.operator)
+    # The overview: the service's own background workers, beating.
+    workers = page.locator("#workers tbody tr")
+    expect(workers.filter(has_text="派单 dispatcher")).to_contain_text("运行中")
+    expect(workers.filter(has_text="通知 notifier")).to_contain_text("运行中")
 
     screen.click(page.get_by_role("button", name="退出"))
     expect(page).to_have_url(re.compile(r"/console/login$"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import itertools
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -260,3 +261,36 @@ def test_every_console_page_is_html_signed_in_and_json_free(stuck, signed_in) ->
     with stuck.http_client() as stranger:
         for path in ("/console/review", "/console/partners", "/console/audit"):
             assert stranger.get(path).status_code == 303, path
+
+
+def test_the_overview_shows_the_background_workers_by_their_heartbeat(
+    stuck, signed_in, in_process_services
+) -> None:
+    console, _name = signed_in("viewer")
+    workers = _workers_table(console)
+    # The app's own dispatcher and notifier, beating.
+    assert workers.count("派单 dispatcher") == 1 and workers.count("通知 notifier") == 1
+    assert workers.count("运行中") == 2 and "心跳停止" not in workers
+
+    quiet = in_process_services(sandbox_config())  # no background worker at all
+    quiet.add_operator("watcher", "viewer")
+    watcher = Console(quiet)
+    assert watcher.sign_in("watcher").status_code == 303
+    assert "没有运行中的后台进程" in _workers_table(watcher)
+    # A worker on another host that died a minute ago; nobody here takes its work over.
+    minute_ago = int(time.time() * 1000) - 60_000
+    quiet.sql(
+        "INSERT INTO workers (owner, kind, host, pid, started_at, heartbeat_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        "dispatcher-0123456789ab", "dispatcher", "topup-2.internal", 4242, minute_ago, minute_ago,
+    )  # fmt: skip
+    workers = _workers_table(watcher)
+    assert "topup-2.internal" in workers and "4242" in workers
+    assert "心跳停止" in workers and "1 分钟前" in workers
+    watcher.close()
+
+
+def _workers_table(console: Console) -> str:
+    page = console.get("/console").text
+    start = page.index('<table id="workers">')
+    return page[start : page.index("</table>", start)]

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import AsyncIterator
 from datetime import datetime
+from functools import partial
 
 import pytest
+from sqlalchemy import update
 
 from core.apps import AppStore
 from core.clock import BEIJING
-from core.db import Database
+from core.db import Database, workers
+from core.leases import beat
 from core.ledger import Ledger
 from core.migrate import ensure_schema
 from core.overview import (
@@ -167,3 +172,22 @@ async def test_a_refreshing_page_reads_the_days_plugin_figures_once_a_minute(
     # A minute on, the day's figures are read afresh.
     later = await reader.read(NOW + 61_000)
     assert later.plugins_day_at == NOW + 61_000 and later.plugins_day[0].attempts == 4
+
+
+async def test_background_workers_by_their_heartbeat(db: Database) -> None:
+    await db.write(partial(beat, owner="notifier-b", kind="notifier"))
+    await db.write(partial(beat, owner="dispatcher-a", kind="dispatcher"))
+    # The notifier's heartbeat stopped a minute and a half ago.
+    await db.write(
+        lambda conn: conn.execute(
+            update(workers)
+            .where(workers.c.owner == "notifier-b")
+            .values(heartbeat_at=workers.c.heartbeat_at - 90_000)
+        )
+    )
+    dispatcher, notifier = (await read_overview(db)).workers
+    assert (dispatcher.kind, notifier.kind) == ("dispatcher", "notifier")
+    assert dispatcher.pid == notifier.pid == os.getpid()
+    assert dispatcher.host == socket.gethostname()
+    assert 0 <= dispatcher.silent_ms < 5_000
+    assert 90_000 <= notifier.silent_ms < 95_000

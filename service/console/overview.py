@@ -45,6 +45,8 @@ async def _numbers(request: Request) -> dict:
         # Published by the dispatchers (core/circuits.py); balances as last asked.
         "circuits": {c.plugin: c for c in await open_circuits(svc.db, seen.at)},
         "balances": svc.balances.read(),
+        # A worker silent for longer is taken for dead by the others (core/leases.py).
+        "takeover_ms": int(svc.runtime.config.dispatch.takeover_seconds * 1000),
     }
 
 
@@ -58,7 +60,12 @@ class Formats:
         """How long ago ``then`` was: 40 秒, 12 分钟, 3 小时 5 分, 2 天 4 小时."""
         if then is None:
             return "-"
-        seconds = max(0, (self.now - then) // 1000)
+        return self.elapsed(self.now - then)
+
+    @staticmethod
+    def elapsed(ms: int) -> str:
+        """A span of ``ms`` milliseconds, as ``age`` words it."""
+        seconds = max(0, ms // 1000)
         if seconds < 60:
             return f"{seconds} 秒"
         minutes = seconds // 60

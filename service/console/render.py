@@ -33,6 +33,8 @@ STATE_LABELS = {
     "failed": "失败",
 }
 ROLE_LABELS = {Role.VIEWER: "只读", Role.OPERATOR: "操作员", Role.ADMIN: "管理员"}
+# The kinds of background worker (core/worker_loop.py), as the overview names them.
+WORKER_KINDS = {"dispatcher": "派单 dispatcher", "notifier": "通知 notifier"}
 
 
 class ConsoleError(HTTPException):
@@ -95,7 +97,12 @@ def csrf_field(context: Any) -> Markup:
 
 def _configure(engine: JinjaTemplateEngine) -> None:
     env = engine.engine
-    env.globals.update(csrf_field=csrf_field, STATE_LABELS=STATE_LABELS, ROLE_LABELS=ROLE_LABELS)
+    env.globals.update(
+        csrf_field=csrf_field,
+        STATE_LABELS=STATE_LABELS,
+        ROLE_LABELS=ROLE_LABELS,
+        WORKER_KINDS=WORKER_KINDS,
+    )
     env.filters.update(
         yuan=yuan,
         bjtime=beijing_time,
