@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl
 import msgspec
 from litestar import HttpMethod, Litestar, Request, Response, route
 from litestar.exceptions import HTTPException
+from litestar.params import FromPath
 from litestar.types import ASGIApp
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -40,7 +41,7 @@ JSON = "application/json; charset=utf-8"
     operation_id="supplierCallback",
     include_in_schema=False,
 )
-async def supplier_callback(request: Request, plugin: str) -> Response:
+async def supplier_callback(request: Request, plugin: FromPath[str]) -> Response:
     """A supplier reports an outcome; its plugin verifies and reads it, the core applies it."""
     inbound = CallbackRequest(
         body=await read_body(request.receive),

@@ -26,6 +26,7 @@ from litestar.exceptions import NotFoundException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, OpenAPI, SecurityScheme, Tag
+from litestar.params import FromPath
 from litestar.response import File
 from litestar.router import Router
 
@@ -374,7 +375,7 @@ class LocalSwaggerUI(SwaggerRenderPlugin):
         files = self.files
 
         @get("/assets/{name:str}", include_in_schema=False, sync_to_thread=False)
-        def asset(name: str) -> File:
+        def asset(name: FromPath[str]) -> File:
             media_type = _ASSET_TYPES.get(name)
             if media_type is None:
                 raise NotFoundException()

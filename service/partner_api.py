@@ -277,4 +277,5 @@ def _handler(call: PartnerCall) -> ASGIRouteHandler:
         await serve(call, scope, receive, send)
 
     handle.__doc__ = call.summary
-    return asgi(list(call.paths), name=call.operation_id, is_mount=False)(handle)
+    # ``serve`` changes nothing in the scope: no copy of it per request.
+    return asgi(list(call.paths), name=call.operation_id, is_mount=False, copy_scope=False)(handle)

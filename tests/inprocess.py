@@ -20,7 +20,6 @@ import logging
 import os
 import subprocess
 import traceback
-import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -85,11 +84,8 @@ class InProcessService(Service):
         topup.setLevel(logging.INFO)
         logging.getLogger().addHandler(self._handler)
         try:
-            with _environment(self.env), _root_logging_kept(), warnings.catch_warnings():
+            with _environment(self.env), _root_logging_kept():
                 settings = Settings.from_env()  # as ``topup serve`` reads them
-                # The routes use styles Litestar 2.x deprecates: a service process prints
-                # that once at start; here it would close every test run.
-                warnings.simplefilter("ignore", DeprecationWarning)
                 from service.app import create_app
 
                 app = create_app(settings, background=self.background, settle=self.settle)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Request, get
+from litestar.params import FromQuery
 from litestar.response import Template
 
 from core.audit import AuditLog
@@ -27,10 +28,10 @@ ACTIONS = {
 @get("/audit", include_in_schema=False)
 async def audit(
     request: Request,
-    before: int | None = None,
-    actor: str | None = None,
-    action: str | None = None,
-    target: str | None = None,
+    before: FromQuery[int | None] = None,
+    actor: FromQuery[str | None] = None,
+    action: FromQuery[str | None] = None,
+    target: FromQuery[str | None] = None,
 ) -> Template:
     entries = await AuditLog(services(request).db).page(
         before_id=before, limit=PAGE + 1, actor=actor, action=action, target=target

@@ -21,7 +21,7 @@ from litestar.connection import ASGIConnection
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers import BaseRouteHandler
-from litestar.params import Body
+from litestar.params import Body, FromQuery
 from litestar.response import Redirect, Template
 
 from core.operators import Role
@@ -94,7 +94,7 @@ def _cookie_secure(request: Request) -> bool:
 
 
 @get("/login", opt={"public": True}, name="console-login", include_in_schema=False)
-async def login_form(request: Request, next: str | None = None) -> Response:
+async def login_form(request: Request, next: FromQuery[str | None] = None) -> Response:
     token = request.cookies.get(SESSION_COOKIE)
     if token and await services(request).sessions.find(token):
         return Redirect(_safe_next(next), status_code=303)

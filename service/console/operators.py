@@ -7,7 +7,7 @@ from typing import Annotated
 import msgspec
 from litestar import Request, get, post
 from litestar.enums import RequestEncodingType
-from litestar.params import Body
+from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Redirect, Template
 
 from core.operators import OperatorError, Role
@@ -46,7 +46,7 @@ def _role(name: str) -> Role:
 
 
 @get("/operators", opt=ADMIN, include_in_schema=False)
-async def operators(request: Request, done: str | None = None) -> Template:
+async def operators(request: Request, done: FromQuery[str | None] = None) -> Template:
     accounts = await services(request).operators.all()
     flash = f"操作员 {done} 已保存" if done else None
     return page(request, "operators.html", accounts=accounts, flash=flash, active="operators")
@@ -65,7 +65,7 @@ async def add_operator(request: Request, data: Annotated[NewOperator, Form]) -> 
 
 @post("/operators/{name:str}", opt=ADMIN, include_in_schema=False)
 async def change_operator(
-    request: Request, name: str, data: Annotated[OperatorChange, Form]
+    request: Request, name: FromPath[str], data: Annotated[OperatorChange, Form]
 ) -> Redirect:
     reason = required_reason(data.reason)
     if name == operator(request).name:

@@ -11,6 +11,7 @@ from datetime import datetime
 from urllib.parse import urlencode
 
 from litestar import Request, get
+from litestar.params import FromPath
 from litestar.response import Template
 from sqlalchemy import select
 
@@ -120,7 +121,7 @@ async def _partners(request: Request) -> list[tuple[str, str]]:
 
 
 @get("/orders/{order_no:str}", include_in_schema=False)
-async def order_page(request: Request, order_no: str) -> Template:
+async def order_page(request: Request, order_no: FromPath[str]) -> Template:
     detail = await OrderSearch(services(request).db).detail(order_no[:MAX_FIELD])
     if detail is None:
         return page(

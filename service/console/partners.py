@@ -14,7 +14,7 @@ from typing import Annotated
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.enums import RequestEncodingType
-from litestar.params import Body
+from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Redirect, Template
 
 from core.apps import App
@@ -95,7 +95,10 @@ async def partners(request: Request) -> Template:
 
 @get("/partners/{app_id:str}", include_in_schema=False)
 async def partner(
-    request: Request, app_id: str, before: int | None = None, done: str | None = None
+    request: Request,
+    app_id: FromPath[str],
+    before: FromQuery[int | None] = None,
+    done: FromQuery[str | None] = None,
 ) -> Template:
     found = await _app(request, app_id)
     ledger = await ledger_page(services(request).db, app_id, before=before)
@@ -112,7 +115,9 @@ async def partner(
 
 
 @post("/partners/{app_id:str}/credit", opt=needs(Role.ADMIN), include_in_schema=False)
-async def credit(request: Request, app_id: str, data: Annotated[CreditForm, Form]) -> Redirect:
+async def credit(
+    request: Request, app_id: FromPath[str], data: Annotated[CreditForm, Form]
+) -> Redirect:
     await _app(request, app_id)
     amount = _fen(data.amount, "入账金额")
     if amount <= 0:
@@ -123,7 +128,9 @@ async def credit(request: Request, app_id: str, data: Annotated[CreditForm, Form
 
 
 @post("/partners/{app_id:str}/limit", opt=needs(Role.ADMIN), include_in_schema=False)
-async def credit_limit(request: Request, app_id: str, data: Annotated[LimitForm, Form]) -> Redirect:
+async def credit_limit(
+    request: Request, app_id: FromPath[str], data: Annotated[LimitForm, Form]
+) -> Redirect:
     await _app(request, app_id)
     limit = _fen(data.credit_limit, "信用额度")
     if limit < 0:
@@ -135,7 +142,9 @@ async def credit_limit(request: Request, app_id: str, data: Annotated[LimitForm,
 
 
 @post("/partners/{app_id:str}/notify", opt=needs(Role.ADMIN), include_in_schema=False)
-async def notify_url(request: Request, app_id: str, data: Annotated[NotifyForm, Form]) -> Redirect:
+async def notify_url(
+    request: Request, app_id: FromPath[str], data: Annotated[NotifyForm, Form]
+) -> Redirect:
     await _app(request, app_id)
     url, allow_private = data.notify_url.strip(), data.allow_private == "1"
     if url:
@@ -155,7 +164,7 @@ async def notify_url(request: Request, app_id: str, data: Annotated[NotifyForm, 
 
 @post("/partners/{app_id:str}/rotate", opt=needs(Role.ADMIN), include_in_schema=False)
 async def rotate_secret(
-    request: Request, app_id: str, data: Annotated[RotateForm, Form]
+    request: Request, app_id: FromPath[str], data: Annotated[RotateForm, Form]
 ) -> Template:
     await _app(request, app_id)
     try:
@@ -179,7 +188,7 @@ async def rotate_secret(
 
 
 @get("/partners/{app_id:str}/statement", include_in_schema=False)
-async def statement(request: Request, app_id: str, day: str) -> Response:
+async def statement(request: Request, app_id: FromPath[str], day: FromQuery[str]) -> Response:
     await _app(request, app_id)
     try:
         wanted = date.fromisoformat(day)

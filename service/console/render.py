@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from jinja2 import pass_context
 from litestar import Request
-from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.exceptions import HTTPException
+from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Template
 from litestar.template import TemplateConfig
 from markupsafe import Markup, escape

@@ -11,7 +11,7 @@ from typing import Annotated
 import msgspec
 from litestar import Request, get, post
 from litestar.enums import RequestEncodingType
-from litestar.params import Body
+from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Redirect, Template
 
 from core.operators import Role
@@ -36,7 +36,7 @@ class Decision(msgspec.Struct):
 
 
 @get("/review", include_in_schema=False)
-async def review_queue(request: Request, done: str | None = None) -> Template:
+async def review_queue(request: Request, done: FromQuery[str | None] = None) -> Template:
     store = services(request).store
     queue = await store.review_queue(QUEUE_PAGE)
     flash = f"订单 {done} 已处理" if done else None
@@ -54,7 +54,7 @@ async def review_queue(request: Request, done: str | None = None) -> Template:
 @post("/review/{order_no:str}", opt=needs(Role.OPERATOR), include_in_schema=False)
 async def decide(
     request: Request,
-    order_no: str,
+    order_no: FromPath[str],
     data: Annotated[Decision, Body(media_type=RequestEncodingType.URL_ENCODED)],
 ) -> Redirect:
     if data.decision not in DECISIONS:

@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 from litestar import Request, get, post
 from litestar.datastructures import FormMultiDict
+from litestar.params import FromQuery
 from litestar.response import Redirect, Template
 
 from core.circuits import open_circuits
@@ -30,7 +31,9 @@ PATH = "/suppliers"
 
 @get(PATH, name="console-suppliers", include_in_schema=False)
 async def suppliers_page(
-    request: Request, switched: str | None = None, reset: str | None = None
+    request: Request,
+    switched: FromQuery[str | None] = None,
+    reset: FromQuery[str | None] = None,
 ) -> Template:
     flash = None
     if switched:
