@@ -46,13 +46,6 @@ class ForkedCli:
         self._lock = threading.Lock()
         self._server: subprocess.Popen | None = None
 
-    @staticmethod
-    def can_run(env: Mapping[str, str]) -> bool:
-        """Whether a fork reproduces a fresh ``topup`` in ``env``: not when it sets the
-        interpreter's own start-up variables (PYTHONPATH...) otherwise than here."""
-        names = {name for name in (*env, *os.environ) if name.startswith("PYTHON")}
-        return all(env.get(name) == os.environ.get(name) for name in names)
-
     def run(
         self,
         commands: list[list[str]],
@@ -62,10 +55,11 @@ class ForkedCli:
         input: str | None = None,
         standalone: bool = True,
     ) -> tuple[int, str, str]:
-        """Run ``commands`` one after another in one forked process; returns (exit code,
-        stdout, stderr). ``standalone``: each as its console script runs it (click's
-        standalone mode, the exit code from SystemExit); else as ``main(args,
-        standalone_mode=False)``, where an exception ends the process with a traceback."""
+        """Run ``commands`` one after another in one process; returns (exit code, stdout,
+        stderr). ``standalone``: each as its console script runs it (click's standalone
+        mode, the exit code from SystemExit); else as ``main(args, standalone_mode=False)``,
+        where an exception ends the process with a traceback. The process is forked from
+        the warm interpreter, or started afresh where a fork cannot reproduce ``env``."""
         request = {
             "commands": commands,
             "env": dict(env),
@@ -73,6 +67,8 @@ class ForkedCli:
             "input": input or "",
             "standalone": standalone,
         }
+        if not _forkable(env):
+            return _in_a_new_interpreter(request)
         with self._lock:
             server = self._started()
             assert server.stdin is not None and server.stdout is not None
@@ -103,6 +99,31 @@ class ForkedCli:
 
 
 FORKED_CLI = ForkedCli()
+
+
+def _forkable(env: Mapping[str, str]) -> bool:
+    """Whether a fork reproduces a fresh interpreter in ``env``: not when it sets the
+    interpreter's own start-up variables (PYTHONPATH...) otherwise than here."""
+    names = {name for name in (*env, *os.environ) if name.startswith("PYTHON")}
+    return all(env.get(name) == os.environ.get(name) for name in names)
+
+
+def _in_a_new_interpreter(request: dict[str, Any]) -> tuple[int, str, str]:
+    code = (
+        "import json, sys\n"
+        "from tests.forked_cli import _run_commands\n"
+        "sys.exit(_run_commands(json.loads(sys.argv[1]), sys.argv[2] == 'standalone'))\n"
+    )
+    mode = "standalone" if request["standalone"] else "in-a-row"
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(request["commands"]), mode],
+        env=request["env"],
+        cwd=request["cwd"],
+        input=request["input"],
+        capture_output=True,
+        text=True,
+    )
+    return done.returncode, done.stdout, done.stderr
 
 
 def serve() -> None:

@@ -139,8 +139,8 @@ def topup_cli(
 ) -> subprocess.CompletedProcess:
     """``topup ARGS`` in a process of its own, as from a shell in the repository. This
     environment's command is forked from a warm interpreter (tests/forked_cli.py); another
-    environment's (a plugin author's venv, another PYTHONPATH) is started as it is."""
-    if topup != TOPUP or not FORKED_CLI.can_run(env):
+    environment's (a plugin author's venv) is started as it is."""
+    if topup != TOPUP:
         return subprocess.run(
             [topup, *args],
             env=dict(env),
@@ -421,11 +421,6 @@ class ServiceProcess(Service):
     def cli_many(self, commands: list[list[str]], input: str | None = None) -> str:
         """Several ``topup`` commands in one process; a command reading standard input
         (``--password-stdin``) reads the next line of it."""
-        if not FORKED_CLI.can_run(self.env):
-            lines = iter((input or "").splitlines())
-            stdin = [next(lines, "") if "--password-stdin" in args else None for args in commands]
-            done = [self.cli(*a, input=i) for a, i in zip(commands, stdin, strict=True)]
-            return "".join(result.stdout for result in done)
         code, stdout, stderr = FORKED_CLI.run(
             commands, env=self.env, cwd=str(REPO), input=input, standalone=False
         )
