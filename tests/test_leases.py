@@ -78,7 +78,7 @@ async def claim(db: Database, takeover_ms: int | None = TAKEOVER_MS) -> set[int]
             takeover_ms=takeover_ms,
         )
     )
-    return {row.id for row in rows}
+    return {id_ for (id_,) in rows}
 
 
 async def owners(db: Database) -> set[str]:

@@ -22,7 +22,7 @@ from sqlalchemy import Connection
 from core.db import orders
 from core.ids import attempt_reference
 from core.leases import lease_due, make_due
-from core.lifecycle.work import AttemptRow, Work, order_row
+from core.lifecycle.work import ORDER_ROW_COLUMNS, AttemptRow, Work, order_row
 from core.orders import READY_TO_SUBMIT, AttemptRecord, OrderRecord, State
 from core.routing import RoutePlan
 from core.suppliers import FailReason, UpstreamOrder
@@ -79,10 +79,10 @@ def _claim(tx: Tx, claim: Claim) -> list[Step]:
         claim.owner,
         claim.lease_ms,
         claim.limit,
-        orders.c,
+        ORDER_ROW_COLUMNS,
         claim.takeover_ms,
     )
-    work = Work(tx, {row.order_no: order_row(row) for row in rows})
+    work = Work(tx, {row[0]: order_row(row) for row in rows})
     work.load_attempts()
     steps = [_next_step(work, order, claim.plan) for order in work.orders.values()]
     work.write()

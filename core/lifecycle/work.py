@@ -10,6 +10,10 @@ transaction (core/ledger.py settles in the transaction's accounts pass).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import cache
+from operator import attrgetter
+
 import msgspec
 from sqlalchemy import Connection, select
 
@@ -51,8 +55,10 @@ class AttemptRow(msgspec.Struct):
 
 
 ATTEMPT_COLUMNS = tuple(AttemptRow.__struct_fields__)
+# The orders table's columns in OrderRow's order, for reading rows positionally.
+ORDER_ROW_COLUMNS = tuple(orders.c[name] for name in ORDER_TABLE_COLUMNS)
 # Built once: fetch_in compiles each once per dialect and IN-list size.
-LOCK_ORDERS = select(*(orders.c[name] for name in ORDER_TABLE_COLUMNS)).with_for_update()
+LOCK_ORDERS = select(*ORDER_ROW_COLUMNS).with_for_update()
 ATTEMPTS = select(*(attempts.c[name] for name in ATTEMPT_COLUMNS))
 ATTEMPT_CHANGES = ("state", "supplier_ref", "code", "message", "queries", "refused", "resent")
 
@@ -61,11 +67,11 @@ def chunks(values: list) -> list[list]:
     return [values[i : i + CHUNK] for i in range(0, len(values), CHUNK)]
 
 
-def order_row(row) -> OrderRow:
-    columns = row._mapping
-    values = [columns[name] for name in ORDER_TABLE_COLUMNS]
-    values[ORDER_TABLE_COLUMNS.index("state")] = State(columns["state"])
-    return OrderRow(*values)
+def order_row(values: tuple) -> OrderRow:
+    """An orders row read in ``ORDER_ROW_COLUMNS`` order."""
+    order = OrderRow(*values)
+    order.state = State(order.state)
+    return order
 
 
 class Work:
@@ -96,17 +102,15 @@ class Work:
     def locking(cls, tx: Tx, order_nos: set[str]) -> Work:
         """Lock ``order_nos`` (in key order, so two transactions cannot deadlock) and load
         them with their attempts."""
-        found = {}
-        for row in fetch_in(tx.conn, LOCK_ORDERS, orders.c.order_no, order_nos):
-            order = OrderRow(*row)
-            order.state = State(order.state)
-            found[order.order_no] = order
-        work = cls(tx, found)
+        rows = fetch_in(tx.conn, LOCK_ORDERS, orders.c.order_no, order_nos)
+        work = cls(tx, {row[0]: order_row(row) for row in rows})
         work.load_attempts()
         return work
 
     def load_attempts(self) -> None:
-        for row in fetch_in(self.conn, ATTEMPTS, attempts.c.order_no, self.orders):
+        # An order's attempts count is kept with its attempts: none to read for new ones.
+        tried = [no for no, order in self.orders.items() if order.attempts]
+        for row in fetch_in(self.conn, ATTEMPTS, attempts.c.order_no, tried):
             self._keep(AttemptRow(*row))
 
     def _keep(self, attempt: AttemptRow) -> None:
@@ -169,21 +173,15 @@ class Work:
         conn = self.conn
         self._write_orders()
         new = {a.reference for a in self._new_attempts}
-        insert_rows(
-            conn,
-            attempts,
-            ATTEMPT_COLUMNS,
-            [tuple(_plain(v) for v in msgspec.structs.astuple(a)) for a in self._new_attempts],
-        )
+        added = [_attempt_values(attempt) for attempt in self._new_attempts]
+        insert_rows(conn, attempts, ATTEMPT_COLUMNS, added)
+        changed = sorted(self._changed_attempts - new)
         update_rows(
             conn,
             attempts,
             "reference",
             (*ATTEMPT_CHANGES, "updated_at"),
-            [
-                (*(_plain(getattr(self.attempts[ref], n)) for n in ATTEMPT_CHANGES), self.now, ref)
-                for ref in sorted(self._changed_attempts - new)
-            ],
+            [(*_attempt_changes(self.attempts[ref]), self.now, ref) for ref in changed],
         )
         if self._events:
             columns = ("order_no", "at", "kind", "actor", "detail")
@@ -198,17 +196,44 @@ class Work:
         """One UPDATE per set of changed columns (usually one per batch), in key order."""
         by_columns: dict[tuple[str, ...], list[tuple]] = {}
         for no in sorted(self._changed_orders):
-            names = tuple(c for c in MUTABLE_COLUMNS if c in self._changed_orders[no])
-            order = self.orders[no]
-            row = (*(_plain(getattr(order, name)) for name in names), no)
-            by_columns.setdefault(names, []).append(row)
+            names, values = _order_changes(frozenset(self._changed_orders[no]))
+            by_columns.setdefault(names, []).append((*values(self.orders[no]), no))
         for names, rows in by_columns.items():
             update_rows(self.conn, orders, "order_no", names, rows)
 
 
-def _plain(value):
-    # sqlite3 binds str, not its subclasses.
-    return value.value if type(value) is State else value
+# Rows are bound as plain values: sqlite3 binds a str subclass (State) only after a
+# failed adapter lookup (core/db.py), which costs more than the rest of the row.
+_ATTEMPT_STATE = ATTEMPT_COLUMNS.index("state")
+_attempt_changes_of = attrgetter(*ATTEMPT_CHANGES)
+
+
+def _attempt_values(attempt: AttemptRow) -> tuple:
+    values = list(msgspec.structs.astuple(attempt))
+    values[_ATTEMPT_STATE] = attempt.state.value
+    return tuple(values)
+
+
+def _attempt_changes(attempt: AttemptRow) -> list:
+    values = list(_attempt_changes_of(attempt))
+    values[0] = attempt.state.value  # ATTEMPT_CHANGES begins with the state
+    return values
+
+
+@cache
+def _order_changes(changed: frozenset[str]) -> tuple[tuple[str, ...], Callable[[OrderRow], list]]:
+    """The changed columns in the table's order, and how to read their values off a row."""
+    names = tuple(c for c in MUTABLE_COLUMNS if c in changed)
+    get = attrgetter(*names)
+    state_at = names.index("state") if "state" in names else None
+
+    def values(order: OrderRow) -> list:
+        row = list(get(order)) if len(names) > 1 else [get(order)]
+        if state_at is not None:
+            row[state_at] = order.state.value
+        return row
+
+    return names, values
 
 
 # -- the batch of every order change but claims and acceptance ---------------------------
