@@ -13,6 +13,7 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import Column, Connection, Select, Table, bindparam, insert, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
 # Keeps every IN (...) list well inside SQLite's limit on bound parameters.
@@ -20,11 +21,17 @@ IN_CHUNK = 512
 
 
 def insert_rows(
-    conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    skip_conflicts_on: tuple[str, ...] = (),
 ) -> None:
-    """INSERT ``rows`` (tuples in ``columns`` order)."""
+    """INSERT ``rows`` (tuples in ``columns`` order); ``skip_conflicts_on``: a row that
+    conflicts with one already there on those columns is left out (ON CONFLICT DO NOTHING)."""
     if rows:
-        _run(conn, _insert_sql(conn.dialect, table, tuple(columns)), rows)
+        _run(conn, _insert_sql(conn.dialect, table, tuple(columns), skip_conflicts_on), rows)
 
 
 def update_rows(
@@ -119,8 +126,19 @@ def _select_sql(dialect: Dialect, statement) -> tuple[str, tuple[str, ...]]:
 
 
 @cache
-def _insert_sql(dialect: Dialect, table: Table, columns: tuple[str, ...]):
-    statement = insert(table).values({name: bindparam(f"p_{name}") for name in columns})
+def _insert_sql(
+    dialect: Dialect, table: Table, columns: tuple[str, ...], skip_conflicts_on: tuple[str, ...]
+):
+    values = {name: bindparam(f"p_{name}") for name in columns}
+    if skip_conflicts_on:
+        dialect_insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
+        statement = (
+            dialect_insert(table)
+            .values(values)
+            .on_conflict_do_nothing(index_elements=list(skip_conflicts_on))
+        )
+    else:
+        statement = insert(table).values(values)
     return _positional(statement, dialect, [f"p_{name}" for name in columns])
 
 

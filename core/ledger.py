@@ -105,8 +105,7 @@ def settle_many(tx: Tx, settlements: list[tuple[str, str, bool]]) -> None:
         kind, reason = ("capture", "充值成功扣款") if success else ("release", "充值失败解冻退回")
         entries.append(_entry(app_id, kind, amount, order_no, f"settle:{order_no}", reason, now))
         change_account(tx, app_id, held=-amount, captured=amount if success else 0)
-    if entries:
-        insert_rows(conn, ledger, tuple(entries[0]), [tuple(entry.values()) for entry in entries])
+    insert_rows(conn, ledger, LEDGER_COLUMNS, [tuple(entry.values()) for entry in entries])
 
 
 def change_account(tx: Tx, app_id: str, *, held: int = 0, captured: int = 0) -> None:
@@ -154,6 +153,19 @@ def accounts_pass(tx: Tx) -> None:
     apply_account_changes(tx.conn, changes)
 
 
+# A ledger entry's columns, in the order of _entry's keys.
+LEDGER_COLUMNS = (
+    "app_id",
+    "kind",
+    "amount",
+    "order_no",
+    "event_key",
+    "reason",
+    "actor",
+    "created_at",
+)
+
+
 def _entry(
     app_id: str,
     kind: str,
@@ -164,16 +176,8 @@ def _entry(
     now: int,
     actor: str = "system",
 ) -> dict:
-    return {
-        "app_id": app_id,
-        "kind": kind,
-        "amount": amount,
-        "order_no": order_no,
-        "event_key": event_key,
-        "reason": reason,
-        "actor": actor,
-        "created_at": now,
-    }
+    values = (app_id, kind, amount, order_no, event_key, reason, actor, now)
+    return dict(zip(LEDGER_COLUMNS, values, strict=True))
 
 
 def book(

@@ -14,8 +14,8 @@ import msgspec
 from sqlalchemy import Connection, select, update
 
 from core.clock import now_ms
-from core.db import Database, apps, insert_ignoring_conflicts, notifications
-from core.fastsql import fetch_in
+from core.db import Database, apps, notifications
+from core.fastsql import fetch_in, insert_rows
 from core.leases import lease_due, make_due
 
 
@@ -31,6 +31,9 @@ class Notification(msgspec.Struct, frozen=True):
 NOTIFY_URLS = select(apps.c.app_id, apps.c.notify_url).where(apps.c.notify_url.is_not(None))
 
 
+OUTBOX_COLUMNS = ("order_no", "app_id", "url", "attempts", "next_attempt_at", "created_at")
+
+
 def enqueue_many(conn: Connection, finished: list[tuple[str, str]]) -> None:
     """Queue a notification for each (app_id, order_no) just made final, in that transaction,
     if the app has a notify URL."""
@@ -39,19 +42,11 @@ def enqueue_many(conn: Connection, finished: list[tuple[str, str]]) -> None:
     urls = dict(fetch_in(conn, NOTIFY_URLS, apps.c.app_id, {app for app, _ in finished}))
     now = now_ms()
     rows = [
-        {
-            "order_no": order_no,
-            "app_id": app_id,
-            "url": urls[app_id],
-            "attempts": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-        }
+        (order_no, app_id, urls[app_id], 0, now, now)
         for app_id, order_no in finished
         if urls.get(app_id)
     ]
-    if rows:
-        conn.execute(insert_ignoring_conflicts(conn, notifications, ["order_no"]), rows)
+    insert_rows(conn, notifications, OUTBOX_COLUMNS, rows, skip_conflicts_on=("order_no",))
 
 
 class Outbox:
