@@ -4,11 +4,11 @@ The service exposes them at ``GET /metrics`` (service/metrics.py); this module o
 counts, so that the core stays free of HTTP.
 
 Cost. The accept path records two things per request (its HTTP request, and the order
-accepted). A prometheus_client update takes a lock and, with several processes, writes
-a file-backed map: 2-6 us. So these two are tallied in plain dictionaries (~0.4 us) and
-handed to prometheus_client by ``flush()``, a second later at most and before every
-scrape. The rest (supplier calls, group commits, outcomes) happen per batch or in the
-background and are recorded directly.
+accepted), the dispatcher two per order (its supplier call, and the outcome). A
+prometheus_client update takes a lock and, with several processes, writes a file-backed
+map: 2-6 us. So these are tallied in plain dictionaries (~0.4 us) and handed to
+prometheus_client by ``flush()``, a second later at most and before every scrape. The
+rest (group commits, circuits) happen per batch or rarely and are recorded directly.
 
 Processes. One process (``topup serve`` on SQLite) keeps its metrics in memory. When
 more than one process serves (PostgreSQL: the HTTP process and the background process;
@@ -142,10 +142,13 @@ class _Metrics:
             buckets=COMMIT_BUCKETS,
         )
         self.codes: dict[tuple[str, str], set[str]] = {}
-        # The hot path's tallies: (route, method, status) -> [count, sum, per-bucket
-        # counts...], and (carrier, plugin) -> orders accepted.
+        # The hot paths' tallies: (route, method, status) and (plugin, call, outcome,
+        # code) -> [count, sum, per-bucket counts...]; (carrier, plugin) -> orders
+        # accepted; (state, carrier, plugin) -> orders that reached the state.
         self.http_tally: dict[tuple[str, str, int], list] = {}
+        self.supplier_tally: dict[tuple[str, str, str, str], list] = {}
         self.accepted_tally: dict[tuple[str, str], int] = {}
+        self.reached_tally: dict[tuple[str, str, str], int] = {}
         self.flush_due = False
 
 
@@ -174,16 +177,19 @@ def http_request(route: str, method: str, status: int, seconds: float) -> None:
         return
     if method not in HTTP_METHODS:
         method = OTHER  # the client chooses the method: keep the label set bounded
-    key = (route, method, status)
-    tally = m.http_tally.get(key)
+    _observe(m.http_tally, (route, method, status), HTTP_BUCKETS, seconds)
+    if not m.flush_due:
+        _flush_soon(m)
+
+
+def _observe(tallies: dict[Any, list], key: Any, buckets: tuple, seconds: float) -> None:
+    tally = tallies.get(key)
     if tally is None:
-        tally = m.http_tally[key] = [0, 0.0] + [0] * (len(HTTP_BUCKETS) + 1)
+        tally = tallies[key] = [0, 0.0] + [0] * (len(buckets) + 1)
     tally[0] += 1
     tally[1] += seconds
     # The bucket whose upper bound is the first >= seconds, as Histogram.observe picks.
-    tally[2 + bisect_left(HTTP_BUCKETS, seconds)] += 1
-    if not m.flush_due:
-        _flush_soon(m)
+    tally[2 + bisect_left(buckets, seconds)] += 1
 
 
 def order_accepted(carrier: str, order_no: str, router: Router) -> None:
@@ -216,13 +222,22 @@ def flush() -> None:
     http, m.http_tally = m.http_tally, {}
     for (route, method, status), tally in http.items():
         m.http_requests.child(route, method, str(status)).inc(tally[0])
-        _add_observations(m.http_duration.child(route, method), tally[1], tally[2:])
+        duration = m.http_duration.child(route, method)
+        _add_observations(duration, HTTP_BUCKETS, tally[1], tally[2:])
+    calls, m.supplier_tally = m.supplier_tally, {}
+    for (plugin, call, outcome, code), tally in calls.items():
+        m.supplier_calls.child(plugin, call, outcome, code).inc(tally[0])
+        duration = m.supplier_duration.child(plugin, call, outcome)
+        _add_observations(duration, SUPPLIER_BUCKETS, tally[1], tally[2:])
     accepted, m.accepted_tally = m.accepted_tally, {}
     for (carrier, plugin), count in accepted.items():
         m.orders.child("accepted", carrier, plugin).inc(count)
+    reached, m.reached_tally = m.reached_tally, {}
+    for (state, carrier, plugin), count in reached.items():
+        m.orders.child(state, carrier, plugin).inc(count)
 
 
-def _add_observations(child: Any, total: float, per_bucket: list[int]) -> None:
+def _add_observations(child: Any, buckets: tuple, total: float, per_bucket: list[int]) -> None:
     """Add many observations to a histogram child at once: its sum and bucket values,
     prometheus_client's own (non-cumulative) storage, as ``observe`` updates them."""
     try:
@@ -230,7 +245,7 @@ def _add_observations(child: Any, total: float, per_bucket: list[int]) -> None:
     except AttributeError:
         # A prometheus_client that stores them otherwise: the buckets stay right, the
         # sum is approximated by each bucket's bound.
-        for bound, count in zip((*HTTP_BUCKETS, HTTP_BUCKETS[-1] * 2), per_bucket, strict=True):
+        for bound, count in zip((*buckets, buckets[-1] * 2), per_bucket, strict=True):
             for _ in range(count):
                 child.observe(bound)
         return
@@ -243,8 +258,12 @@ def _add_observations(child: Any, total: float, per_bucket: list[int]) -> None:
 def order_reached(state: str, carrier: str, plugin: str) -> None:
     """An order entered ``state`` (succeeded, failed or review), decided by ``plugin``."""
     m = _metrics or _get()
-    if m is not None:
-        m.orders.child(state, carrier, plugin).inc()
+    if m is None:
+        return
+    key = (str(state), carrier, plugin)
+    m.reached_tally[key] = m.reached_tally.get(key, 0) + 1
+    if not m.flush_due:
+        _flush_soon(m)
 
 
 def planned_plugin(router: Router, carrier: str, order_no: str) -> str:
@@ -265,8 +284,10 @@ def supplier_call(plugin: str, call: str, outcome: str, code: str, seconds: floa
     if m is None:
         return
     outcome, code = str(outcome), str(code)  # a plugin's result is not validated
-    m.supplier_duration.child(plugin, call, outcome).observe(seconds)
-    m.supplier_calls.child(plugin, call, outcome, _bounded_code(m, plugin, call, code)).inc()
+    key = (plugin, call, outcome, _bounded_code(m, plugin, call, code))
+    _observe(m.supplier_tally, key, SUPPLIER_BUCKETS, seconds)
+    if not m.flush_due:
+        _flush_soon(m)
 
 
 def _bounded_code(m: _Metrics, plugin: str, call: str, code: str) -> str:
