@@ -76,7 +76,7 @@ async def drive(count: int, secret: str) -> None:
     """Accept ``count`` orders, then dispatch them; prints each segment's CPU seconds."""
     from service.app import create_app
 
-    app = create_app(background=False)
+    app = create_app(background=False, settle=True)
     async with app.lifespan():
         bodies = await order_bodies(app, secret, count)
         loop = asyncio.get_running_loop()
