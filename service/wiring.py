@@ -8,6 +8,7 @@ import gc
 import logging
 from collections.abc import Iterable
 
+from core import metrics
 from core.apps import AppStore, token_key
 from core.balances import BalanceCache
 from core.config import ConfigError, load_config
@@ -160,6 +161,8 @@ class Services:
         await self.notification_sender.aclose()
         await self.runtime.aclose()
         await self.db.dispose()
+        # What was tallied since the last flush (core/metrics.py), before the process goes.
+        metrics.flush()
 
     async def reload(self, generation: int | None = None) -> bool:
         """Swap in the configuration on disk with the stored route overrides; an invalid
