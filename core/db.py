@@ -43,7 +43,6 @@ from sqlalchemy.engine import URL, Engine, create_engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import SingletonThreadPool
 
-from core.checkpoints import WalCheckpointer
 from core.fastsql import driver_fetch_one, fetch_one
 from core.writer import (
     Answer,
@@ -323,27 +322,19 @@ class Database:
     PostgreSQL alike and many writes can share a commit.
     """
 
-    def __init__(self, url: str, *, own_checkpoints: bool = False) -> None:
-        """``own_checkpoints``: on SQLite, the writer leaves the write-ahead log to a
-        checkpointer thread (``start_checkpoints``; core/checkpoints.py): for a service,
-        whose commits acknowledge orders."""
+    def __init__(self, url: str) -> None:
         self.url = make_url(url)
         self.is_postgres = self.url.get_backend_name() == "postgresql"
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         self._engine: AsyncEngine | None = None
-        self._checkpointer: WalCheckpointer | None = None
         if self.is_sqlite:
             _ensure_parent_directory(self.url.database)
             self._reader = _sqlite_sync_engine(self.url, begin=None)
             self._point_readers = threading.local()
             self._held_readers: list[Any] = []
-            path = self.url.database
-            if own_checkpoints and path and path != ":memory:" and not path.startswith("file:"):
-                self._checkpointer = WalCheckpointer(path)
-            writer = _sqlite_sync_engine(
-                self.url, begin="BEGIN IMMEDIATE", autocheckpoint=self._checkpointer is None
+            self._transactions: Transactions = LoopTransactions(
+                _sqlite_sync_engine(self.url, begin="BEGIN IMMEDIATE")
             )
-            self._transactions: Transactions = LoopTransactions(writer)
         else:
             self._engine = create_async_engine(url, pool_size=10, max_overflow=10)
             self._transactions = AsyncTransactions(self._engine)
@@ -418,17 +409,9 @@ class Database:
         """Run ``job`` in a transaction of its own, off the event loop (schema migrations)."""
         return await self._transactions.run_in_thread(job)
 
-    def start_checkpoints(self) -> None:
-        """Start copying the write-ahead log into the database file, if this database
-        was made with ``own_checkpoints`` (SQLite); nothing otherwise."""
-        if self._checkpointer is not None:
-            self._checkpointer.start()
-
     async def dispose(self) -> None:
         if self._writer is not None:
             await self._writer.stop()
-        if self._checkpointer is not None:
-            self._checkpointer.stop()
         if self._engine is not None:
             await self._engine.dispose()
         if self._aside is not None:
@@ -452,14 +435,13 @@ _PRAGMAS = (
 )
 
 
-def _sqlite_sync_engine(url: URL, begin: str | None, autocheckpoint: bool = True) -> Engine:
+def _sqlite_sync_engine(url: URL, begin: str | None) -> Engine:
     """A synchronous connection for the event loop's own use (see LoopTransactions).
 
     ``begin``: the statement that opens a transaction; BEGIN IMMEDIATE for the writer
     takes the write lock up front, so a transaction never fails with SQLITE_BUSY
     half-way when another process writes. None: each statement commits by itself
-    (readers). ``autocheckpoint`` False: no commit copies the write-ahead log into the
-    database file; a checkpointer thread does (core/checkpoints.py).
+    (readers).
     """
     engine = create_engine(
         url.set(drivername="sqlite+pysqlite"),
@@ -467,8 +449,7 @@ def _sqlite_sync_engine(url: URL, begin: str | None, autocheckpoint: bool = True
         connect_args={"check_same_thread": False},
     )
     # The writer waits for the write lock itself, in finer steps (LoopTransactions).
-    pragmas = _PRAGMAS if autocheckpoint else (*_PRAGMAS, "wal_autocheckpoint=0")
-    _take_transaction_control(engine, pragmas, begin=begin, busy_ms=0 if begin else 30000)
+    _take_transaction_control(engine, begin=begin, busy_ms=0 if begin else 30000)
     return engine
 
 
@@ -480,15 +461,13 @@ def _sqlite_sync_engine(url: URL, begin: str | None, autocheckpoint: bool = True
 sqlite3.register_adapter(bool, int)
 
 
-def _take_transaction_control(
-    engine: Engine, pragmas: tuple[str, ...], begin: str | None, busy_ms: int = 30000
-) -> None:
+def _take_transaction_control(engine: Engine, begin: str | None, busy_ms: int = 30000) -> None:
     @event.listens_for(engine, "connect")
     def _configure(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control from the driver so that BEGIN is ours to choose.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        for pragma in (*pragmas, f"busy_timeout={busy_ms}"):
+        for pragma in (*_PRAGMAS, f"busy_timeout={busy_ms}"):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 

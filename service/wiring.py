@@ -91,7 +91,7 @@ class Services:
         self.background = background
         self.registry = build_registry(extra_plugins)
         self.runtime = load_runtime(settings, self.registry)
-        self.db = Database(settings.database_url, own_checkpoints=True)
+        self.db = Database(settings.database_url)
         self.store = OrderStore(self.db)
         self.lifecycle = Lifecycle(self.db)
         # Loaded here so that a missing or malformed master key stops the start at once.
@@ -121,7 +121,6 @@ class Services:
 
     async def start(self) -> None:
         await ensure_schema(self.db)
-        self.db.start_checkpoints()
         # The generation first: a change made while the overrides load is reloaded again.
         generation = await read_counter(self.db, CONFIG_GENERATION)
         await self._apply_config(initial=True)
