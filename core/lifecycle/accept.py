@@ -16,7 +16,7 @@ from core.clock import now_ms
 from core.db import accounts, insert_ignoring_conflicts, ledger, orders
 from core.errors import TopupError
 from core.fastsql import add_to_columns, insert_rows
-from core.ledger import insufficient, lock_accounts
+from core.ledger import LEDGER_COLUMNS, insufficient, lock_accounts
 from core.lifecycle.rules import new_record
 from core.lifecycle.work import chunks
 from core.orders import (
@@ -29,17 +29,6 @@ from core.orders import (
     order_from_row,
 )
 from core.writer import Batch, Phase, Tx
-
-HOLD_COLUMNS = (
-    "app_id",
-    "kind",
-    "amount",
-    "order_no",
-    "event_key",
-    "reason",
-    "actor",
-    "created_at",
-)
 
 Accepted = tuple[OrderRecord, bool]
 
@@ -126,7 +115,7 @@ def _hold(conn: Connection, records: list[OrderRecord], now: int) -> None:
     insert_rows(
         conn,
         ledger,
-        HOLD_COLUMNS,
+        LEDGER_COLUMNS,
         [
             (r.app_id, "hold", r.price, r.order_no, f"hold:{r.order_no}", "下单冻结", SYSTEM, now)
             for r in records
