@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -231,14 +232,24 @@ def order_bodies(base_url: str, secret: str, count: int, ts_offset: int = 0) -> 
     return bodies
 
 
+@functools.cache
+def _request_files() -> tempfile.TemporaryDirectory:
+    """Where the load generators' request files go; removed when this process exits."""
+    return tempfile.TemporaryDirectory(prefix="topup-bench-requests-")
+
+
+def _request_file(suffix: str) -> Path:
+    return Path(tempfile.mkstemp(prefix="bench-", suffix=suffix, dir=_request_files().name)[1])
+
+
 def write_lines(lines: list[str]) -> Path:
-    path = Path(tempfile.mkstemp(prefix="bench-", suffix=".txt")[1])
+    path = _request_file(".txt")
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def write_http_requests(host_port: str, bodies: list[str]) -> Path:
-    path = Path(tempfile.mkstemp(prefix="bench-", suffix=".bin")[1])
+    path = _request_file(".bin")
     with path.open("wb") as out:
         for body in bodies:
             raw = body.encode()
