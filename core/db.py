@@ -455,9 +455,8 @@ def _sqlite_sync_engine(url: URL, begin: str | None) -> Engine:
 
 # sqlite3 binds exact ints, floats and strings directly; anything else (a bool, a StrEnum)
 # first goes through its adapter lookup, which, finding none, raises and clears two
-# AttributeErrors per value before binding it as its base type (about 10,000
-# instructions: an attempt row's two flags cost more than the rest of the row). An
-# adapter found at once binds the same value.
+# AttributeErrors per value before binding it as its base type: 3,300 instructions more
+# than an int. An adapter found at once binds the same value for 1,500.
 sqlite3.register_adapter(bool, int)
 
 
