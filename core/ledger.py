@@ -153,7 +153,7 @@ def accounts_pass(tx: Tx) -> None:
     apply_account_changes(tx.conn, changes)
 
 
-# A ledger entry's columns, in the order of _entry's keys.
+# A ledger entry's columns, in the order its rows are written (every INSERT into ledger).
 LEDGER_COLUMNS = (
     "app_id",
     "kind",
