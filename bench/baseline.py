@@ -1,4 +1,5 @@
-"""The baseline: minimal Litestar JSON handlers, served exactly as ``topup serve`` serves.
+"""The baseline: minimal Litestar JSON handlers, served as ``topup serve`` serves (uvicorn,
+uvloop, one process), with uvicorn's httptools protocol and again with topup's own.
 
 ``GET /`` is the minimal handler the targets compare against; ``POST /`` also reads a
 form body like the order call's, to show what reading a body costs by itself.
