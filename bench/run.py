@@ -858,7 +858,13 @@ def verdicts(figures: dict[str, float]) -> list[tuple[str, str, bool]]:
     for label, value, reference, share in TARGETS:
         if value in figures and reference in figures:
             ratio = figures[value] / figures[reference]
-            rows.append((label, f"{ratio:.0%}", ratio >= share))
+            measured = f"{ratio:.0%}"
+            # Beside the target's reference, the bare handler on topup's own protocol.
+            strict = f"{reference} (topup's protocol)"
+            if strict in figures:
+                strict_ratio = figures[value] / figures[strict]
+                measured += f" ({strict_ratio:.0%} of the bare handler on topup's protocol)"
+            rows.append((label, measured, ratio >= share))
     if "end-to-end backlog growth orders/s" in figures:
         growth = figures["end-to-end backlog growth orders/s"]
         rows.append(
