@@ -101,3 +101,26 @@ def test_pipelined_requests_are_answered_in_order(sqlite_service: ServiceProcess
         _head, envelope = read_response(sock, buffer)
     assert "code" not in json.loads(health)
     assert json.loads(envelope)["errorCode"] == "MISSING_PARAMETER"
+
+
+def test_a_client_that_expects_100_continue_gets_it_before_sending_its_body(
+    sqlite_service: ServiceProcess,
+) -> None:
+    """ "100 Continue" is a write with nothing after it in its turn: it must still leave
+    (curl sends Expect: 100-continue with bodies over 1 KiB and waits for it)."""
+    body = b"appID=x"
+    head = (
+        b"POST /sign/api/order HTTP/1.1\r\nHost: topup\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    with socket.create_connection(("127.0.0.1", sqlite_service.port), timeout=20) as sock:
+        sock.sendall(head)
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            interim += receive(sock)
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), interim
+        sock.sendall(body)
+        buffer = bytearray(interim.removeprefix(b"HTTP/1.1 100 Continue\r\n\r\n"))
+        _head, envelope = read_response(sock, buffer)
+    assert json.loads(envelope)["errorCode"] == "MISSING_PARAMETER"
