@@ -15,9 +15,10 @@ the status line and headers, then the body, each with its own send().
 
 Cost on the hot path: one timer per connection (armed when it opens, cancelled when
 its first request is complete); a request arriving whole in one read adds no timer;
-one arriving in pieces adds one. It relies on uvicorn internals (the parser callbacks
-and ``RequestResponseCycle`` attributes), so pyproject pins uvicorn's minor version and
-``tests/test_slow_clients.py`` checks them by name.
+one arriving in pieces adds one. One write per response costs one callback per
+response, at the end of the loop's turn. It relies on uvicorn internals (the parser
+callbacks and ``RequestResponseCycle`` attributes), so pyproject pins uvicorn's minor
+version and ``tests/test_slow_clients.py`` checks them by name.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def timeout_response(seconds: float, default_headers: list[tuple[bytes, bytes]])
 
 
 class RequestDeadlineProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol that closes connections whose request does not arrive in time."""
+    """HttpToolsProtocol that closes connections whose request does not arrive in time,
+    and sends each response in one write."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
