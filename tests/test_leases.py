@@ -144,8 +144,12 @@ async def test_a_worker_signing_off_hands_over_what_it_held(db: Database) -> Non
 async def test_a_stopped_notifier_hands_its_delivery_to_another_at_once(db: Database) -> None:
     """Two notifiers on one database (as two processes would be): the first holds a
     delivery when it stops; the second delivers it long before the lease would end."""
+    # Stopping hands the delivery over (sign-off), not a takeover, which would come only
+    # after takeover_seconds, later than the 5 s waited for below. Short takeovers fenced
+    # the first notifier on a loaded machine: a heartbeat write late by 0.45 s on
+    # PostgreSQL left its claim to the 60 s lease, and it never had the delivery in hand.
     config = Config(
-        dispatch=DispatchConfig(heartbeat_seconds=0.1, takeover_seconds=0.5),
+        dispatch=DispatchConfig(heartbeat_seconds=0.1, takeover_seconds=10.0),
         notify=NotifyConfig(timeout=60.0, scan_interval=0.05),
     )
     await db.write(lambda conn: held(conn, "nobody", due_in_ms=-1))
