@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cache
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Column, Connection, Select, Table, bindparam, insert, update
@@ -162,14 +163,19 @@ def _increment_sql(dialect: Dialect, table: Table, key: str, columns: tuple[str,
     return _positional(statement, dialect, [*(f"p_{name}" for name in columns), "p_key"])
 
 
-def _run(conn: Connection, sql: tuple[str, tuple[int, ...] | None], rows) -> None:
-    text, order = sql
-    if order is not None:
-        rows = [tuple(row[i] for i in order) for row in rows]
-    conn.exec_driver_sql(text, list(rows))
+def _run(conn: Connection, sql: tuple[str, itemgetter | None], rows) -> None:
+    text, reorder = sql
+    if reorder is not None:
+        rows = list(map(reorder, rows))
+    if conn.dialect.name == "sqlite" and conn.in_transaction():
+        # Straight to the driver inside the caller's transaction: SQLAlchemy's execution
+        # context costs more per statement than a batch of a few rows does.
+        conn.connection.dbapi_connection.executemany(text, rows)
+    else:
+        conn.exec_driver_sql(text, list(rows))
 
 
-def _positional(statement, dialect: Dialect, given: list[str]) -> tuple[str, tuple | None]:
+def _positional(statement, dialect: Dialect, given: list[str]) -> tuple[str, itemgetter | None]:
     """The SQL, and how to reorder a row given in ``given`` order into the SQL's order
     (None when they agree): SQLAlchemy orders SET clauses by table column."""
     compiled = statement.compile(dialect=dialect)
@@ -177,4 +183,4 @@ def _positional(statement, dialect: Dialect, given: list[str]) -> tuple[str, tup
     if sorted(wanted) != sorted(given):
         raise AssertionError(f"unexpected parameters {wanted}")
     order = tuple(given.index(name) for name in wanted)
-    return compiled.string, None if order == tuple(range(len(given))) else order
+    return compiled.string, None if order == tuple(range(len(given))) else itemgetter(*order)
