@@ -95,12 +95,46 @@ def _lease_sql(
     return compiled.string, tuple(compiled.positiontup or ()), compiled.params
 
 
+def lock_due(
+    conn: Connection,
+    table: Table,
+    due: Column,
+    limit: int,
+    returning: Sequence[Column],
+    now: int,
+    takeover_ms: int | None = None,
+) -> list[tuple]:
+    """The rows ``lease_due`` would take at ``now``, locked (PostgreSQL ``FOR UPDATE SKIP
+    LOCKED``; SQLite has one writer) but not yet held: the caller writes the lease
+    (``lease``) in the same UPDATE as whatever else it changes, one row write, not two."""
+    takeover = takeover_ms is not None
+    sql, names, fixed = _due_sql(conn.dialect, table, due, tuple(returning), takeover)
+    params = {**fixed, "now": now, "limit": limit, "takeover_ms": takeover_ms}
+    values = tuple(params[name] for name in names)
+    if conn.dialect.name == "sqlite":
+        return conn.connection.dbapi_connection.execute(sql, values).fetchall()
+    return conn.exec_driver_sql(sql, values).fetchall()
+
+
+def lease(owner: str, lease_ms: int, now: int) -> dict[str, object]:
+    """The columns that hold a row for ``owner`` (and make it due again when the lease
+    ends), for a row ``lock_due`` returned."""
+    until = now + lease_ms
+    return {"lease_owner": owner, "lease_until": until, "next_run_at": until}
+
+
 @cache
-def _lease_statement(
-    dialect: str, table: Table, due: Column, returning: tuple[Column, ...], takeover: bool
-):
-    """Built once per shape: the claim runs many times a second, and building a statement
-    costs more than running it."""
+def _due_sql(
+    dialect: Dialect, table: Table, due: Column, returning: tuple[Column, ...], takeover: bool
+) -> tuple[str, tuple[str, ...], dict[str, object]]:
+    query = _due(dialect.name, table, due, takeover).with_only_columns(*returning)
+    compiled = query.compile(dialect=dialect)
+    return compiled.string, tuple(compiled.positiontup or ()), compiled.params
+
+
+@cache
+def _due(dialect: str, table: Table, due: Column, takeover: bool):
+    """The due rows nobody may be working on, oldest first, locked: built once per shape."""
     key = table.primary_key.columns.values()[0]
     now = bindparam("now")
     free = or_(table.c.lease_until.is_(None), table.c.lease_until < now)
@@ -112,13 +146,23 @@ def _lease_statement(
             workers.c.heartbeat_at >= _database_now(dialect) - bindparam("takeover_ms"),
         )
         free = or_(free, ~alive)
-    claimable = (
+    return (
         select(key)
         .where(due <= now, free)
         .order_by(due)
         .limit(bindparam("limit"))
         .with_for_update(skip_locked=True)
     )
+
+
+@cache
+def _lease_statement(
+    dialect: str, table: Table, due: Column, returning: tuple[Column, ...], takeover: bool
+):
+    """Built once per shape: the claim runs many times a second, and building a statement
+    costs more than running it."""
+    key = table.primary_key.columns.values()[0]
+    claimable = _due(dialect, table, due, takeover)
     until = bindparam("until")
     return (
         update(table)

@@ -19,9 +19,10 @@ from collections.abc import Sequence
 import msgspec
 from sqlalchemy import Connection
 
+from core.clock import now_ms
 from core.db import orders
 from core.ids import attempt_reference
-from core.leases import lease_due, make_due
+from core.leases import lease, lock_due, make_due
 from core.lifecycle.work import ORDER_ROW_COLUMNS, AttemptRow, Work, order_row
 from core.orders import READY_TO_SUBMIT, AttemptRecord, OrderRecord, State
 from core.routing import RoutePlan
@@ -72,17 +73,14 @@ CLAIM = Batch("claim", Phase.CLAIMS, claim_work)
 
 
 def _claim(tx: Tx, claim: Claim) -> list[Step]:
-    rows = lease_due(
-        tx.conn,
-        orders,
-        orders.c.next_run_at,
-        claim.owner,
-        claim.lease_ms,
-        claim.limit,
-        ORDER_ROW_COLUMNS,
-        claim.takeover_ms,
-    )
-    work = Work(tx, {row[0]: order_row(row) for row in rows})
+    now = now_ms()
+    due = orders.c.next_run_at
+    rows = lock_due(tx.conn, orders, due, claim.limit, ORDER_ROW_COLUMNS, now, claim.takeover_ms)
+    work = Work(tx, {row[0]: order_row(row) for row in rows}, now)
+    # Written with each order's next step, in one UPDATE.
+    held = lease(claim.owner, claim.lease_ms, now)
+    for order in work.orders.values():
+        work.hold(order, held)
     work.load_attempts()
     steps = [_next_step(work, order, claim.plan) for order in work.orders.values()]
     work.write()

@@ -150,6 +150,12 @@ class Work:
         if to in TERMINAL and not was_terminal:
             self._finished.append(order)
 
+    def hold(self, order: OrderRow, lease: dict[str, object]) -> None:
+        """Set the lease columns (core/leases.py) of an order this transaction claimed."""
+        for name, value in lease.items():
+            setattr(order, name, value)
+        self._changed_orders.setdefault(order.order_no, set()).update(lease)
+
     def change_attempt(self, attempt: AttemptRow, **columns: object) -> None:
         for name, value in columns.items():
             setattr(attempt, name, value)
