@@ -115,28 +115,30 @@ def change_account(tx: Tx, app_id: str, *, held: int = 0, captured: int = 0) -> 
     change[1] += captured
 
 
+# Every group transaction that moves money runs it (fetch_in: built once).
+LOCK_ACCOUNTS = (
+    select(
+        accounts.c.app_id,
+        accounts.c.credited,
+        accounts.c.captured,
+        accounts.c.held,
+        accounts.c.credit_limit,
+    )
+    .order_by(accounts.c.app_id)
+    .with_for_update()
+)
+
+
 def lock_accounts(tx: Tx, app_ids: set[str]) -> dict[str, int]:
     """The accounts pass: lock every account the transaction changes, once and in key
     order (see core/writer.py), apply the changes waiting in ``tx``, and return what each
     of ``app_ids`` has available now."""
-    wanted = sorted(app_ids | set(tx.account_changes))
-    rows = (
-        tx.conn.execute(
-            select(accounts)
-            .where(accounts.c.app_id.in_(wanted))
-            .order_by(accounts.c.app_id)
-            .with_for_update()
-        ).all()
-        if wanted
-        else []
-    )
+    rows = fetch_in(tx.conn, LOCK_ACCOUNTS, accounts.c.app_id, app_ids | set(tx.account_changes))
     changes, tx.account_changes = tx.account_changes, {}
     available = {}
-    for row in rows:
-        held, captured = changes.get(row.app_id, (0, 0))
-        available[row.app_id] = (
-            row.credited - (row.captured + captured) - (row.held + held) + row.credit_limit
-        )
+    for app_id, credited, captured_sum, held_sum, credit_limit in rows:
+        held, captured = changes.get(app_id, (0, 0))
+        available[app_id] = credited - (captured_sum + captured) - (held_sum + held) + credit_limit
     apply_account_changes(tx.conn, changes)
     return available
 
