@@ -1,0 +1,100 @@
+"""The group writer's promise (core/writer.py): jobs queued together share one transaction,
+and a job or batch item that fails rolls back alone; its caller gets the exception and
+the rest commit. Run on SQLite (savepoints straight through the driver) and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import Connection, select
+
+from core.db import Database, audit_log
+from core.fastsql import insert_rows
+from core.migrate import ensure_schema
+from core.writer import Batch, Phase, Tx
+
+COLUMNS = ("at", "actor", "action", "target", "reason", "detail")
+
+
+def _write(conn: Connection, target: str) -> None:
+    insert_rows(conn, audit_log, COLUMNS, [(0, "test", "write", target, "", "{}")])
+
+
+def _written(conn: Connection) -> list[str]:
+    return sorted(conn.execute(select(audit_log.c.target)).scalars())
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = Database(database_url)
+    await ensure_schema(database)
+    yield database
+    await database.dispose()
+
+
+async def test_a_failing_job_rolls_back_alone_and_its_caller_hears_why(db: Database) -> None:
+    def failing(conn: Connection) -> None:
+        _write(conn, "b")
+        raise ValueError("job b failed after writing")
+
+    answers = await asyncio.gather(
+        db.write(lambda conn: _write(conn, "a")),
+        db.write(failing),
+        db.write(lambda conn: _write(conn, "c")),
+        return_exceptions=True,
+    )
+
+    assert answers[0] is None and answers[2] is None
+    assert isinstance(answers[1], ValueError)
+    assert await db.read(_written) == ["a", "c"]
+
+
+def _write_all(tx: Tx, targets: list[str]) -> list[str]:
+    for target in targets:
+        _write(tx.conn, target)
+        if target.startswith("bad"):
+            raise LookupError(target)
+    return [f"wrote {target}" for target in targets]
+
+
+WRITE_ALL = Batch("test writes", Phase.JOBS, _write_all)
+
+
+async def test_a_failing_batch_is_retried_item_by_item(db: Database) -> None:
+    answers = await asyncio.gather(
+        *(db.batched(WRITE_ALL, target) for target in ("x", "bad-1", "y", "bad-2", "z")),
+        return_exceptions=True,
+    )
+
+    assert answers[0::2] == ["wrote x", "wrote y", "wrote z"]
+    assert [str(answer) for answer in answers[1::2]] == ["bad-1", "bad-2"]
+    assert all(isinstance(answer, LookupError) for answer in answers[1::2])
+    # The batch's first try wrote x, bad-1 before failing: all of it was rolled back.
+    assert await db.read(_written) == ["x", "y", "z"]
+
+
+# Runs before single jobs in a group transaction (core/writer.py's phases).
+WRITE_FIRST = Batch("test writes first", Phase.ORDERS, _write_all)
+
+
+async def test_what_a_transaction_committed_survives_a_later_failure_in_it(db: Database) -> None:
+    """A batch's savepoint, once released, is part of the transaction: a later job's
+    rollback to its own savepoint leaves it, and the transaction commits both the batch
+    before the failure and the one after."""
+
+    def failing(conn: Connection) -> None:
+        _write(conn, "second")
+        raise RuntimeError("second failed")
+
+    answers = await asyncio.gather(
+        db.batched(WRITE_FIRST, "first"),
+        db.write(failing),
+        db.batched(WRITE_ALL, "third"),
+        return_exceptions=True,
+    )
+
+    assert answers[0] == "wrote first" and answers[2] == "wrote third"
+    assert isinstance(answers[1], RuntimeError)
+    assert await db.read(_written) == ["first", "third"]
