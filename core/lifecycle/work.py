@@ -24,7 +24,15 @@ from core.fastsql import fetch_in, insert_rows, update_rows
 from core.ledger import settle_many
 from core.lifecycle.rules import MUTABLE_COLUMNS, OrderRow, move
 from core.notify import enqueue_many
-from core.orders import OPEN_ATTEMPT, ORDER_TABLE_COLUMNS, SYSTEM, TERMINAL, AttemptRecord, State
+from core.orders import (
+    OPEN_ATTEMPT,
+    ORDER_TABLE_COLUMNS,
+    STATE_OF,
+    SYSTEM,
+    TERMINAL,
+    AttemptRecord,
+    State,
+)
 from core.suppliers import UpstreamOrder
 from core.writer import Batch, Phase, Tx
 
@@ -70,7 +78,7 @@ def chunks(values: list) -> list[list]:
 def order_row(values: tuple) -> OrderRow:
     """An orders row read in ``ORDER_ROW_COLUMNS`` order."""
     order = OrderRow(*values)
-    order.state = State(order.state)
+    order.state = STATE_OF[order.state]
     return order
 
 
@@ -114,7 +122,7 @@ class Work:
             self._keep(AttemptRow(*row))
 
     def _keep(self, attempt: AttemptRow) -> None:
-        attempt.state = State(attempt.state)
+        attempt.state = STATE_OF[attempt.state]
         self.attempts[attempt.reference] = attempt
         self._by_order.setdefault(attempt.order_no, []).append(attempt)
 
