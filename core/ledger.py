@@ -115,7 +115,7 @@ def change_account(tx: Tx, app_id: str, *, held: int = 0, captured: int = 0) -> 
     change[1] += captured
 
 
-# Every group transaction that moves money runs it (fetch_in: built once).
+# The accounts pass of a transaction that accepts orders (fetch_in: built once).
 LOCK_ACCOUNTS = (
     select(
         accounts.c.app_id,
