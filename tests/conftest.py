@@ -7,11 +7,13 @@ import itertools
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from core.db import Database
+from core.migrate import ensure_schema
 from tests.inprocess import InProcessService
 from tests.support import (
     REPO,
@@ -62,6 +64,15 @@ def database_url(tmp_path: Path, backend: Backend) -> Iterator[str]:
     url = backend.migrated_database(tmp_path)
     yield url
     backend.drop(url)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """``database_url`` opened as a service opens it, closed after the test."""
+    database = Database(database_url)
+    await ensure_schema(database)
+    yield database
+    await database.dispose()
 
 
 @pytest.fixture

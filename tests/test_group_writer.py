@@ -5,14 +5,11 @@ the rest commit. Run on SQLite (savepoints straight through the driver) and Post
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
 from sqlalchemy import Connection, select
 
 from core.db import Database, audit_log
 from core.fastsql import insert_rows
-from core.migrate import ensure_schema
 from core.writer import Batch, Phase, Tx
 
 COLUMNS = ("at", "actor", "action", "target", "reason", "detail")
@@ -24,14 +21,6 @@ def _write(conn: Connection, target: str) -> None:
 
 def _written(conn: Connection) -> list[str]:
     return sorted(conn.execute(select(audit_log.c.target)).scalars())
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await ensure_schema(database)
-    yield database
-    await database.dispose()
 
 
 async def test_a_failing_job_rolls_back_alone_and_its_caller_hears_why(db: Database) -> None:

@@ -6,30 +6,20 @@ leases end."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
-import pytest
 from sqlalchemy import Connection, insert, select, update
 
 from core.clock import now_ms
 from core.config import Config, DispatchConfig, NotifyConfig
 from core.db import Database, notifications, workers
 from core.leases import beat, lease_due, make_due, reap_workers, sign_off, stale_workers
-from core.migrate import ensure_schema
 from core.notifier import Notifier
 from core.notify import Notification, Outbox
 
 TAKEOVER_MS = 5_000
 LEASE_MS = 60_000
 KIND = "notifier"
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    db = Database(database_url)
-    await ensure_schema(db)
-    yield db
-    await db.dispose()
 
 
 def worker(conn: Connection, owner: str, silent_for_ms: int = 0) -> None:

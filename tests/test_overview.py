@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import AsyncIterator
 from datetime import datetime
 from functools import partial
 
@@ -16,7 +15,6 @@ from core.clock import BEIJING
 from core.db import Database, workers
 from core.leases import beat
 from core.ledger import Ledger
-from core.migrate import ensure_schema
 from core.overview import (
     OverviewReader,
     PluginStats,
@@ -30,14 +28,6 @@ from tests.order_rows import Shop, attempt_row, notification_row, number_at, ord
 MINUTE, HOUR = 60_000, 3_600_000
 # 12:30:30 Beijing time: the current minute (the sparkline's last) began at 12:30:00.
 NOW = int(datetime(2026, 11, 20, 12, 30, 30, tzinfo=BEIJING).timestamp() * 1000)
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    db = Database(database_url)
-    await ensure_schema(db)
-    yield db
-    await db.dispose()
 
 
 def order(name: str, ago: int, state: str) -> tuple[str, int, dict]:
