@@ -473,8 +473,60 @@ def lifecycle_cost(results: Results) -> None:
         f"CPU per order ({cost.unit}; bench/lifecycle_cost.py --measure {CPU_MEASURE}): "
         + "; ".join(f"accept {a:,.0f}, dispatcher {d:,.0f}" for a, d in cost.repeats)
         + f" in {len(cost.repeats)} repeat(s), the medians above. In-process, without "
-        "uvicorn's socket work, which only acceptance has: the real ratio is lower"
+        "uvicorn's parsing and socket work, which only acceptance has; the figures "
+        "'as served' measure both paths in `topup serve` with them"
     )
+
+
+def cost_as_served(results: Results, workdir: Path) -> None:
+    """CPU per order of both paths in ``topup serve`` itself, from /proc: accepting under
+    wrk with the background worker off (uvicorn's parsing and the sockets included, as
+    a partner's order needs them), then the dispatcher alone on that backlog, no HTTP
+    load. Each is the CPU between two readings over the orders that passed between them."""
+    path = workdir / "served.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    with service(url, serve_args=("--no-background",)) as (server, secret):
+        bodies = write_lines(order_bodies(server.url, secret, int(SECONDS * 6000)))
+        before = cpu_seconds(server.pids())
+        wrk(server.url, SECONDS, bodies)
+        time.sleep(0.5)  # the commits of the last answers wrk stopped waiting for
+        accept = cpu_seconds(server.pids()) - before
+        accepted = orders_in(path)
+    with service(url, fund=False) as (server, _):
+        # The worker starts with the server: what it finished before this reading is
+        # outside the measured span, like the start-up's own CPU.
+        before, still_open = cpu_seconds(server.pids()), orders_in(path, OPEN_STATES)
+        wait_for_no_backlog(path)
+        dispatch = cpu_seconds(server.pids()) - before
+    accept_us, dispatch_us = accept / accepted * 1e6, dispatch / still_open * 1e6
+    results.record("accept path per order as served, µs CPU", accept_us)
+    results.record("dispatcher path per order as served, µs CPU", dispatch_us)
+    results.record("dispatcher ÷ accept per order as served %", dispatch_us / accept_us * 100, "%")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU these processes have used, from /proc/PID/stat."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def orders_in(path: Path, states: tuple[str, ...] | None = None) -> int:
+    """Orders in the database file (read-only), or those in ``states``."""
+    where = f" WHERE state IN ({','.join('?' * len(states))})" if states else ""
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as conn:
+        return conn.execute(f"SELECT count(*) FROM orders{where}", states or ()).fetchone()[0]
+
+
+def wait_for_no_backlog(path: Path, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while orders_in(path, OPEN_STATES):
+        if time.time() > deadline:
+            raise SystemExit(f"the dispatcher left orders open after {timeout:.0f} s")
+        time.sleep(0.2)
 
 
 class Profiler:
@@ -876,9 +928,15 @@ def verdicts(figures: dict[str, float]) -> list[tuple[str, str, bool]]:
             )
         )
     if "dispatcher ÷ accept per order %" in figures:
-        share = figures["dispatcher ÷ accept per order %"]
+        # Met only if both measures say so: in-process (topup's code alone, acceptance
+        # without uvicorn and the sockets) and as served (all of it, in the real server).
+        shares = [figures["dispatcher ÷ accept per order %"]]
+        measured = f"{shares[0]:.0f}% in-process"
+        if "dispatcher ÷ accept per order as served %" in figures:
+            shares.append(figures["dispatcher ÷ accept per order as served %"])
+            measured += f", {shares[1]:.0f}% as served"
         label = "dispatcher CPU per order ≤ 50% of acceptance's"
-        rows.append((label, f"{share:.0f}%", share <= 50))
+        rows.append((label, measured, max(shares) <= 50))
     if "latency p99 ms" in figures:
         rows.append(
             (
@@ -972,6 +1030,8 @@ def main() -> None:
         sustained(results, workdir, rate, profile=PROFILE)
         print(f"CPU per order, dispatcher and acceptance (in-process, {CPU_MEASURE})", flush=True)
         lifecycle_cost(results)
+        print("CPU per order, dispatcher and acceptance (as served, topup serve)", flush=True)
+        cost_as_served(results, workdir)
         print("latency at half the maximum rate", flush=True)
         latency(results, workdir, rate)
         print(f"status query at {STATUS_ORDERS:,} orders", flush=True)
