@@ -498,6 +498,9 @@ def cost_as_served(results: Results, workdir: Path) -> None:
         before, still_open = cpu_seconds(server.pids()), orders_in(path, OPEN_STATES)
         wait_for_no_backlog(path)
         dispatch = cpu_seconds(server.pids()) - before
+    if not still_open:
+        results.notes.append("as served: the worker finished the backlog while starting; no figure")
+        return
     accept_us, dispatch_us = accept / accepted * 1e6, dispatch / still_open * 1e6
     results.record("accept path per order as served, µs CPU", accept_us)
     results.record("dispatcher path per order as served, µs CPU", dispatch_us)
