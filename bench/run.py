@@ -368,8 +368,7 @@ def acceptance(results: Results, workdir: Path) -> None:
     with service(url) as (server, secret):
         bodies = write_lines(order_bodies(server.url, secret, int(SECONDS * 6000)))
         _rate, ok = wrk(server.url, SECONDS, bodies)
-    with sqlite3.connect(f"{workdir}/accept.db") as conn:
-        stored = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
+    stored = orders_in(workdir / "accept.db")
     results.record("accepted orders/s", ok / SECONDS)
     results.record("acknowledged orders", ok)
     results.record("orders in the database", stored)
@@ -518,9 +517,10 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def orders_in(path: Path, states: tuple[str, ...] | None = None) -> int:
-    """Orders in the database file (read-only), or those in ``states``."""
+    """Orders in the database file, or those in ``states``. Opened read-write, so that a
+    log left by a server that did not stop cleanly is recovered, not refused."""
     where = f" WHERE state IN ({','.join('?' * len(states))})" if states else ""
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as conn:
+    with sqlite3.connect(path, timeout=30) as conn:
         return conn.execute(f"SELECT count(*) FROM orders{where}", states or ()).fetchone()[0]
 
 
