@@ -10,9 +10,10 @@ shipped plugins.toml with the abuse limits raised out of the way, see ``BENCH_LI
    closed loop (wrk); afterwards the database must hold exactly the acknowledged orders;
 3. end to end, sustained: the acceptance rate of phase 2 offered open loop
    (bench/loadgen.c) for BENCH_E2E_SECONDS; orders accepted and orders finished within
-   that window, and the backlog (orders not terminal) sampled every twelfth of it;
+   that window, and the backlog (orders not terminal) sampled every twelfth of it; then
+   the highest rate the worker keeps up with, by bisection (a capacity, not a target);
 4. CPU per order of the dispatcher path against the accept path's, in-process
-   (bench/lifecycle_cost.py);
+   (bench/lifecycle_cost.py) and as served (``topup serve``, from /proc);
 5. latency of acceptance at a fixed arrival rate of half the measured maximum
    (bench/loadgen.c, open loop);
 6. status query against a database holding 1,000,000 orders;
@@ -69,6 +70,9 @@ SECONDS = float(os.environ.get("BENCH_SECONDS", "15"))
 SUSTAIN_SECONDS = float(os.environ.get("BENCH_SUSTAIN_SECONDS", "300"))
 E2E_SECONDS = float(os.environ.get("BENCH_E2E_SECONDS", "60"))
 BACKLOG_SAMPLES = 12  # per sustained window: every 5 s of the default 60
+# The search for the highest rate the worker keeps up with: steps of bisection, seconds each.
+SEARCH_STEPS = 4
+SEARCH_SECONDS = 20
 # "cpu" (process CPU time, seconds) or "instructions" (valgrind, minutes): bench/lifecycle_cost.py
 CPU_MEASURE = os.environ.get("BENCH_CPU_MEASURE", "cpu")
 PROFILE = os.environ.get("BENCH_PROFILE", "0") == "1"
@@ -428,6 +432,38 @@ def sustained(results: Results, workdir: Path, rate: float, profile: bool = Fals
 
 
 OPEN_STATES = tuple(state.value for state in State if state not in TERMINAL)
+
+
+def sustainable_rate(results: Results, workdir: Path, maximum: float) -> None:
+    """The highest offered rate the worker keeps up with end to end, found by bisection
+    between 0 and the acceptance maximum (to a sixteenth of it): at each step, that rate
+    offered for SEARCH_SECONDS on a fresh database, as the sustained phase offers it.
+    Keeping up is the sustained target's own test (80% of the orders accepted in the window
+    completed in it) with no more than a second's worth of orders left open at its end.
+    Capacity, not a target: what one process carries when the worker must not fall behind."""
+    low, high, steps = 0.0, maximum, []
+    for step in range(SEARCH_STEPS):
+        rate = (low + high) / 2
+        accepted, completed, left = offered_for_a_while(workdir / f"search{step}.db", rate)
+        kept_up = completed >= 0.8 * accepted and left <= rate
+        steps.append(f"{rate:,.0f}/s: {completed:,} of {accepted:,} completed, {left:,} left")
+        low, high = (rate, high) if kept_up else (low, rate)
+    results.record("end-to-end sustainable orders/s", low)
+    results.record("end-to-end sustainable ÷ acceptance maximum %", low / maximum * 100, "%")
+    results.notes.append("highest rate the worker keeps up with, by step: " + "; ".join(steps))
+
+
+def offered_for_a_while(path: Path, rate: float) -> tuple[int, int, int]:
+    """(accepted, completed) within SEARCH_SECONDS of ``rate`` offered, and orders left open."""
+    with service(f"sqlite+aiosqlite:///{path}") as (server, secret):
+        bodies = order_bodies(server.url, secret, int(rate * SEARCH_SECONDS) + 100)
+        requests = write_http_requests(f"127.0.0.1:{server.port}", bodies)
+        started = time.time()
+        loadgen(server.port, rate, SEARCH_SECONDS, requests)
+        ended = time.time()
+        accepted, completed = window_counts(path, started, ended)
+        left = orders_in(path, OPEN_STATES)
+    return accepted, completed, left
 
 
 def sample_backlog(path: Path, started: float) -> list[tuple[float, int]]:
@@ -1031,6 +1067,8 @@ def main() -> None:
         rate = results.figures["accepted orders/s"]
         print(f"end to end, sustained for {E2E_SECONDS:.0f} s at the acceptance rate", flush=True)
         sustained(results, workdir, rate, profile=PROFILE)
+        print("end to end: the highest rate the worker keeps up with", flush=True)
+        sustainable_rate(results, workdir, rate)
         print(f"CPU per order, dispatcher and acceptance (in-process, {CPU_MEASURE})", flush=True)
         lifecycle_cost(results)
         print("CPU per order, dispatcher and acceptance (as served, topup serve)", flush=True)
