@@ -60,21 +60,29 @@ def add_to_columns(
         _run(conn, _increment_sql(conn.dialect, table, key, tuple(columns)), ordered)
 
 
-def fetch_in(conn: Connection, query: Select, column: Column, values: Sequence[Any]) -> list[tuple]:
+def fetch_in(
+    conn: Connection,
+    query: Select,
+    column: Column,
+    values: Sequence[Any],
+    params: Sequence[Any] = (),
+) -> list[tuple]:
     """The rows of ``query`` whose ``column`` is one of ``values``, as tuples in the
     query's column order, chunk by chunk in sorted order (so that ``FOR UPDATE`` takes its
     locks in key order everywhere).
 
     ``query`` must be built once (a module constant): its SQL is compiled once per dialect
     and IN-list size, and lists are padded to a power of two so that few sizes occur.
+    ``params``: the values of the query's own bound parameters, in the order they appear
+    in its SQL (all before the IN list, which is added last).
     """
     ordered = sorted(set(values))
     rows: list[tuple] = []
     for start in range(0, len(ordered), IN_CHUNK):
         chunk = ordered[start : start + IN_CHUNK]
         size = 1 << (len(chunk) - 1).bit_length()
-        padded = chunk + [chunk[-1]] * (size - len(chunk))
-        sql = _in_sql(conn.dialect, query, column, size)
+        padded = [*params, *chunk, *[chunk[-1]] * (size - len(chunk))]
+        sql = _in_sql(conn.dialect, query, column, size, len(params))
         if conn.dialect.name == "sqlite":
             rows += conn.connection.dbapi_connection.execute(sql, padded).fetchall()
         else:
@@ -85,15 +93,18 @@ def fetch_in(conn: Connection, query: Select, column: Column, values: Sequence[A
 _IN_CACHE: dict[tuple[str, int, int, int], str] = {}
 
 
-def _in_sql(dialect: Dialect, query: Select, column: Column, size: int) -> str:
+def _in_sql(dialect: Dialect, query: Select, column: Column, size: int, own: int) -> str:
     key = (dialect.name, id(query), id(column), size)
     sql = _IN_CACHE.get(key)
     if sql is None:
-        params = [bindparam(f"v{i}") for i in range(size)]
+        params = [bindparam(f"in_{i}") for i in range(size)]
         statement = query.where(column.in_(params))
         compiled = statement.compile(dialect=dialect)
-        if list(compiled.positiontup or []) != [f"v{i}" for i in range(size)]:
-            raise AssertionError("fetch_in: the query must take no parameters of its own")
+        names = list(compiled.positiontup or [])
+        if len(names) != own + size or names[own:] != [f"in_{i}" for i in range(size)]:
+            raise AssertionError(
+                f"fetch_in: the query takes parameters {names[:-size]}, given {own} values"
+            )
         sql = _IN_CACHE[key] = compiled.string
     return sql
 

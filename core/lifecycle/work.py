@@ -36,9 +36,6 @@ from core.orders import (
 from core.suppliers import UpstreamOrder
 from core.writer import Batch, Phase, Tx
 
-# Keeps every IN (...) list well inside SQLite's limit on bound parameters.
-CHUNK = 400
-
 
 class AttemptRow(msgspec.Struct):
     """An attempt row being changed inside a lifecycle transaction."""
@@ -69,10 +66,6 @@ ORDER_ROW_COLUMNS = tuple(orders.c[name] for name in ORDER_TABLE_COLUMNS)
 LOCK_ORDERS = select(*ORDER_ROW_COLUMNS).with_for_update()
 ATTEMPTS = select(*(attempts.c[name] for name in ATTEMPT_COLUMNS))
 ATTEMPT_CHANGES = ("state", "supplier_ref", "code", "message", "queries", "refused", "resent")
-
-
-def chunks(values: list) -> list[list]:
-    return [values[i : i + CHUNK] for i in range(0, len(values), CHUNK)]
 
 
 def order_row(values: tuple) -> OrderRow:
