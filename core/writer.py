@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +51,9 @@ BUSY_SECONDS = 30.0
 # rolled back, so running it again is safe.
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 TRANSACTION_RETRIES = 3
+# "database is locked" from BEGIN IMMEDIATE: raised by the driver itself, since the
+# BEGIN goes to it directly (core/db.py), or wrapped by SQLAlchemy.
+LOCK_ERRORS = (OperationalError, sqlite3.OperationalError)
 Job = Callable[[Connection], Any]
 
 
@@ -175,7 +179,7 @@ class LoopTransactions:
         while True:
             try:
                 return conn.begin()
-            except OperationalError as exc:
+            except LOCK_ERRORS as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
                 conn.rollback()

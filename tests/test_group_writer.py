@@ -5,7 +5,9 @@ the rest commit. Run on SQLite (savepoints straight through the driver) and Post
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
+import pytest
 from sqlalchemy import Connection, select
 
 from core.db import Database, audit_log
@@ -87,3 +89,30 @@ async def test_what_a_transaction_committed_survives_a_later_failure_in_it(db: D
     assert answers[0] == "wrote first" and answers[2] == "wrote third"
     assert isinstance(answers[1], RuntimeError)
     assert await db.read(_written) == ["first", "third"]
+
+
+async def test_a_write_waits_for_another_connections_write_lock_then_commits(
+    db: Database,
+) -> None:
+    """SQLite: while another process holds the write lock (a `topup` command, a second
+    instance), the writer waits for it on its helper thread, and the event loop serves
+    on meanwhile."""
+    if not db.is_sqlite:
+        pytest.skip("PostgreSQL has no database-wide write lock")
+    other = sqlite3.connect(db.url.database, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        waiting = asyncio.ensure_future(db.write(lambda conn: _write(conn, "after the lock")))
+        # The loop is free while the writer waits: reads answer, the write does not.
+        for _ in range(5):
+            await asyncio.sleep(0.05)
+            assert await db.read(_written) == []
+        assert not waiting.done()
+        other.execute("ROLLBACK")
+        await asyncio.wait_for(waiting, timeout=5)
+    finally:
+        other.close()
+    assert await db.read(_written) == ["after the lock"]
+    # With the lock free again, writes go on as before.
+    await db.write(lambda conn: _write(conn, "free"))
+    assert await db.read(_written) == ["after the lock", "free"]
