@@ -23,7 +23,6 @@ from core.orders import (
     SYSTEM,
     NewOrder,
     OrderRecord,
-    State,
     order_columns,
     order_from_tuple,
 )
@@ -108,8 +107,14 @@ def _insert_orders(conn: Connection, records: list[OrderRecord]) -> list[tuple[s
     return [(r.app_id, r.cstm_order_no) for r in records if r.order_no not in inserted]
 
 
-def _values(record: OrderRecord) -> tuple:
-    return tuple(str(v) if isinstance(v, State) else v for v in msgspec.structs.astuple(record))
+_STATE_AT = OrderRecord.__struct_fields__.index("state")
+
+
+def _values(record: OrderRecord) -> list:
+    values = list(msgspec.structs.astuple(record))
+    # Bound as the plain string: a StrEnum takes sqlite3's slow path for non-exact types.
+    values[_STATE_AT] = record.state.value
+    return values
 
 
 def _hold(conn: Connection, records: list[OrderRecord], now: int) -> None:
