@@ -478,7 +478,7 @@ def _take_transaction_control(engine: Engine, begin: str | None, busy_ms: int = 
         @event.listens_for(engine, "begin")
         def _begin(conn: Any) -> None:
             # Straight to the driver: through SQLAlchemy's execution context this one
-            # statement cost more than the rest of an empty group transaction.
+            # statement cost a fifth of an empty group transaction's CPU (measured).
             conn.connection.dbapi_connection.execute(begin)
 
 
