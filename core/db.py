@@ -40,6 +40,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Engine, create_engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import SingletonThreadPool
 
@@ -479,7 +480,12 @@ def _take_transaction_control(engine: Engine, begin: str | None, busy_ms: int = 
         def _begin(conn: Any) -> None:
             # Straight to the driver: through SQLAlchemy's execution context this one
             # statement cost a fifth of an empty group transaction's CPU (measured).
-            conn.connection.dbapi_connection.execute(begin)
+            try:
+                conn.connection.dbapi_connection.execute(begin)
+            except sqlite3.Error as exc:
+                # Raised as SQLAlchemy raises the driver's errors: callers tell storage
+                # failures (a 503 to the partner) by its classes.
+                raise DBAPIError.instance(begin, None, exc, sqlite3.Error) from exc
 
 
 def _ensure_parent_directory(database: str | None) -> None:

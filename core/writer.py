@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -51,9 +50,6 @@ BUSY_SECONDS = 30.0
 # rolled back, so running it again is safe.
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 TRANSACTION_RETRIES = 3
-# "database is locked" from BEGIN IMMEDIATE: raised by the driver itself, since the
-# BEGIN goes to it directly (core/db.py), or wrapped by SQLAlchemy.
-LOCK_ERRORS = (OperationalError, sqlite3.OperationalError)
 Job = Callable[[Connection], Any]
 
 
@@ -179,7 +175,7 @@ class LoopTransactions:
         while True:
             try:
                 return conn.begin()
-            except LOCK_ERRORS as exc:
+            except OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
                 conn.rollback()

@@ -4,11 +4,14 @@ in the test's own process (tests/inprocess.py)."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy.engine import make_url
 
+from core import writer
 from core.tokens import TokenIssuer
 from tests.conftest import TOKEN_SECRET
 from tests.inprocess import InProcessService
@@ -234,3 +237,25 @@ def test_refusal_echoes_company_and_supplier(partner: Partner) -> None:
     reply = post_order(partner, partner.signed(params))
     assert list(reply) == ["code", "message", "company", "Supplier", "data", "errorCode"]
     assert reply["company"] == partner.company and reply["Supplier"] == "中国移动"
+
+
+def test_storage_busy_past_the_writers_wait_is_503_and_nothing_written(
+    service: InProcessService, partner: Partner, unchanged: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds SQLite's write lock for longer than the writer waits (30 s in
+    service; a fraction of a second here): the partner hears that nothing was accepted and
+    to send the same order again, never an internal error."""
+    if not service.database_url.startswith("sqlite"):
+        pytest.skip("SQLite's write lock")
+    monkeypatch.setattr(writer, "BUSY_SECONDS", 0.3)
+    other = sqlite3.connect(make_url(service.database_url).database, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        response = partner.http.post(
+            "/sign/api/order", data=partner.signed(partner.order_params(fresh_order_no()))
+        )
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert response.status_code == 503
+    assert_refused(response.json(), "SERVICE_UNAVAILABLE", "cstmOrderNo", "重试")
