@@ -33,7 +33,6 @@ sys.path.insert(0, str(ROOT))
 
 from bench import run as bench  # noqa: E402
 
-TICKS = os.sysconf("SC_CLK_TCK")
 # A database of its own on the machine's PostgreSQL (make bench's is `test`).
 PG_DATABASE = "topup_metrics_ab"
 PG_URL = bench.PG_URL.rsplit("/", 1)[0] + "/" + PG_DATABASE
@@ -52,15 +51,6 @@ def reset_postgres() -> None:
     psql(PG_DATABASE, "DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User and system CPU time of these processes so far."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / TICKS
-
-
 def accept(
     database_url: str, seconds: float, metrics_on: bool, postgres: bool
 ) -> tuple[float, float]:
@@ -72,9 +62,9 @@ def accept(
     with bench.service(database_url) as (server, secret):
         bodies = bench.write_lines(bench.order_bodies(server.url, secret, int(seconds * 6000)))
         pids = server.pids()
-        before = cpu_seconds(pids)
+        before = bench.cpu_seconds(pids)
         _rate, ok = bench.wrk(server.url, seconds, bodies)
-        used = cpu_seconds(pids) - before
+        used = bench.cpu_seconds(pids) - before
         if metrics_on:  # the metrics were really on, and counted every order
             scraped = httpx.get(f"{server.url}/metrics", timeout=10).text
             assert 'topup_orders_total{carrier="中国移动",plugin="sandbox",state="accepted"}' in (
