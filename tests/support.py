@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import httpx
 
 from core.signing import SignType, compute_sign
-from tests.forked_cli import FORKED_CLI
+from tests.forked_topup import FORKED_TOPUP, ForkedProcess
 from topup.testing import free_port, wait_until_healthy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -138,7 +138,7 @@ def topup_cli(
     topup: str = TOPUP,
 ) -> subprocess.CompletedProcess:
     """``topup ARGS`` in a process of its own, as from a shell in the repository. This
-    environment's command is forked from a warm interpreter (tests/forked_cli.py); another
+    environment's command is forked from a warm interpreter (tests/forked_topup.py); another
     environment's (a plugin author's venv) is started as it is."""
     if topup != TOPUP:
         return subprocess.run(
@@ -150,7 +150,7 @@ def topup_cli(
             check=check,
             input=input,
         )
-    code, stdout, stderr = FORKED_CLI.run([list(args)], env=env, cwd=str(REPO), input=input)
+    code, stdout, stderr = FORKED_TOPUP.run([list(args)], env=env, cwd=str(REPO), input=input)
     done = subprocess.CompletedProcess([topup, *args], code, stdout, stderr)
     if check:
         done.check_returncode()
@@ -366,7 +366,7 @@ class ServiceProcess(Service):
             "PYTHONPATH": str(REPO),
             **(env or {}),
         }
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen | ForkedProcess | None = None
 
     @property
     def url(self) -> str:
@@ -376,17 +376,27 @@ class ServiceProcess(Service):
         if not self._migrated:
             self.backend.migrate(self.env)
             self._migrated = True
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [self.topup, "serve", *self.serve_args],
-            env=self.env,
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.proc = self._forked() or self._started()
         self._wait_ready()
         return self
+
+    def _forked(self) -> ForkedProcess | None:
+        """This environment's ``topup serve``, forked from the tests' warm interpreter."""
+        if self.topup != TOPUP:
+            return None
+        args = ["serve", *self.serve_args]
+        return FORKED_TOPUP.start(args, env=self.env, cwd=str(REPO), log=str(self.log_path))
+
+    def _started(self) -> subprocess.Popen:
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen(
+                [self.topup, "serve", *self.serve_args],
+                env=self.env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def _wait_ready(self) -> None:
         assert self.proc is not None
@@ -421,7 +431,7 @@ class ServiceProcess(Service):
     def cli_many(self, commands: list[list[str]], input: str | None = None) -> str:
         """Several ``topup`` commands in one process; a command reading standard input
         (``--password-stdin``) reads the next line of it."""
-        code, stdout, stderr = FORKED_CLI.run(
+        code, stdout, stderr = FORKED_TOPUP.run(
             commands, env=self.env, cwd=str(REPO), input=input, standalone=False
         )
         if code != 0:

@@ -578,9 +578,15 @@ def _read_from_start(log: IO[bytes]) -> str:
     return log.read().decode(errors="replace")
 
 
+class Polled(Protocol):
+    """A started process as ``wait_until_healthy`` watches it (``subprocess.Popen`` is one)."""
+
+    def poll(self) -> int | None: ...
+
+
 def wait_until_healthy(
     health_url: str,
-    process: subprocess.Popen,
+    process: Polled,
     describe: Callable[[], str],
     within: float = 30.0,
 ) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import TOPUP, topup_cli
+from tests.support import REPO, TOPUP, ServiceProcess, sandbox_config, topup_cli
+from tests.test_plugins import INCOMPLETE_PLUGIN
 
 
 def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -56,3 +57,35 @@ def test_interpreter_settings_it_cannot_reproduce_get_a_real_process(tmp_path: P
     (tmp_path / "sitecustomize.py").write_text("print('started afresh')\n")
     env = env_for(tmp_path, PYTHONPATH=str(tmp_path))
     assert "started afresh" in topup_cli("sign", "--secret", "s", "a=1", env=env).stdout
+
+
+def test_a_plain_directory_on_pythonpath_is_on_the_commands_import_path(tmp_path: Path) -> None:
+    """Such a PYTHONPATH is reproduced in the fork (most of the suite's commands carry one),
+    and only for the command that was given it."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "halfway_plugin.py").write_text(INCOMPLETE_PLUGIN)
+    wanted = {"TOPUP_PLUGINS": "halfway_plugin", "TOPUP_CONFIG": str(REPO / "plugins.toml")}
+    found = topup_cli("plugins", env=env_for(tmp_path, PYTHONPATH=str(plugins), **wanted))
+    assert "halfway_plugin  [TOPUP_PLUGINS]  suppliers: -" in found.stdout, found.stdout
+    missing = topup_cli("plugins", env=env_for(tmp_path, **wanted), check=False)
+    started = subprocess.run(
+        [TOPUP, "plugins"], env=env_for(tmp_path, **wanted), capture_output=True, text=True
+    )
+    assert (missing.returncode, missing.stderr) == (started.returncode, started.stderr)
+    assert "halfway_plugin" in missing.stderr + missing.stdout
+
+
+def test_a_forked_service_that_cannot_start_ends_as_its_console_script_would(
+    tmp_path: Path,
+) -> None:
+    service = ServiceProcess(tmp_path, sandbox_config(enabled='["nosuch"]'))
+    with pytest.raises(RuntimeError, match="exited before it was ready"):
+        service.start()
+    assert service.proc is not None
+    started = subprocess.run(
+        [TOPUP, "serve"], env=service.env, capture_output=True, text=True, timeout=30
+    )
+    assert service.proc.wait(timeout=10) == started.returncode == 1
+    assert "invalid configuration" in started.stderr
+    assert "invalid configuration" in service.log()
