@@ -11,6 +11,8 @@ import msgspec
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///var/topup.db"
 REQUEST_TIMEOUT_ENV = "TOPUP_REQUEST_TIMEOUT"
 DEFAULT_REQUEST_TIMEOUT = 10.0
+APP_CACHE_ENV = "TOPUP_APP_CACHE_SECONDS"
+DEFAULT_APP_CACHE_SECONDS = 5.0
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -25,6 +27,9 @@ class Settings(msgspec.Struct, frozen=True):
     # Mark the console's cookies Secure even when the request arrived as http (set it
     # when a TLS-terminating proxy sits in front).
     console_secure_cookie: bool = False
+    # How long a service keeps a partner app it read (its secrets, allowlist, notify URL):
+    # how soon a change made with `topup app` reaches the services already running.
+    app_cache_seconds: float = DEFAULT_APP_CACHE_SECONDS
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -37,6 +42,7 @@ class Settings(msgspec.Struct, frozen=True):
             request_timeout=read_request_timeout(env),
             console_idle_minutes=_minutes(env.get("TOPUP_CONSOLE_IDLE_MINUTES") or "30"),
             console_secure_cookie=env.get("TOPUP_CONSOLE_SECURE_COOKIE", "") in ("1", "true"),
+            app_cache_seconds=_app_cache_seconds(env.get(APP_CACHE_ENV) or ""),
         )
 
 
@@ -54,6 +60,19 @@ def _minutes(text: str) -> float:
     if not (0 < minutes < math.inf):
         raise ValueError(f"TOPUP_CONSOLE_IDLE_MINUTES={text!r}: expected minutes above 0")
     return minutes
+
+
+def _app_cache_seconds(text: str) -> float:
+    """Seconds, 0 or more (0: every request reads its app from the database)."""
+    if not text:
+        return DEFAULT_APP_CACHE_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (0 <= seconds < math.inf):
+        raise ValueError(f"{APP_CACHE_ENV}={text!r}: expected a number of seconds, 0 or more")
+    return seconds
 
 
 def read_request_timeout(env: Mapping[str, str]) -> float:

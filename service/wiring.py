@@ -96,7 +96,7 @@ class Services:
         self.lifecycle = Lifecycle(self.db)
         # Loaded here so that a missing or malformed master key stops the start at once.
         self.sealer = load_sealer()
-        self.apps = AppStore(self.db, sealer=self.sealer)
+        self.apps = AppStore(self.db, cache_seconds=settings.app_cache_seconds, sealer=self.sealer)
         self.ledger = Ledger(self.db)
         self.dispatcher = Dispatcher(self.lifecycle, self.store, lambda: self.runtime)
         self.notification_sender = NotificationSender(

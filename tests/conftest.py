@@ -30,6 +30,9 @@ from tests.support import (
 pytest_plugins = ["tests.browser"]
 
 TOKEN_SECRET = "test-token-key-known-to-the-tests"
+# The shared services: a known token key, and apps kept for a second rather than five, so
+# that the tests changing an app (its secret, allowlist, carrier check) wait less for it.
+SHARED_SERVICE_ENV = {"TOPUP_TOKEN_SECRET": TOKEN_SECRET, "TOPUP_APP_CACHE_SECONDS": "1"}
 _app_numbers = itertools.count(1)
 
 
@@ -106,9 +109,7 @@ def service_process(
 ) -> Iterator[ServiceProcess]:
     """One running service shared by the contract tests (each uses its own apps)."""
     workdir = tmp_path_factory.mktemp(f"service-{backend.name}")
-    proc = ServiceProcess(
-        workdir, sandbox_config(), env={"TOPUP_TOKEN_SECRET": TOKEN_SECRET}, backend=backend
-    )
+    proc = ServiceProcess(workdir, sandbox_config(), env=SHARED_SERVICE_ENV, backend=backend)
     proc.start()
     yield proc
     proc.stop()
@@ -144,9 +145,7 @@ def in_process(
     """The app in this process, shared like ``service`` by the tests whose rules need no
     real process (each uses its own apps). No background work: orders stay accepted."""
     workdir = tmp_path_factory.mktemp(f"in-process-{backend.name}")
-    app = InProcessService(
-        workdir, sandbox_config(), env={"TOPUP_TOKEN_SECRET": TOKEN_SECRET}, backend=backend
-    )
+    app = InProcessService(workdir, sandbox_config(), env=SHARED_SERVICE_ENV, backend=backend)
     app.start()
     yield app
     app.stop()

@@ -183,6 +183,21 @@ def test_allowlist_refuses_other_addresses_and_can_be_cleared(in_process: InProc
     wait_for(lambda: token_reply(partner).json()["code"] == "0", "the allowlist cleared")
 
 
+def test_an_app_change_reaches_a_running_service_as_its_app_cache_allows(
+    in_process_services,
+) -> None:
+    """TOPUP_APP_CACHE_SECONDS: 0 reads the app on every request; a long one keeps what
+    the service read until it runs out."""
+    uncached = in_process_services(sandbox_config(), env={"TOPUP_APP_CACHE_SECONDS": "0"})
+    cached = in_process_services(sandbox_config(), env={"TOPUP_APP_CACHE_SECONDS": "600"})
+    partners = [new_partner(uncached), new_partner(cached)]
+    for service, partner in zip((uncached, cached), partners, strict=True):
+        assert token_reply(partner).json()["code"] == "0"  # the app read, and kept
+        service.cli("app", "set", partner.app_id, "--allow-ip", "203.0.113.0/24")
+    assert token_reply(partners[0]).json()["errorCode"] == "IP_NOT_ALLOWED"
+    assert token_reply(partners[1]).json()["code"] == "0"
+
+
 def test_allow_ip_refuses_a_malformed_block(tmp_path: Path) -> None:
     service = ServiceProcess(tmp_path, sandbox_config())
     service.add_app("acme", "阿克米")

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import new_partner
+from tests.conftest import SHARED_SERVICE_ENV, new_partner
 from tests.inprocess import InProcessService
 from tests.support import Backend, Console, Partner, Service, eventually, fresh_order_no
 from tests.test_conformance import CREDENTIALS
@@ -57,7 +57,8 @@ def products_of(carrier: str) -> list[dict]:
 def segments(tmp_path_factory: pytest.TempPathFactory, backend: Backend) -> Iterator[Service]:
     """A service whose suppliers cannot look numbers up: the segment table answers."""
     workdir = tmp_path_factory.mktemp(f"carriers-{backend.name}")
-    service = InProcessService(workdir, config(), backend=backend).start()
+    service = InProcessService(workdir, config(), env=SHARED_SERVICE_ENV, backend=backend)
+    service.start()
     yield service
     service.stop()
     service.drop_database()
@@ -300,7 +301,7 @@ def test_a_repeat_of_an_order_accepted_before_the_switch_gets_the_original(
     segments.cli("app", "set", switched.app_id, "--carrier-mismatch", "refuse")
 
     def refusing() -> bool:
-        # Running services see the change once their app cache (5 s) has run out.
+        # Running services see the change once their app cache (1 s here) has run out.
         reply = order(switched, "18912345678", "中国移动")
         return reply.get("errorCode") == "CARRIER_MISMATCH"
 

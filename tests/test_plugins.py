@@ -404,7 +404,8 @@ def test_generated_secrets_are_long_and_distinct(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("variable", "value"), [("TOPUP_PORT", "abc"), ("TOPUP_REQUEST_TIMEOUT", "-1")]
+    ("variable", "value"),
+    [("TOPUP_PORT", "abc"), ("TOPUP_REQUEST_TIMEOUT", "-1"), ("TOPUP_APP_CACHE_SECONDS", "soon")],
 )
 def test_a_malformed_environment_variable_is_named_without_a_traceback(
     tmp_path: Path, variable: str, value: str

@@ -132,7 +132,8 @@ def test_keys_rotate_reseals_everything_and_running_services_follow(
     in_process_services, tmp_path: Path
 ) -> None:
     key_file = tmp_path / "master.key"
-    service = in_process_services(sandbox_config(), env={MASTER_KEY_FILE_ENV: str(key_file)})
+    env = {MASTER_KEY_FILE_ENV: str(key_file), "TOPUP_APP_CACHE_SECONDS": "1"}
+    service = in_process_services(sandbox_config(), env=env)
     partner = new_partner(service)
     old_key = key_file.read_text().strip()
 
@@ -203,15 +204,15 @@ def test_rotate_secret_keeps_the_old_one_for_the_grace_period(service: Service) 
     partner = new_partner(service)
     old_secret = partner.secret
     old_token = partner.token()
-    rotated = service.cli("app", "rotate-secret", partner.app_id, "--grace", "12")
+    rotated = service.cli("app", "rotate-secret", partner.app_id, "--grace", "6")
     new_secret = rotated.stdout.strip()
     assert len(new_secret) >= 64 and new_secret != old_secret  # 32 random bytes, hex
     assert old_secret not in rotated.stdout + rotated.stderr
     assert "still signs until" in service.cli("app", "show", partner.app_id).stdout
 
     # During the grace period both secrets sign, and the old secret's token still works.
-    # (The service caches apps for up to 5 s; wait until it sees the new secret. Each look
-    # before then is a wrong signature: at 0.5 s apart they stay well under the 20 a
+    # (The service caches apps for a second here; wait until it sees the new secret. Each
+    # look before then is a wrong signature: at 0.5 s apart they stay well under the 20 a
     # minute that lock the app's wrong signatures.)
     eventually(
         lambda: fresh_token(partner, new_secret)["code"] == "0",
