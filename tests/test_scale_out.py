@@ -105,11 +105,18 @@ def fire(partner: Partner, instances: list[ServiceProcess]) -> dict[str, str]:
     lock = threading.Lock()
     victim = instances[2]
     sent = itertools.count()
+    # A client per sending thread, as a partner's would be: building one costs more CPU
+    # than the order it sends (its TLS context), and the test shares the cores.
+    clients = threading.local()
+    opened: list[httpx.Client] = []
 
     def send(cstm: str, phone: str, instance: ServiceProcess) -> None:
         params = partner.signed(partner.order_params(cstm, phone=phone, access_token=token))
+        if not hasattr(clients, "http"):
+            clients.http = httpx.Client(timeout=30)
+            opened.append(clients.http)
         try:
-            reply = httpx.post(f"{instance.url}/sign/api/order", data=params, timeout=30).json()
+            reply = clients.http.post(f"{instance.url}/sign/api/order", data=params).json()
         except (httpx.TransportError, ValueError):
             return  # the killed instance; the partner would retry elsewhere
         with lock:
@@ -129,6 +136,8 @@ def fire(partner: Partner, instances: list[ServiceProcess]) -> dict[str, str]:
     random.shuffle(jobs)
     with ThreadPoolExecutor(max_workers=24) as pool:
         list(pool.map(lambda job: send(*job), jobs))
+    for client in opened:
+        client.close()
     assert not refused, refused[:3]
     duplicates = {cstm: numbers for cstm, numbers in acknowledged.items() if len(numbers) > 1}
     assert not duplicates, f"one cstmOrderNo, several orders: {list(duplicates.items())[:3]}"
