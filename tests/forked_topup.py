@@ -49,6 +49,9 @@ WARM_MODULES = (
     "uvicorn.loops.uvloop",
 )
 LATE_MODULES = ("prometheus_client",)
+# The warm interpreter's ends of its pipes to the test process: no forked process keeps
+# them (a service outliving the warm interpreter would hide its end from the tests).
+_PIPES: list[int] = []
 
 
 class ForkedTopup:
@@ -150,7 +153,7 @@ class ForkedProcess:
         return self._wait(0)
 
     def wait(self, timeout: float | None = None) -> int | None:
-        if self._wait(timeout) is None and self.returncode is None:
+        if self._wait(timeout) is None:
             raise subprocess.TimeoutExpired(f"topup (pid {self.pid})", timeout or 0)
         return self.returncode
 
@@ -222,6 +225,7 @@ def warm_interpreter() -> None:
     """The warm interpreter: import, then fork one process per request read on stdin."""
     requests = os.fdopen(os.dup(0), "rb")
     replies = os.fdopen(os.dup(1), "wb")
+    _PIPES.extend((requests.fileno(), replies.fileno()))
     # Nothing but a forked command may read or write the standard streams.
     os.dup2(os.open(os.devnull, os.O_RDWR), 0)
     os.dup2(2, 1)
@@ -309,6 +313,8 @@ def _child(request: dict[str, Any], stdin: IO[bytes], out: IO[bytes], err: IO[by
 def _become(request: dict[str, Any]) -> None:
     """The forked process as a fresh one in the request's environment and directory, on
     standard streams already in place as file descriptors 0-2."""
+    for fd in _PIPES:
+        os.close(fd)
     sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the process's own stdin
     sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
