@@ -12,6 +12,7 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///var/topup.db"
 REQUEST_TIMEOUT_ENV = "TOPUP_REQUEST_TIMEOUT"
 DEFAULT_REQUEST_TIMEOUT = 10.0
 APP_CACHE_ENV = "TOPUP_APP_CACHE_SECONDS"
+IDLE_MINUTES_ENV = "TOPUP_CONSOLE_IDLE_MINUTES"
 DEFAULT_APP_CACHE_SECONDS = 5.0
 
 
@@ -40,9 +41,13 @@ class Settings(msgspec.Struct, frozen=True):
             host=env.get("TOPUP_HOST") or "127.0.0.1",
             port=_port(env.get("TOPUP_PORT") or "8000"),
             request_timeout=read_request_timeout(env),
-            console_idle_minutes=_minutes(env.get("TOPUP_CONSOLE_IDLE_MINUTES") or "30"),
+            console_idle_minutes=_number(
+                env, IDLE_MINUTES_ENV, 30.0, "minutes", zero_allowed=False
+            ),
             console_secure_cookie=env.get("TOPUP_CONSOLE_SECURE_COOKIE", "") in ("1", "true"),
-            app_cache_seconds=_app_cache_seconds(env.get(APP_CACHE_ENV) or ""),
+            app_cache_seconds=_number(
+                env, APP_CACHE_ENV, DEFAULT_APP_CACHE_SECONDS, "seconds", zero_allowed=True
+            ),
         )
 
 
@@ -52,38 +57,25 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def _minutes(text: str) -> float:
-    try:
-        minutes = float(text)
-    except ValueError:
-        minutes = math.nan
-    if not (0 < minutes < math.inf):
-        raise ValueError(f"TOPUP_CONSOLE_IDLE_MINUTES={text!r}: expected minutes above 0")
-    return minutes
-
-
-def _app_cache_seconds(text: str) -> float:
-    """Seconds, 0 or more (0: every request reads its app from the database)."""
+def _number(
+    env: Mapping[str, str], name: str, default: float, unit: str, zero_allowed: bool
+) -> float:
+    """A number of ``unit`` from ``env[name]`` (``default`` when unset or empty): finite,
+    above zero or, where ``zero_allowed``, zero or above; else a ValueError naming the
+    variable."""
+    text = env.get(name) or ""
     if not text:
-        return DEFAULT_APP_CACHE_SECONDS
+        return default
     try:
-        seconds = float(text)
+        number = float(text)
     except ValueError:
-        seconds = math.nan
-    if not (0 <= seconds < math.inf):
-        raise ValueError(f"{APP_CACHE_ENV}={text!r}: expected a number of seconds, 0 or more")
-    return seconds
+        number = math.nan
+    if not (number > 0 or (zero_allowed and number == 0)) or number == math.inf:
+        lowest = "0 or more" if zero_allowed else "above 0"
+        raise ValueError(f"{name}={text!r}: expected a number of {unit}, {lowest}")
+    return number
 
 
 def read_request_timeout(env: Mapping[str, str]) -> float:
     """TOPUP_REQUEST_TIMEOUT: seconds, a number above zero (default 10)."""
-    text = env.get(REQUEST_TIMEOUT_ENV) or ""
-    if not text:
-        return DEFAULT_REQUEST_TIMEOUT
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not (0 < seconds < math.inf):
-        raise ValueError(f"{REQUEST_TIMEOUT_ENV}={text!r}: expected a number of seconds above 0")
-    return seconds
+    return _number(env, REQUEST_TIMEOUT_ENV, DEFAULT_REQUEST_TIMEOUT, "seconds", zero_allowed=False)
