@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 TOPUP = str(Path(sys.executable).with_name("topup"))
 
 T = TypeVar("T")
+# What the background process logs once it works (service/wiring.py), when it runs apart.
+BACKGROUND_STARTED = "topup background started"
 
 
 def eventually(
@@ -376,9 +378,19 @@ class ServiceProcess(Service):
         if not self._migrated:
             self.backend.migrate(self.env)
             self._migrated = True
+        background_starts = self.log().count(BACKGROUND_STARTED)
         self.proc = self._forked() or self._started()
         self._wait_ready()
+        if self._background_apart():
+            # Started means all of it: a test acting before the background process has
+            # read the configuration would race it (it takes a fresh interpreter's start).
+            self.wait_for_log(BACKGROUND_STARTED, count=background_starts + 1, timeout=30)
         return self
+
+    def _background_apart(self) -> bool:
+        """Whether ``topup serve`` runs the background worker as a process of its own."""
+        sqlite = self.database_url.startswith("sqlite")
+        return not sqlite and "--no-background" not in self.serve_args
 
     def _forked(self) -> ForkedProcess | None:
         """This environment's ``topup serve``, forked from the tests' warm interpreter."""
