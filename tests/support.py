@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import inspect
 import os
 import re
@@ -380,12 +381,25 @@ class ServiceProcess(Service):
             self._migrated = True
         background_starts = self.log().count(BACKGROUND_STARTED)
         self.proc = self._forked() or self._started()
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self._end_failed_start()
+            raise
         if self._background_apart():
             # Started means all of it: a test acting before the background process has
             # read the configuration would race it (it takes a fresh interpreter's start).
             self.wait_for_log(BACKGROUND_STARTED, count=background_starts + 1, timeout=30)
         return self
+
+    def _end_failed_start(self) -> None:
+        """Kill what a start that never became ready left running (its background process
+        may outlive it), so that it does not eat the cores of the rest of the suite; its
+        exit code stays readable."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
 
     def _background_apart(self) -> bool:
         """Whether ``topup serve`` runs the background worker as a process of its own."""
