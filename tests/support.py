@@ -383,13 +383,13 @@ class ServiceProcess(Service):
         self.proc = self._forked() or self._started()
         try:
             self._wait_ready()
+            if self._background_apart():
+                # Started means all of it: a test acting before the background process
+                # has read the configuration would race it (a fresh interpreter's start).
+                self.wait_for_log(BACKGROUND_STARTED, count=background_starts + 1, timeout=30)
         except BaseException:
             self._end_failed_start()
             raise
-        if self._background_apart():
-            # Started means all of it: a test acting before the background process has
-            # read the configuration would race it (it takes a fresh interpreter's start).
-            self.wait_for_log(BACKGROUND_STARTED, count=background_starts + 1, timeout=30)
         return self
 
     def _end_failed_start(self) -> None:
