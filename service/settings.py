@@ -70,7 +70,8 @@ def _number(
         number = float(text)
     except ValueError:
         number = math.nan
-    if not (number > 0 or (zero_allowed and number == 0)) or number == math.inf:
+    lowest_ok = number >= 0 if zero_allowed else number > 0  # False for nan
+    if not (lowest_ok and number < math.inf):
         lowest = "0 or more" if zero_allowed else "above 0"
         raise ValueError(f"{name}={text!r}: expected a number of {unit}, {lowest}")
     return number
