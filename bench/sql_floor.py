@@ -15,16 +15,25 @@ capture inserted, the account updated, the app's notify URL read, the outbox row
 inserted). The table holds ``EXISTING`` finished orders first, so that the indexes are
 of a realistic depth.
 
-    .venv/bin/python bench/sql_floor.py
+    .venv/bin/python bench/sql_floor.py                          # CPU time, ~30 s
+    .venv/bin/python bench/sql_floor.py --measure instructions   # valgrind, ~2 minutes
+
+CPU time moves with the machine's load (on one host, two runs minutes apart differed by
+a third); instructions do not, and compare with ``bench/lifecycle_cost.py --measure
+instructions``. Per order is then the difference between runs of two sizes, as there.
+Internally, ``--drive DATABASE N`` is one measured run (what valgrind executes).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import shutil
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,13 +41,15 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import create_engine  # noqa: E402
 
+from bench.lifecycle_cost import BOUNDARY, boundary, instructions  # noqa: E402
 from core.db import _PRAGMAS, metadata  # noqa: E402
 from core.orders import ORDER_TABLE_COLUMNS  # noqa: E402
 
 EXISTING = 200_000
-ORDERS = 20_000  # per path and repeat
+# Orders per run: (short, long) per measure; per order is their difference's share.
+SIZES = {"cpu": (2_000, 20_000), "instructions": (1_000, 5_000)}
+REPEATS = {"cpu": 3, "instructions": 1}
 BATCH = 64  # the dispatcher's claim_batch; acceptance's groups are of the same order
-REPEATS = 3
 APP = "bench-app"
 NOTIFY_URL = "http://127.0.0.1:9/notify"
 OPEN = ("accepted", "submitting", "pending", "unknown", "retrying")
@@ -86,14 +97,20 @@ INSERT_ORDER = (
 )
 
 
-def new_database(directory: Path) -> sqlite3.Connection:
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    for pragma in _PRAGMAS:
+        conn.execute(f"PRAGMA {pragma}")
+    return conn
+
+
+def new_database(directory: Path) -> Path:
+    """The schema, the app, its account and ``EXISTING`` finished orders."""
     path = directory / "floor.db"
     engine = create_engine(f"sqlite:///{path}")
     metadata.create_all(engine)
     engine.dispose()
-    conn = sqlite3.connect(path, isolation_level=None)
-    for pragma in _PRAGMAS:
-        conn.execute(f"PRAGMA {pragma}")
+    conn = connect(path)
     conn.execute(
         "INSERT INTO apps (app_id, company, secret, sign_type, notify_url, created_at) "
         "VALUES (?, 'bench company', 'sealed', 'MD5', ?, 0)",
@@ -106,7 +123,8 @@ def new_database(directory: Path) -> sqlite3.Connection:
     conn.execute("BEGIN")
     conn.executemany(INSERT_ORDER, finished)
     conn.execute("COMMIT")
-    return conn
+    conn.close()
+    return path
 
 
 def accept(conn: sqlite3.Connection, rows: list[tuple]) -> None:
@@ -166,7 +184,9 @@ def apply_results(conn: sqlite3.Connection, numbers: list[str]) -> None:
         f"SELECT {', '.join(ORDER_TABLE_COLUMNS)} FROM orders WHERE order_no IN ({listed})",
         numbers,
     ).fetchall()
-    conn.execute(f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE order_no IN ({listed})", numbers)
+    conn.execute(
+        f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE order_no IN ({listed})", numbers
+    ).fetchall()
     conn.executemany(
         "UPDATE orders SET state = ?, updated_at = ?, finished_at = ?, lease_owner = NULL, "
         "lease_until = NULL, next_run_at = NULL WHERE order_no = ?",
@@ -204,16 +224,16 @@ def apply_results(conn: sqlite3.Connection, numbers: list[str]) -> None:
     conn.execute("COMMIT")
 
 
-def one_repeat(directory: Path) -> tuple[float, float]:
-    """CPU µs per order of the accept path's statements, then of the dispatcher's."""
-    conn = new_database(directory)
+def measured_run(path: Path, count: int) -> dict[str, float]:
+    """Accept ``count`` orders, then dispatch them; each segment's CPU seconds."""
+    conn = connect(path)
     try:
-        rows = [order_row("T", n, "accepted", n) for n in range(ORDERS)]
-        started = time.process_time()
+        rows = [order_row("T", n, "accepted", n) for n in range(count)]
+        started = boundary()
         accept(conn, rows)
-        accepted = time.process_time()
-        dispatch(conn, ORDERS)
-        dispatched = time.process_time()
+        accepted = boundary()
+        dispatch(conn, count)
+        dispatched = boundary()
         left = conn.execute(
             f"SELECT count(*) FROM orders WHERE state IN ({placeholders(len(OPEN))})", OPEN
         ).fetchone()[0]
@@ -221,21 +241,68 @@ def one_repeat(directory: Path) -> tuple[float, float]:
             raise SystemExit(f"{left} orders left open: the dispatcher's statements missed them")
     finally:
         conn.close()
-    per_order = 1e6 / ORDERS
-    return (accepted - started) * per_order, (dispatched - accepted) * per_order
+    return {"accept": accepted - started, "dispatch": dispatched - accepted}
+
+
+def one_run(template: Path, count: int, measure: str) -> tuple[float, float]:
+    """Both segments of one run on a copy of ``template``: CPU seconds or instructions."""
+    with tempfile.TemporaryDirectory(prefix="topup-sql-floor-") as tmp:
+        path = Path(tmp) / "floor.db"
+        shutil.copy(template, path)
+        if measure == "cpu":
+            segments = measured_run(path, count)
+            return segments["accept"], segments["dispatch"]
+        out = Path(tmp) / "callgrind.out"
+        subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                f"--dump-before={BOUNDARY}",
+                sys.executable,
+                __file__,
+                "--drive",
+                str(path),
+                str(count),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        # Dumps: .1 start-up, .2 accept, .3 dispatch (callgrind numbers them).
+        accept_count, dispatch_count = (instructions(Path(f"{out}.{n}")) for n in (2, 3))
+        return accept_count, dispatch_count
+
+
+def measure_floor(measure: str) -> list[tuple[float, float]]:
+    """(accept, dispatch) per order, each repeat: µs of CPU or instructions."""
+    short, long = SIZES[measure]
+    scale = 1e6 if measure == "cpu" else 1.0
+    repeats = []
+    with tempfile.TemporaryDirectory(prefix="topup-sql-floor-") as tmp:
+        template = new_database(Path(tmp))
+        for _ in range(REPEATS[measure]):
+            a, b = one_run(template, short, measure), one_run(template, long, measure)
+            repeats.append(
+                ((b[0] - a[0]) / (long - short) * scale, (b[1] - a[1]) / (long - short) * scale)
+            )
+    return repeats
 
 
 def main() -> None:
-    runs = []
-    for _ in range(REPEATS):
-        with tempfile.TemporaryDirectory(prefix="topup-sql-floor-") as tmp:
-            runs.append(one_repeat(Path(tmp)))
-    accept_us = statistics.median(run[0] for run in runs)
-    dispatch_us = statistics.median(run[1] for run in runs)
-    print(f"accept path's statements:     {accept_us:.0f} µs CPU per order")
-    print(f"dispatcher path's statements: {dispatch_us:.0f} µs CPU per order")
-    for accept_run, dispatch_run in runs:
-        print(f"  one repeat: accept {accept_run:.0f}, dispatch {dispatch_run:.0f}")
+    if sys.argv[1:2] == ["--drive"]:
+        print(json.dumps(measured_run(Path(sys.argv[2]), int(sys.argv[3]))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--measure", choices=("cpu", "instructions"), default="cpu")
+    measure = parser.parse_args().measure
+    repeats = measure_floor(measure)
+    unit = "µs CPU" if measure == "cpu" else "instructions"
+    accept_cost = statistics.median(run[0] for run in repeats)
+    dispatch_cost = statistics.median(run[1] for run in repeats)
+    print(f"accept path's statements:     {accept_cost:,.0f} {unit} per order")
+    print(f"dispatcher path's statements: {dispatch_cost:,.0f} {unit} per order")
+    for accept_run, dispatch_run in repeats if len(repeats) > 1 else ():
+        print(f"  one repeat: accept {accept_run:,.0f}, dispatch {dispatch_run:,.0f}")
 
 
 if __name__ == "__main__":
