@@ -86,8 +86,19 @@ def test_metrics_count_real_orders_by_carrier_plugin_route_and_supplier_call(ser
     def orders(samples: Samples, state: str) -> float:
         return total(samples, "topup_orders_total", state=state, carrier=CARRIER, plugin="sandbox")
 
+    latency = "topup_supplier_call_duration_seconds"
+
+    def submits_timed(samples: Samples) -> float:
+        return total(samples, f"{latency}_count", plugin="sandbox", call="submit")
+
+    # With several processes a scrape reads the counters' file and the histograms' one after
+    # the other (prometheus_client's multiprocess mode): a flush of the background process
+    # may land between the two, so the wait covers both.
     samples = scrape_until(
-        service.url, lambda s: orders(s, "succeeded") == 2 and orders(s, "failed") == 1
+        service.url,
+        lambda s: (
+            orders(s, "succeeded") == 2 and orders(s, "failed") == 1 and submits_timed(s) == 3
+        ),
     )
     assert orders(samples, "accepted") == 3
     assert orders(samples, "succeeded") == 2
@@ -99,8 +110,7 @@ def test_metrics_count_real_orders_by_carrier_plugin_route_and_supplier_call(ser
     assert total(samples, calls, call="submit", outcome="failed", code="SANDBOX_DECLINED") == 1
     assert total(samples, calls, call="submit", outcome="unknown", code="TIMEOUT") == 1
     assert total(samples, calls, plugin="sandbox", call="query", outcome="succeeded") >= 1
-    latency = "topup_supplier_call_duration_seconds"
-    assert total(samples, f"{latency}_count", plugin="sandbox", call="submit") == 3
+    assert submits_timed(samples) == 3
     # The "7" submit hangs for timeout_after = 0.3 s before it gives up: the histogram
     # holds real call times (the event loop's timers may fire a hair early).
     assert total(samples, f"{latency}_sum", call="submit", outcome="unknown") >= 0.25
