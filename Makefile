@@ -11,10 +11,8 @@ run: $(INSTALLED)
 
 # Every storage and API test runs on SQLite and on the PostgreSQL at 127.0.0.1:5432
 # (TOPUP_TEST_POSTGRES); without one those runs are skipped, each with the reason.
-# --dist worksteal: a worker left idle takes queued tests from the others, so the long
-# tests (a minute each on a slow host) do not leave one worker running alone at the end.
 test: $(INSTALLED) browser
-	$(BIN)/pytest -n 3 --dist worksteal $(PYTEST_ARGS)
+	$(BIN)/pytest -n 3 $(PYTEST_ARGS)
 
 install: $(INSTALLED)
 
