@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta, timezone
+from functools import lru_cache
 
 BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
 _BEIJING_OFFSET_S = 8 * 3600
@@ -52,6 +53,17 @@ def beijing_time(ms: int | None) -> str:
     """``yyyy-MM-dd HH:mm:ss`` in Beijing time, the format Chinese partners expect."""
     if ms is None:
         return ""
-    # BEIJING's fixed offset applied by hand: a third of the cost of an aware datetime,
-    # and a status query formats three of these.
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms // 1000 + _BEIJING_OFFSET_S))
+    # A status query formats three of these: the date once a day, the time of day from
+    # two tables, at a third of strftime's cost (an aware datetime costs three times that).
+    day, second = divmod(ms // 1000 + _BEIJING_OFFSET_S, 86400)
+    return _date_of(day) + _HOURS_MINUTES[second // 60] + _SECONDS[second % 60]
+
+
+_HOURS_MINUTES = tuple(f"{h:02d}:{m:02d}:" for h in range(24) for m in range(60))
+_SECONDS = tuple(f"{s:02d}" for s in range(60))
+
+
+@lru_cache(maxsize=1024)
+def _date_of(day: int) -> str:
+    """``yyyy-MM-dd `` of ``day`` days after 1970-01-01, in the already-shifted zone."""
+    return time.strftime("%Y-%m-%d ", time.gmtime(day * 86400))

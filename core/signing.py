@@ -27,11 +27,9 @@ class SignType(StrEnum):
 def string_to_sign(params: Mapping[str, str]) -> str:
     # Python orders str by code point, and UTF-8 preserves code point order, so this
     # is the byte order of the UTF-8 names that the contract specifies.
-    return "&".join(f"{name}={params[name]}" for name in sorted(params) if _signed(name, params))
-
-
-def _signed(name: str, params: Mapping[str, str]) -> bool:
-    return name != "sign" and params[name] != ""
+    # Names are unique, so sorting the pairs sorts by name alone.
+    pairs = sorted(params.items())
+    return "&".join([f"{name}={value}" for name, value in pairs if value != "" and name != "sign"])
 
 
 def compute_sign(params: Mapping[str, str], secret: str, sign_type: SignType) -> str:

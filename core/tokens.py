@@ -56,26 +56,31 @@ class TokenIssuer:
 
     def check(self, token: str, app_id: str, app_secrets: Sequence[str], now: float) -> None:
         """Raise TopupError unless ``token`` is a live token of this app, made for one of
-        the secrets that sign for it now."""
+        the secrets that sign for it now. A token verified before for the same app and
+        secrets is not parsed or MACed again: only its expiry is read."""
+        verified = (token, app_id, tuple(app_secrets))
+        if verified not in self._verified:
+            self._verify(token, app_id, app_secrets)
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                self._verified.clear()
+            self._verified.add(verified)
+        expires = int(token.partition(".")[0])  # well-formed: verified above or before
+        if expires <= now:
+            raise TopupError(ErrorCode.EXPIRED_TOKEN, "access_token 已过期, 请重新获取")
+        if expires > now + self.lifetime_seconds + CLOCK_SKEW_SECONDS:
+            raise TopupError(ErrorCode.INVALID_TOKEN, "access_token 的有效期超出上限, 无效")
+
+    def _verify(self, token: str, app_id: str, app_secrets: Sequence[str]) -> None:
         expires_text, _, rest = token.partition(".")
         nonce, _, mac = rest.partition(".")
         if not (_EXPIRY.fullmatch(expires_text) and _NONCE.fullmatch(nonce) and mac):
             raise TopupError(ErrorCode.INVALID_TOKEN, "access_token 格式无效")
         expires = int(expires_text)
-        verified = (token, app_id, tuple(app_secrets))
-        if verified not in self._verified:
-            if not any(
-                hmac.compare_digest(mac.encode(), self._mac(app_id, s, expires, nonce).encode())
-                for s in app_secrets
-            ):
-                raise TopupError(ErrorCode.INVALID_TOKEN, "access_token 无效或不属于该 appID")
-            if len(self._verified) >= VERIFIED_CACHE_SIZE:
-                self._verified.clear()
-            self._verified.add(verified)
-        if expires <= now:
-            raise TopupError(ErrorCode.EXPIRED_TOKEN, "access_token 已过期, 请重新获取")
-        if expires > now + self.lifetime_seconds + CLOCK_SKEW_SECONDS:
-            raise TopupError(ErrorCode.INVALID_TOKEN, "access_token 的有效期超出上限, 无效")
+        if not any(
+            hmac.compare_digest(mac.encode(), self._mac(app_id, s, expires, nonce).encode())
+            for s in app_secrets
+        ):
+            raise TopupError(ErrorCode.INVALID_TOKEN, "access_token 无效或不属于该 appID")
 
     def _mac(self, app_id: str, app_secret: str, expires: int, nonce: str) -> str:
         fingerprint = hashlib.sha256(app_secret.encode()).hexdigest()[:16]

@@ -87,7 +87,9 @@ def _urlencoded_pairs(raw: bytes) -> list[tuple[str, str]]:
         if not part:
             continue
         name, _, value = part.partition("=")
-        pairs.append((_unquote_plus(name), _unquote_plus(value)))
+        if "%" in part or "+" in part:
+            name, value = _unquote_plus(name), _unquote_plus(value)
+        pairs.append((name, value))
     return pairs
 
 
