@@ -60,10 +60,10 @@ def accept(
         reset_postgres()
         bench.topup("db", "upgrade", env=bench.topup_env(database_url, 8000))
     with bench.service(database_url) as (server, secret):
-        bodies = bench.write_lines(bench.order_bodies(server.url, secret, int(seconds * 6000)))
+        bodies = bench.order_bodies(server.url, secret, int(seconds * bench.DISTINCT_PER_SECOND))
         pids = server.pids()
         before = bench.cpu_seconds(pids)
-        _rate, ok = bench.wrk(server.url, seconds, bodies)
+        ok = bench.closed_loop(server.url, seconds, bodies).ok
         used = bench.cpu_seconds(pids) - before
         if metrics_on:  # the metrics were really on, and counted every order
             scraped = httpx.get(f"{server.url}/metrics", timeout=10).text
