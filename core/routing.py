@@ -21,21 +21,23 @@ from core.config import Catalog, Config, RouteEntry
 class Router:
     def __init__(self, config: Config) -> None:
         self._routes = {name: s.entries for name, s in config.carriers.items()}
+        # A route with one weighted plugin (or none) needs no draw, so every order tries
+        # its plugins in the same order: worked out once, not per order.
+        self._fixed = {
+            name: _preference(entries, order_no="")
+            for name, entries in self._routes.items()
+            if sum(1 for e in entries if e.weight > 0) <= 1
+        }
 
     def route(self, supplier: str) -> list[str]:
         return [entry.plugin for entry in self._routes.get(supplier, [])]
 
     def preference(self, supplier: str, order_no: str) -> list[str]:
-        """The plugins in the order this particular order tries them."""
-        entries = self._routes.get(supplier, [])
-        weighted = [e for e in entries if e.weight > 0]
-        # One weighted plugin (or none) needs no draw: seeding a generator per order costs
-        # more than the rest of the choice.
-        if len(weighted) <= 1:
-            first = [e.plugin for e in weighted]
-        else:
-            first = _weighted_order(weighted, random.Random(order_no))
-        return first + [e.plugin for e in entries if e.plugin not in first]
+        """The plugins in the order this particular order tries them (do not change it)."""
+        fixed = self._fixed.get(supplier)
+        if fixed is not None:
+            return fixed
+        return _preference(self._routes.get(supplier, []), order_no)
 
     def next_plugin(
         self,
@@ -48,6 +50,17 @@ class Router:
             if plugin not in tried and available(plugin):
                 return plugin
         return None
+
+
+def _preference(entries: list[RouteEntry], order_no: str) -> list[str]:
+    weighted = [e for e in entries if e.weight > 0]
+    # One weighted plugin (or none) needs no draw: seeding a generator per order costs
+    # more than the rest of the choice.
+    if len(weighted) <= 1:
+        first = [e.plugin for e in weighted]
+    else:
+        first = _weighted_order(weighted, random.Random(order_no))
+    return first + [e.plugin for e in entries if e.plugin not in first]
 
 
 def _weighted_order(entries: list[RouteEntry], rng: random.Random) -> list[str]:
