@@ -29,6 +29,7 @@ from sqlalchemy import Connection
 
 from core import circuits, metrics
 from core.clock import now_ms
+from core.deadlines import SharedDeadlines
 from core.lifecycle import Applied, Lifecycle, Query, Send, Step, Unroutable
 from core.lifecycle.results import UNANSWERED
 from core.order_store import OrderStore
@@ -83,6 +84,7 @@ class Dispatcher:
         # Per plugin: until when (event-loop time) a failing parse_callback logs one line.
         self._quiet_until: dict[str, float] = {}
         self._circuits_published = 0.0
+        self._deadlines = SharedDeadlines()
 
     def wake(self) -> None:
         """Look for due work now rather than at the next scan."""
@@ -399,8 +401,7 @@ class Dispatcher:
     ) -> SupplierResult:
         timeout = self._runtime().config.dispatch.call_timeout
         try:
-            async with asyncio.timeout(timeout):
-                result = await method(upstream)
+            result = await self._deadlines.within(timeout, method(upstream))
         except TimeoutError:
             log.warning(
                 "%s %s of %s: no answer within %ss",

@@ -4,7 +4,9 @@ sleeping. Crashes, kill -9 and scale-out stay with the subprocess tests."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import ClassVar
 
@@ -55,6 +57,7 @@ class Script:
         self.answers: dict[tuple[str, str], list[SupplierResult]] = {}
         self.calls: list[tuple[str, str, str]] = []  # (plugin, call, reference)
         self.during_query = None  # an async callable run inside the next query
+        self.hang: set[str] = set()  # references whose submit never answers
 
     def will(self, plugin: str, call: str, *results: SupplierResult) -> None:
         self.answers.setdefault((plugin, call), []).extend(results)
@@ -68,6 +71,9 @@ class Scripted(topup.Supplier):
     authoritative_callbacks = True
 
     async def submit(self, order: UpstreamOrder) -> SupplierResult:
+        if order.reference in self.script.hang:
+            self.script.calls.append((self.name, "submit", order.reference))
+            await asyncio.Event().wait()
         return self._answer("submit", order)
 
     async def query(self, order: UpstreamOrder) -> SupplierResult:
@@ -178,6 +184,30 @@ async def test_an_unknown_submit_is_queried_never_sent_again(desk: Desk) -> None
     assert desk.script.asked("first", "submit") == [f"{order_no}A1"]
     assert desk.script.asked("second", "submit") == []
     assert (await desk.ledger.account("app")).captured == 995
+
+
+async def test_submits_that_never_answer_are_unknown_after_their_full_call_timeout(
+    desk: Desk,
+) -> None:
+    """Calls begun together share one timer (core/deadlines.py): each still gets its
+    whole call_timeout (1 s here), the one that answers is not held up, and the ones cut
+    off are queried afterwards, never sent again."""
+    hanging = [await desk.order() for _ in range(3)]
+    answering = await desk.order()
+    desk.script.hang.update(f"{order_no}A1" for order_no in hanging)
+    started = time.monotonic()
+    assert await desk.round() == 4
+    assert time.monotonic() - started >= 1.0
+    assert (await desk.get(answering)).state is State.SUCCEEDED
+    for order_no in hanging:
+        assert (await desk.get(order_no)).state is State.UNKNOWN
+        [attempt] = await desk.store.attempts_of(order_no)
+        assert (attempt.state, attempt.code) == (State.UNKNOWN, "TIMEOUT")
+    assert await desk.round(1.1) == 3  # the first query delay is 1 s
+    for order_no in hanging:
+        assert (await desk.get(order_no)).state is State.SUCCEEDED
+        assert desk.script.asked("first", "submit").count(f"{order_no}A1") == 1
+    assert desk.script.asked("second", "submit") == []
 
 
 async def test_a_definitive_refusal_fails_over_through_the_same_claim(desk: Desk) -> None:
