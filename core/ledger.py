@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import uuid
+from operator import attrgetter
 
 import msgspec
 from sqlalchemy import Connection, case, func, select, update
@@ -24,7 +25,7 @@ from core.db import Database, accounts, insert_ignoring_conflicts, ledger
 from core.errors import ErrorCode, TopupError
 from core.fastsql import add_to_columns, fetch_in, insert_rows
 from core.money import fen_to_yuan
-from core.writer import Tx
+from core.writer import Batch, Phase, Tx
 
 
 class Account(msgspec.Struct, frozen=True):
@@ -132,8 +133,14 @@ LOCK_ACCOUNTS = (
 def lock_accounts(tx: Tx, app_ids: set[str]) -> dict[str, int]:
     """The accounts pass: lock every account the transaction changes, once and in key
     order (see core/writer.py), apply the changes waiting in ``tx``, and return what each
-    of ``app_ids`` has available now."""
-    rows = fetch_in(tx.conn, LOCK_ACCOUNTS, accounts.c.app_id, app_ids | set(tx.account_changes))
+    of ``app_ids`` that exists has available now.
+
+    The first batch of the accounts phase to call this locks every account of the phase
+    (``tx.phase_accounts``); a later call finds its rows locked already and waits for
+    nobody, so the transaction's locks are taken in key order whichever batch runs first.
+    """
+    wanted = app_ids | tx.phase_accounts | set(tx.account_changes)
+    rows = fetch_in(tx.conn, LOCK_ACCOUNTS, accounts.c.app_id, wanted)
     changes, tx.account_changes = tx.account_changes, {}
     available = {}
     for app_id, credited, captured_sum, held_sum, credit_limit in rows:
@@ -153,6 +160,79 @@ def accounts_pass(tx: Tx) -> None:
     """The end of a transaction that changed accounts without accepting orders."""
     changes, tx.account_changes = tx.account_changes, {}
     apply_account_changes(tx.conn, changes)
+
+
+class Credit(msgspec.Struct, frozen=True):
+    app_id: str
+    amount: int
+    event_key: str  # unique in the ledger: a retried credit books once
+    reason: str
+    actor: str
+
+
+def credit_accounts(tx: Tx, items: list[Credit]) -> list[Account | Exception]:
+    """Credits, in the accounts pass (an account is locked only there: core/writer.py)."""
+    conn = tx.conn
+    present = lock_accounts(tx, {item.app_id for item in items})
+    answers: list[Account | Exception] = []
+    for item in items:
+        if item.app_id not in present:
+            answers.append(LookupError(f"no app {item.app_id!r}"))
+            continue
+        if book(
+            conn, item.app_id, "credit", item.amount, None, item.event_key, item.reason, item.actor
+        ):
+            conn.execute(
+                update(accounts)
+                .where(accounts.c.app_id == item.app_id)
+                .values(credited=accounts.c.credited + item.amount, updated_at=now_ms())
+            )
+            record(conn, item.actor, "app.credit", item.app_id, item.reason, amount_fen=item.amount)
+        answers.append(account_of(conn, item.app_id))
+    return answers
+
+
+CREDIT = Batch("credit", Phase.ACCOUNTS, credit_accounts, account=attrgetter("app_id"))
+
+
+class CreditLimit(msgspec.Struct, frozen=True):
+    app_id: str
+    limit: int
+    actor: str
+    reason: str
+
+
+def set_credit_limits(tx: Tx, items: list[CreditLimit]) -> list[bool]:
+    """Credit limits, in the accounts pass; False for an app that does not exist."""
+    conn = tx.conn
+    present = lock_accounts(tx, {item.app_id for item in items})
+    answers = []
+    for item in items:
+        before = account_of(conn, item.app_id) if item.app_id in present else None
+        if before is None:
+            answers.append(False)
+            continue
+        conn.execute(
+            update(accounts)
+            .where(accounts.c.app_id == item.app_id)
+            .values(credit_limit=item.limit, updated_at=now_ms())
+        )
+        record(
+            conn,
+            item.actor,
+            "app.credit_limit",
+            item.app_id,
+            item.reason,
+            before_fen=before.credit_limit,
+            after_fen=item.limit,
+        )
+        answers.append(True)
+    return answers
+
+
+CREDIT_LIMIT = Batch(
+    "credit limit", Phase.ACCOUNTS, set_credit_limits, account=attrgetter("app_id")
+)
 
 
 # A ledger entry's columns, in the order its rows are written (every INSERT into ledger).
@@ -219,48 +299,15 @@ class Ledger:
         if amount <= 0:
             raise ValueError("a credit must be a positive amount")
         key = f"credit:{event_id or uuid.uuid4().hex}"
-
-        def credit(conn: Connection) -> Account:
-            if account_of(conn, app_id) is None:
-                raise LookupError(f"no app {app_id!r}")
-            if book(conn, app_id, "credit", amount, None, key, reason, actor):
-                conn.execute(
-                    update(accounts)
-                    .where(accounts.c.app_id == app_id)
-                    .values(credited=accounts.c.credited + amount, updated_at=now_ms())
-                )
-                record(conn, actor, "app.credit", app_id, reason, amount_fen=amount)
-            return account_of(conn, app_id)
-
-        return await self.db.write(credit)
+        return await self.db.batched(CREDIT, Credit(app_id, amount, key, reason, actor))
 
     async def set_credit_limit(
         self, app_id: str, limit: int, *, actor: str, reason: str = ""
     ) -> bool:
+        """Set how far below zero the app's balance may go; False if there is no such app."""
         if limit < 0:
             raise ValueError("a credit limit cannot be negative")
-
-        def set_limit(conn: Connection) -> bool:
-            before = account_of(conn, app_id)
-            if before is None:
-                return False
-            conn.execute(
-                update(accounts)
-                .where(accounts.c.app_id == app_id)
-                .values(credit_limit=limit, updated_at=now_ms())
-            )
-            record(
-                conn,
-                actor,
-                "app.credit_limit",
-                app_id,
-                reason,
-                before_fen=before.credit_limit,
-                after_fen=limit,
-            )
-            return True
-
-        return await self.db.write(set_limit)
+        return await self.db.batched(CREDIT_LIMIT, CreditLimit(app_id, limit, actor, reason))
 
     async def entries(self, app_id: str, limit: int = 20) -> list[Entry]:
         def latest(conn: Connection) -> list[Entry]:

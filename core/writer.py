@@ -16,9 +16,12 @@ Lock order. On PostgreSQL two group transactions of two instances must never wai
 each other in a circle, so every transaction takes its row locks in one order: the
 order batches first (orders, then their attempts, each in key order), then the claims
 (``SKIP LOCKED``: they never wait), then single jobs, then the accounts pass (every
-account the transaction changes, locked once, in key order) with acceptance. Batches
-say which phase they belong to; account changes wait in the ``Tx`` until its last
-phase. A transaction PostgreSQL still aborts as a deadlock or serialization failure
+account the transaction changes, locked once, in key order) with the batches that
+change accounts themselves: acceptance, credits, credit limits. Batches say which phase
+they belong to, and those of the accounts phase which account each item changes, so
+that the first of them to lock accounts locks all of them at once; account changes of
+the earlier phases (settlements) wait in the ``Tx`` until then. A single job never
+touches an account. A transaction PostgreSQL still aborts as a deadlock or serialization failure
 is run again, whole, before any caller hears of it.
 """
 
@@ -65,24 +68,37 @@ class Phase(IntEnum):
 class Tx:
     """One group transaction, as the batches in it see it."""
 
-    __slots__ = ("account_changes", "conn")
+    __slots__ = ("account_changes", "conn", "phase_accounts")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         # app_id -> (held, captured) to add, in the accounts pass (core/ledger.py).
         self.account_changes: dict[str, list[int]] = {}
+        # Every account the accounts phase's batches change: locked together, once.
+        self.phase_accounts: set[str] = set()
 
 
 class Batch(Generic[Item, Answer]):
     """A set-wise write: ``function(tx, items)`` answers each item, in order; an answer
-    that is an exception is raised to that item's caller."""
+    that is an exception is raised to that item's caller.
+
+    A batch of the accounts phase names, with ``account``, the account (app_id) each of
+    its items changes: the phase locks them all in one pass, in key order.
+    """
 
     def __init__(
-        self, name: str, phase: Phase, function: Callable[[Tx, list[Item]], list[Answer]]
+        self,
+        name: str,
+        phase: Phase,
+        function: Callable[[Tx, list[Item]], list[Answer]],
+        account: Callable[[Item], str] | None = None,
     ) -> None:
+        if (phase is Phase.ACCOUNTS) != (account is not None):
+            raise ValueError(f"{name}: a batch names the accounts it changes iff it changes them")
         self.name = name
         self.phase = phase
         self.function = function
+        self.account = account
 
     def __repr__(self) -> str:
         return f"Batch({self.name})"
@@ -295,7 +311,11 @@ class GroupWriter:
             self._run_batch(tx, kind, indexes, batch, outcomes)
         for index in jobs:
             outcomes[index] = _isolated(conn, batch[index].item)
-        for kind, indexes in [pair for pair in ordered if pair[0].phase >= Phase.JOBS]:
+        later = [pair for pair in ordered if pair[0].phase >= Phase.JOBS]
+        tx.phase_accounts = {
+            kind.account(batch[i].item) for kind, indexes in later if kind.account for i in indexes
+        }
+        for kind, indexes in later:
             self._run_batch(tx, kind, indexes, batch, outcomes)
         if tx.account_changes:
             assert self.accounts_pass is not None, "account changes with no accounts pass"

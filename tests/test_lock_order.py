@@ -1,6 +1,7 @@
 """Two instances on one PostgreSQL, accepting and settling the same partners' orders at
-once: every transaction takes its locks in one order (orders, then accounts, each in key
-order: core/writer.py), so PostgreSQL never has to break a deadlock, and the books agree."""
+once while operators credit the partners and change their credit limits: every
+transaction takes its locks in one order (orders, then accounts, each in key order:
+core/writer.py), so PostgreSQL never has to break a deadlock, and the books agree."""
 
 from __future__ import annotations
 
@@ -46,8 +47,10 @@ async def test_accepting_and_settling_across_instances_never_deadlocks(
 
 
 async def _instance(db: Database, seed: int) -> None:
-    """Rounds of: orders for every app, accepted while results of earlier ones settle."""
+    """Rounds of: orders for every app, accepted while results of earlier ones settle and
+    operators credit apps and set their limits."""
     rng, lifecycle, numbers = random.Random(seed), Lifecycle(db), OrderNumbers(node=seed + 1)
+    ledger = Ledger(db)
     for round_no in range(ROUNDS):
         accepts = [
             lifecycle.accept(_order(numbers, rng.choice(APPS), f"{seed}-{round_no}-{i}"))
@@ -67,7 +70,11 @@ async def _instance(db: Database, seed: int) -> None:
             for step in steps
             if isinstance(step, Send)
         ]
-        work = [*accepts, *results]
+        operators = [
+            ledger.credit(rng.choice(APPS), rng.randint(1, 500), "top-up", "test"),
+            ledger.set_credit_limit(rng.choice(APPS), rng.randint(0, 1000), actor="test"),
+        ]
+        work = [*accepts, *results, *operators]
         rng.shuffle(work)
         await asyncio.gather(*work)
 

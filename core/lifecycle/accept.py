@@ -8,6 +8,7 @@ there, with every other account that transaction changes, in one pass.
 from __future__ import annotations
 
 from collections import defaultdict
+from operator import attrgetter
 
 import msgspec
 from sqlalchemy import Connection, bindparam, select
@@ -57,7 +58,7 @@ def accept_orders(tx: Tx, items: list[NewOrder]) -> list[Accepted | TopupError]:
     return [_answer(kind, value, created, existing) for kind, value in answers]
 
 
-ACCEPT = Batch("accept", Phase.ACCOUNTS, accept_orders)
+ACCEPT = Batch("accept", Phase.ACCOUNTS, accept_orders, account=attrgetter("app_id"))
 # Built once (core/fastsql.fetch_in): a statement built per transaction cost more than
 # running it, which a transaction of one order (light load) pays in full.
 APP_ORDERS = select(*(orders.c[name] for name in ORDER_TABLE_COLUMNS)).where(

@@ -63,7 +63,7 @@ ATTEMPT_COLUMNS = tuple(AttemptRow.__struct_fields__)
 # The orders table's columns in OrderRow's order, for reading rows positionally.
 ORDER_ROW_COLUMNS = tuple(orders.c[name] for name in ORDER_TABLE_COLUMNS)
 # Built once: fetch_in compiles each once per dialect and IN-list size.
-LOCK_ORDERS = select(*ORDER_ROW_COLUMNS).with_for_update()
+LOCK_ORDERS = select(*ORDER_ROW_COLUMNS).order_by(orders.c.order_no).with_for_update()
 ATTEMPTS = select(*(attempts.c[name] for name in ATTEMPT_COLUMNS))
 ATTEMPT_CHANGES = ("state", "supplier_ref", "code", "message", "queries", "refused", "resent")
 
