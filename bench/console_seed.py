@@ -94,7 +94,7 @@ ORDER_COLUMNS = [
     "cstm_order_no",
     "cstm_order_name",
     "company",
-    "supplier",
+    "carrier",
     "phone_no",
     "product_id",
     "face_value",

@@ -844,7 +844,7 @@ def populate(path: Path, count: int) -> list[str]:
                 )
             conn.executemany(
                 "INSERT INTO orders (order_no, order_id, app_id, cstm_order_no, cstm_order_name,"
-                " company, supplier, phone_no, product_id, face_value, price, state, attempts,"
+                " company, carrier, phone_no, product_id, face_value, price, state, attempts,"
                 " fail_code, fail_reason, created_at, updated_at, finished_at, next_run_at,"
                 " lease_owner, lease_until) VALUES (" + ",".join("?" * 21) + ")",
                 rows,

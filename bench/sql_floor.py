@@ -69,7 +69,7 @@ def order_row(prefix: str, number: int, state: str, next_run_at: int | None) -> 
         "cstm_order_no": f"{prefix}-c{number}",
         "cstm_order_name": "bench",
         "company": "bench company",
-        "supplier": "中国移动",
+        "carrier": "中国移动",
         "phone_no": f"1380{number % 10_000_000:07d}",
         "product_id": "YD10",
         "face_value": 1000,

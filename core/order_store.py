@@ -74,7 +74,7 @@ class OrderStore:
                 select(
                     attempts,
                     orders.c.phone_no,
-                    orders.c.supplier,
+                    orders.c.carrier,
                     orders.c.product_id,
                     orders.c.face_value,
                 )
@@ -90,7 +90,7 @@ class OrderStore:
                 order_no=row.order_no,
                 attempt=row.seq,
                 phone_no=row.phone_no,
-                carrier=row.supplier,
+                carrier=row.carrier,
                 product_id=row.product_id,
                 face_value=row.face_value,
                 created_at=row.created_at,

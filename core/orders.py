@@ -61,8 +61,8 @@ class NewOrder(_CarrierCheck, frozen=True):
     cstm_order_no: str
     cstm_order_name: str
     company: str
-    # The partner's ``Supplier`` field: the carrier (中国移动...), stored in the column
-    # ``supplier``. The upstream vendor is a supplier *plugin*, never this.
+    # The partner's ``Supplier`` field: the carrier (中国移动...). The upstream vendor is
+    # a supplier *plugin*, never this.
     carrier: str
     phone_no: str
     product_id: str
@@ -96,17 +96,13 @@ class OrderRecord(NewOrder, frozen=True):
         )
 
 
-# The orders table's columns, in OrderRecord's order: only the carrier is named otherwise.
-ORDER_TABLE_COLUMNS = tuple(
-    "supplier" if name == "carrier" else name for name in OrderRecord.__struct_fields__
-)
+# The orders table's columns, in OrderRecord's order.
+ORDER_TABLE_COLUMNS = OrderRecord.__struct_fields__
 
 
 def order_columns(record: NewOrder) -> dict[str, object]:
     """A record as the orders table's column values."""
-    values = msgspec.structs.asdict(record)
-    values["supplier"] = values.pop("carrier")
-    return values
+    return msgspec.structs.asdict(record)
 
 
 class AttemptRecord(msgspec.Struct, frozen=True):

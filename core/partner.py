@@ -164,11 +164,11 @@ class PartnerDesk:
         _check_one_of(params, REQUIRED["products"], *partner_params.ProductsParams.one_of)
         await self._authenticate(params, "products", client)
         runtime = self._runtime()
-        supplier = params.get("Supplier")
-        if supplier:
-            if not runtime.catalog.has_carrier(supplier):
-                raise _unknown_supplier(supplier, runtime.catalog.carriers)
-            return ProductOffer(supplier, runtime.catalog.products(supplier))
+        carrier = params.get("Supplier")
+        if carrier:
+            if not runtime.catalog.has_carrier(carrier):
+                raise _unknown_carrier(carrier, runtime.catalog.carriers)
+            return ProductOffer(carrier, runtime.catalog.products(carrier))
         phone_no = params["phoneNo"]
         if not _MAINLAND_MOBILE.fullmatch(phone_no):
             raise TopupError(
@@ -204,14 +204,14 @@ class PartnerDesk:
         )
 
     def _product(self, params: Mapping[str, str]) -> Product:
-        supplier, product_id = params["Supplier"], params["productId"]
+        carrier, product_id = params["Supplier"], params["productId"]
         catalog = self._runtime().catalog
-        if not catalog.has_carrier(supplier):
-            raise _unknown_supplier(supplier, catalog.carriers)
-        product = catalog.product(supplier, product_id)
+        if not catalog.has_carrier(carrier):
+            raise _unknown_carrier(carrier, catalog.carriers)
+        product = catalog.product(carrier, product_id)
         if product is None:
             raise TopupError(
-                ErrorCode.UNKNOWN_PRODUCT, f"供应商 {supplier} 没有产品 productId {product_id}"
+                ErrorCode.UNKNOWN_PRODUCT, f"供应商 {carrier} 没有产品 productId {product_id}"
             )
         return product
 
@@ -319,8 +319,9 @@ def _check_shapes(params: Mapping[str, str]) -> None:
         )
 
 
-def _unknown_supplier(supplier: str, known: list[str]) -> TopupError:
+def _unknown_carrier(carrier: str, known: list[str]) -> TopupError:
+    # Said in the partner's words: the field is Supplier (供应商), its value a carrier.
     return TopupError(
         ErrorCode.UNKNOWN_SUPPLIER,
-        f"不支持的供应商 Supplier {supplier}; 可用: {', '.join(known) or '无'}",
+        f"不支持的供应商 Supplier {carrier}; 可用: {', '.join(known) or '无'}",
     )

@@ -35,8 +35,8 @@ def product_costs(config: Config) -> list[CarrierCosts]:
     """Per carrier (in plugins.toml's order), each product with each plugin's cost and margin."""
     catalog = Catalog(config)
     carriers = []
-    for carrier, supplier in config.carriers.items():
-        routed = [entry.plugin for entry in supplier.entries]
+    for carrier, carrier_config in config.carriers.items():
+        routed = [entry.plugin for entry in carrier_config.entries]
         products = catalog.products(carrier)
         others = sorted({p for product in products for p in product.costs} - set(routed))
         plugins = routed + others

@@ -90,11 +90,11 @@ def parse_route(words: Iterable[str]) -> list[RouteEntry]:
 
 
 def with_route(config: Config, carrier: str, route: list[RouteEntry]) -> Config:
-    supplier = config.carriers.get(carrier)
-    if supplier is None:
+    carrier_config = config.carriers.get(carrier)
+    if carrier_config is None:
         known = ", ".join(config.carriers) or "none"
         raise ConfigError(f"{carrier!r} is not a carrier in plugins.toml (carriers: {known})")
-    changed = msgspec.structs.replace(supplier, route=list(route))
+    changed = msgspec.structs.replace(carrier_config, route=list(route))
     return msgspec.structs.replace(config, carriers={**config.carriers, carrier: changed})
 
 
@@ -123,11 +123,11 @@ def effective_routes(file_config: Config, overrides: Iterable[RouteOverride]) ->
         CarrierRoute(
             carrier=name,
             route=config.carriers[name].entries,
-            file_route=supplier.entries,
+            file_route=carrier_config.entries,
             override=by_carrier.get(name),
             skipped=why.get(name),
         )
-        for name, supplier in file_config.carriers.items()
+        for name, carrier_config in file_config.carriers.items()
     ]
     # An override of a carrier the file no longer has is listed, so it can be reset.
     routes += [
@@ -212,8 +212,8 @@ async def reset_route(
     """Remove ``carrier``'s override: the file's route applies again in every instance."""
     if not reason.strip():
         raise RouteRefused("a reason is required")
-    supplier = file_config.carriers.get(carrier)
-    file_route = supplier.entries if supplier is not None else []
+    carrier_config = file_config.carriers.get(carrier)
+    file_route = carrier_config.entries if carrier_config is not None else []
 
     def write(conn: Connection) -> int:
         stored = {o.carrier: o for o in _read(conn)}.get(carrier)

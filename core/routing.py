@@ -29,24 +29,24 @@ class Router:
             if sum(1 for e in entries if e.weight > 0) <= 1
         }
 
-    def route(self, supplier: str) -> list[str]:
-        return [entry.plugin for entry in self._routes.get(supplier, [])]
+    def route(self, carrier: str) -> list[str]:
+        return [entry.plugin for entry in self._routes.get(carrier, [])]
 
-    def preference(self, supplier: str, order_no: str) -> list[str]:
+    def preference(self, carrier: str, order_no: str) -> list[str]:
         """The plugins in the order this particular order tries them (do not change it)."""
-        fixed = self._fixed.get(supplier)
+        fixed = self._fixed.get(carrier)
         if fixed is not None:
             return fixed
-        return _preference(self._routes.get(supplier, []), order_no)
+        return _preference(self._routes.get(carrier, []), order_no)
 
     def next_plugin(
         self,
-        supplier: str,
+        carrier: str,
         order_no: str,
         tried: list[str],
         available: Callable[[str], bool] = lambda _plugin: True,
     ) -> str | None:
-        for plugin in self.preference(supplier, order_no):
+        for plugin in self.preference(carrier, order_no):
             if plugin not in tried and available(plugin):
                 return plugin
         return None

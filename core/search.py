@@ -53,7 +53,7 @@ class OrderFilter(msgspec.Struct, frozen=True, kw_only=True):
     cstm_order_no: str | None = None
     phone_no: str | None = None
     app_id: str | None = None
-    # The order's Supplier (the carrier: 中国移动, ...), orders.supplier.
+    # The order's Supplier (the carrier: 中国移动, ...), orders.carrier.
     carrier: str | None = None
     # Any attempt of the order went to this plugin.
     plugin: str | None = None
@@ -159,7 +159,7 @@ def plan(wanted: OrderFilter) -> _Plan:
         "phone_no": (wanted.phone_no, c.phone_no == wanted.phone_no),
         "state": (wanted.state, c.state == wanted.state),
         "app_id": (wanted.app_id, c.app_id == wanted.app_id),
-        "carrier": (wanted.carrier, c.supplier == wanted.carrier),
+        "carrier": (wanted.carrier, c.carrier == wanted.carrier),
     }
     given = {name: condition for name, (value, condition) in given.items() if value}
     if wanted.plugin:
@@ -280,7 +280,7 @@ def _summary(row: Any, plugins: list[str]) -> OrderSummary:
         cstm_order_no=row.cstm_order_no,
         app_id=row.app_id,
         company=row.company,
-        carrier=row.supplier,
+        carrier=row.carrier,
         phone_no=row.phone_no,
         product_id=row.product_id,
         face_value=row.face_value,

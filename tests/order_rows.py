@@ -118,7 +118,7 @@ def order_row(order_no: str, at: int, **values: Any) -> dict[str, Any]:
         "cstm_order_no": f"c-{order_no}",
         "cstm_order_name": "话费充值",
         "company": "公司",
-        "supplier": "中国移动",
+        "carrier": "中国移动",
         "phone_no": "13800138000",
         "product_id": "YD10",
         "face_value": 1000,
@@ -134,7 +134,7 @@ def order_row(order_no: str, at: int, **values: Any) -> dict[str, Any]:
         "lease_owner": None,
         "lease_until": None,
     }
-    return row | values
+    return _with(row, values)
 
 
 def attempt_row(
@@ -156,7 +156,7 @@ def attempt_row(
         "refused": False,
         "resent": False,
     }
-    return row | values
+    return _with(row, values)
 
 
 def notification_row(order_no: str, created: int, **values: Any) -> dict[str, Any]:
@@ -170,7 +170,7 @@ def notification_row(order_no: str, created: int, **values: Any) -> dict[str, An
         "last_error": None,
         "created_at": created,
     }
-    return row | values
+    return _with(row, values)
 
 
 async def write_rows(db: Database, **tables: list[dict[str, Any]]) -> None:
@@ -188,3 +188,12 @@ async def write_rows(db: Database, **tables: list[dict[str, Any]]) -> None:
                 conn.execute(insert(known[name]), rows)
 
     await db.write(write)
+
+
+def _with(row: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with ``values`` in place of its defaults; a name that is not a column (a
+    typo, or a column since renamed) fails here rather than being silently dropped."""
+    unknown = set(values) - set(row)
+    if unknown:
+        raise TypeError(f"not columns of the table: {sorted(unknown)}")
+    return row | values

@@ -25,8 +25,9 @@ async def test_migrations_match_the_declared_schema(empty_database_url: str) -> 
 
 
 async def test_carrier_checks_upgrade_a_database_in_use(empty_database_url: str) -> None:
-    """0008 on a database with apps and orders: apps keep accepting what they sent before,
-    and existing orders read back with no segment carrier recorded."""
+    """0008 and 0009 on a database with apps and orders: apps keep accepting what they
+    sent before, and existing orders read back with their carrier (0009 renames its
+    column from ``supplier``) and no segment carrier recorded."""
     db = Database(empty_database_url)
     try:
         await upgrade(db, "0007")

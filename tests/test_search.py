@@ -177,7 +177,7 @@ async def test_a_rare_match_stops_at_the_scan_limit_and_says_how_far_it_searched
         order_row(
             number_at(start + i * 1000),
             start + i * 1000,
-            supplier="中国电信" if i in rare else "中国移动",
+            carrier="中国电信" if i in rare else "中国移动",
         )
         for i in range(300)
     ]
