@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import inspect
 import os
 import re
 import shutil
@@ -15,83 +14,25 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
 from core.signing import SignType, compute_sign
 from tests.forked_topup import FORKED_TOPUP, ForkedProcess
-from topup.testing import free_port, wait_until_healthy
+
+# eventually and eventually_async live in the public kit, for plugin authors' tests as well;
+# the tests import them from here.
+from topup.testing import eventually, free_port, wait_until_healthy
+from topup.testing import eventually_async as eventually_async
 
 REPO = Path(__file__).resolve().parent.parent
 TOPUP = str(Path(sys.executable).with_name("topup"))
 
-T = TypeVar("T")
 # What the background process logs once it works (service/wiring.py), when it runs apart.
 BACKGROUND_STARTED = "topup background started"
-
-
-def eventually(
-    check: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = ""
-) -> T:
-    """Calls ``check`` until it holds and returns what it returned.
-
-    It holds once it returns a truthy value without raising AssertionError; an
-    assertion-style check ends with ``return True``. On timeout the test fails with
-    ``what``, the last AssertionError or the last value: the reason it never held.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = check()
-        except AssertionError as exc:
-            failure: object = exc
-        else:
-            if result:
-                return result
-            failure = result
-        if time.monotonic() >= deadline:
-            raise _never_held(what, timeout, failure)
-        time.sleep(interval)
-
-
-async def eventually_async(
-    check: Callable[[], T | Awaitable[T]],
-    timeout: float = 10.0,  # noqa: ASYNC109 (the same call shape as eventually)
-    interval: float = 0.05,
-    what: str = "",
-) -> T:
-    """``eventually`` inside an event loop: sleeps without blocking it; ``check`` may be a
-    coroutine function."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = check()
-            if inspect.isawaitable(result):
-                result = await result
-        except AssertionError as exc:
-            failure: object = exc
-        else:
-            if result:
-                return result  # type: ignore[return-value]
-            failure = result
-        if time.monotonic() >= deadline:
-            raise _never_held(what, timeout, failure)
-        await asyncio.sleep(interval)
-
-
-def _never_held(what: str, timeout: float, failure: object) -> AssertionError:
-    """The failure of a check that never held, chained to its last assertion."""
-    if isinstance(failure, AssertionError):
-        last = f"last assertion: {failure}"
-    else:
-        last = f"last value: {failure!r}"
-    error = AssertionError(f"{what or 'condition'} did not hold within {timeout:g} s; {last}")
-    if isinstance(failure, AssertionError):
-        error.__cause__ = failure
-    return error
 
 
 # Fast lifecycle settings so that every sandbox order settles within a second or two.

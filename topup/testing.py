@@ -22,12 +22,16 @@ query answered with anything but unknown while the supplier is unreachable, an a
 sent in the wrong unit or for the wrong product, and a ``query`` not implemented.
 tests/mutants/ in the topup repository holds a plugin with each of these mistakes, and
 its tests check that every one fails this suite.
+
+For your own tests, ``eventually`` (and ``eventually_async``) waits for a condition that
+takes time, such as a callback arriving, and fails with the reason it never held.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import inspect
 import json
 import os
 import secrets
@@ -37,10 +41,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import IO, ClassVar, Protocol
+from typing import IO, ClassVar, Protocol, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
 import httpx
@@ -117,16 +121,85 @@ def new_order(phone_no: str, carrier: str = "中国移动", face_value: int = 10
     )
 
 
-async def settle(supplier: Supplier, order: UpstreamOrder, within: float = 15.0) -> SupplierResult:
-    """Query until the outcome is final (or ``within`` seconds pass); returns the last answer."""
-    deadline = time.monotonic() + within
-    ref = None
+# -- waiting for something to happen ----------------------------------------------------
+
+T = TypeVar("T")
+
+
+def eventually(
+    check: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = ""
+) -> T:
+    """Calls ``check`` until it holds and returns what it returned.
+
+    It holds once it returns a truthy value without raising AssertionError; an
+    assertion-style check ends with ``return True``. On timeout the test fails with
+    ``what``, the last AssertionError or the last value: the reason it never held.
+    """
+    deadline = time.monotonic() + timeout
     while True:
+        try:
+            result = check()
+        except AssertionError as exc:
+            failure: object = exc
+        else:
+            if result:
+                return result
+            failure = result
+        if time.monotonic() >= deadline:
+            raise _never_held(what, timeout, failure)
+        time.sleep(interval)
+
+
+async def eventually_async(
+    check: Callable[[], T | Awaitable[T]],
+    timeout: float = 10.0,  # noqa: ASYNC109 (the same call shape as eventually)
+    interval: float = 0.05,
+    what: str = "",
+) -> T:
+    """``eventually`` inside an event loop: sleeps without blocking it; ``check`` may be a
+    coroutine function."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if inspect.isawaitable(result):
+                result = await result
+        except AssertionError as exc:
+            failure: object = exc
+        else:
+            if result:
+                return result  # type: ignore[return-value]
+            failure = result
+        if time.monotonic() >= deadline:
+            raise _never_held(what, timeout, failure)
+        await asyncio.sleep(interval)
+
+
+def _never_held(what: str, timeout: float, failure: object) -> AssertionError:
+    """The failure of a check that never held, chained to its last assertion."""
+    if isinstance(failure, AssertionError):
+        last = f"last assertion: {failure}"
+    else:
+        last = f"last value: {failure!r}"
+    error = AssertionError(f"{what or 'condition'} did not hold within {timeout:g} s; {last}")
+    if isinstance(failure, AssertionError):
+        error.__cause__ = failure
+    return error
+
+
+async def settle(supplier: Supplier, order: UpstreamOrder, within: float = 15.0) -> SupplierResult:
+    """Query until the outcome is final; the final answer (the test fails, showing the
+    last answer, if it is not final within ``within`` seconds)."""
+    ref = None
+
+    async def final() -> SupplierResult:
+        nonlocal ref
         result = await query(supplier, _with_ref(order, ref))
         ref = result.supplier_ref or ref
-        if result.outcome in TERMINAL or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.05)
+        assert result.outcome in TERMINAL, f"not final yet: {result}"
+        return result
+
+    return await eventually_async(final, timeout=within, what=f"the outcome of {order.reference}")
 
 
 async def submit(supplier: Supplier, order: UpstreamOrder) -> SupplierResult:
@@ -447,16 +520,11 @@ async def _callbacks_or_skip(
     upstream: Upstream, reference: str, within: float = 15.0
 ) -> list[CallbackRequest]:
     """The callbacks about ``reference`` once some arrived; skips for suppliers without any."""
-    deadline = time.monotonic() + within
-    while True:
-        received = upstream.callbacks(reference)
-        if received is None:
-            pytest.skip("this supplier sends no callbacks")
-        if received:
-            return received
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no callback arrived for {reference} within {within}s")
-        await asyncio.sleep(0.05)
+    if upstream.callbacks(reference) is None:
+        pytest.skip("this supplier sends no callbacks")
+    return await eventually_async(
+        lambda: upstream.callbacks(reference), timeout=within, what=f"a callback for {reference}"
+    )
 
 
 # -- running the simulator --------------------------------------------------------------
@@ -591,16 +659,18 @@ def wait_until_healthy(
     within: float = 30.0,
 ) -> None:
     """Wait until a started server answers 200 at ``health_url``; ``describe`` says why not."""
-    deadline = time.monotonic() + within
+
+    def answers(client: httpx.Client) -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited before it was ready:\n{describe()}")
+        try:
+            return client.get(health_url).status_code == 200
+        except httpx.TransportError:
+            return False
+
     # One client for every look: building one (its TLS context) costs ~20 ms of CPU.
     with httpx.Client(timeout=1) as client:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"exited before it was ready:\n{describe()}")
-            try:
-                if client.get(health_url).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-    raise RuntimeError(f"not ready after {within}s:\n{describe()}")
+        try:
+            eventually(lambda: answers(client), timeout=within, what=f"{health_url} answering")
+        except AssertionError as exc:
+            raise RuntimeError(f"not ready after {within}s:\n{describe()}") from exc
