@@ -80,7 +80,7 @@ class Notifier:
                 await self._outbox.delivered(notification.id)
                 return
             retry_in = _retry_in(self._config().notify.schedule, notification.attempts)
-            await self._outbox.failed(notification.id, error, retry_in)
+            await self._outbox.failed(notification.id, self.owner, error, retry_in)
             if retry_in is None:
                 alerts.warning(
                     "notification of order %s to %s given up after %s attempts: %s",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import msgspec
-from sqlalchemy import Connection, select, update
+from sqlalchemy import ColumnElement, Connection, select, update
 
 from core.clock import now_ms
 from core.db import Database, apps, notifications
@@ -85,29 +85,37 @@ class Outbox:
         return make_due(conn, notifications, notifications.c.next_attempt_at, owners, lease_ms)
 
     async def delivered(self, notification_id: int) -> None:
+        """Record a delivery the partner acknowledged: whoever holds the notification now,
+        it needs no other (a worker taken for dead may still finish one)."""
         await self._update(
-            notification_id,
+            notifications.c.id == notification_id,
+            notifications.c.delivered_at.is_(None),
             attempts=notifications.c.attempts + 1,
             delivered_at=now_ms(),
             next_attempt_at=None,
             last_error=None,
         )
 
-    async def failed(self, notification_id: int, error: str, retry_in_ms: int | None) -> None:
-        """Record a failed delivery; ``retry_in_ms`` None gives up."""
+    async def failed(
+        self, notification_id: int, owner: str, error: str, retry_in_ms: int | None
+    ) -> None:
+        """Record a failed delivery by ``owner``; ``retry_in_ms`` None gives up. Nothing is
+        recorded if ``owner`` no longer holds it: another worker took it over (this one was
+        taken for dead) and is delivering it, and its lease and its outcome stand."""
         next_at = None if retry_in_ms is None else now_ms() + retry_in_ms
         await self._update(
-            notification_id,
+            notifications.c.id == notification_id,
+            notifications.c.lease_owner == owner,
             attempts=notifications.c.attempts + 1,
             next_attempt_at=next_at,
             last_error=error[:500],
         )
 
-    async def _update(self, notification_id: int, **values) -> None:
+    async def _update(self, *where: ColumnElement[bool], **values) -> None:
         await self.db.write(
             lambda conn: conn.execute(
                 update(notifications)
-                .where(notifications.c.id == notification_id)
+                .where(*where)
                 .values(**values, lease_owner=None, lease_until=None)
             )
         )

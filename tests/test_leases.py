@@ -167,3 +167,49 @@ async def test_a_stopped_notifier_hands_its_delivery_to_another_at_once(db: Data
     finally:
         await second.stop()
     assert await owners(db) == set()
+
+
+async def test_a_late_failure_from_a_worker_taken_for_dead_leaves_the_new_owner_be(
+    db: Database,
+) -> None:
+    """A notifier taken for dead may still finish its delivery. Its failure is not
+    recorded over the worker that took the notification over (which holds it and will
+    record its own outcome); an acknowledged delivery is recorded whoever holds it."""
+    # Due, its last lease over: free for anyone.
+    notification_id = await db.write(lambda conn: held(conn, "nobody", -1, lease_ms=-1))
+    outbox = Outbox(db)
+    [first] = await outbox.claim_due("first", LEASE_MS, 10)
+    await db.write(lambda conn: Outbox.make_due(conn, ["first"], LEASE_MS))  # its takeover
+    [second] = await outbox.claim_due("second", LEASE_MS, 10, takeover_ms=TAKEOVER_MS)
+    assert first.id == second.id == notification_id
+
+    await outbox.failed(notification_id, "first", "partner timed out", retry_in_ms=5_000)
+    assert await _outbox_row(db, notification_id) == ("second", 0, None)
+
+    await outbox.failed(notification_id, "second", "HTTP 502", retry_in_ms=5_000)
+    assert await _outbox_row(db, notification_id) == (None, 1, "HTTP 502")
+
+    await outbox.delivered(notification_id)  # the first one's answer, arriving last
+    row = await db.read(
+        lambda conn: conn.execute(
+            select(notifications.c.delivered_at, notifications.c.next_attempt_at).where(
+                notifications.c.id == notification_id
+            )
+        ).one()
+    )
+    assert row.delivered_at is not None and row.next_attempt_at is None
+
+
+async def _outbox_row(db: Database, notification_id: int) -> tuple:
+    """(lease_owner, attempts, last_error) of one notification."""
+    return await db.read(
+        lambda conn: tuple(
+            conn.execute(
+                select(
+                    notifications.c.lease_owner,
+                    notifications.c.attempts,
+                    notifications.c.last_error,
+                ).where(notifications.c.id == notification_id)
+            ).one()
+        )
+    )
