@@ -21,8 +21,8 @@ change accounts themselves: acceptance, credits, credit limits. Batches say whic
 they belong to, and those of the accounts phase which account each item changes, so
 that the first of them to lock accounts locks all of them at once; account changes of
 the earlier phases (settlements) wait in the ``Tx`` until then. A single job never
-touches an account. A transaction PostgreSQL still aborts as a deadlock or serialization failure
-is run again, whole, before any caller hears of it.
+touches an account. A transaction PostgreSQL still aborts as a deadlock or
+serialization failure is run again, whole, before any caller hears of it.
 """
 
 from __future__ import annotations
@@ -94,7 +94,10 @@ class Batch(Generic[Item, Answer]):
         account: Callable[[Item], str] | None = None,
     ) -> None:
         if (phase is Phase.ACCOUNTS) != (account is not None):
-            raise ValueError(f"{name}: a batch names the accounts it changes iff it changes them")
+            raise ValueError(
+                f"{name}: a batch of the accounts phase names the account each item "
+                "changes (account=...), and only such a batch does"
+            )
         self.name = name
         self.phase = phase
         self.function = function
