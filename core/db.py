@@ -148,7 +148,7 @@ attempts = Table(
     # Refused before acceptance: the supplier never held it, so no statement will list it.
     Column("refused", Boolean, nullable=False, server_default=false()),
     # Sent a second time with the same reference, once: its supplier said it never got it
-    # and refuses a reused reference (core/lifecycle/results.py).
+    # and refuses a reused reference (core/lifecycle/resend.py).
     Column("resent", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("order_no", "seq", name="uq_attempts_order_seq"),
 )

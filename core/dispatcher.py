@@ -31,7 +31,7 @@ from core import circuits, metrics
 from core.clock import now_ms
 from core.deadlines import SharedDeadlines
 from core.lifecycle import Applied, Lifecycle, Query, Send, Step, Unroutable
-from core.lifecycle.results import UNANSWERED
+from core.lifecycle.resend import UNANSWERED
 from core.order_store import OrderStore
 from core.orders import OPEN_ATTEMPT, AttemptRecord, State
 from core.routing import CircuitBreaker, RoutePlan

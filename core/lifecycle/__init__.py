@@ -5,7 +5,7 @@ States of an order::
     accepted --> submitting --> pending --> succeeded
         |            |    \\        |  \\-> failed
         |            |     \\-> unknown --> (query) --> pending / succeeded / failed
-        |            |            \\-> submitting (re-sent once: results.py, Resend)
+        |            |            \\-> submitting (re-sent once: resend.py)
         |            \\-> retrying --> submitting (next supplier; only after submit's
         |                              refusal that delivered nothing: failover)
         \\-> failed (no supplier could take it; from retrying too)
@@ -17,12 +17,17 @@ States of an order::
 happens, by file:
 
 - ``accept.py``: accepted (with the hold on the partner's money);
-- ``claim.py``: submitting (first attempts and retries alike: the attempt and its
-  reference are committed before anything is sent), failed when no supplier is left;
-- ``results.py``: what a supplier said: pending, unknown, succeeded, failed, retrying,
-  review; and the one resend;
+- ``claim.py``: a worker leases due orders and picks each one's next step: start an
+  attempt, or query the open one;
+- ``start_attempt.py``: submitting (first attempts and retries elsewhere alike: the
+  attempt and its reference are committed before anything is sent), or failed when no
+  supplier is left (fail unroutable);
+- ``apply_result.py``: what a supplier said: pending, unknown, succeeded, failed,
+  retrying (retry elsewhere), review (send to review, when querying gives up);
+- ``resend.py``: submitting again, once, for a supplier that never received the attempt
+  and refuses a reused reference;
 - ``schedule.py``: when the order is looked at next (reschedule, wake);
-- ``review.py``: an operator's requery and resolve;
+- ``operator_review.py``: an operator's requery and resolve of an order in review;
 - ``rules.py``: the one transition function every file above calls, and its rules;
 - ``work.py``: what a lifecycle transaction shares (locks, rows, set-wise writes,
   settlement and the notification outbox).
@@ -41,10 +46,12 @@ from core import metrics
 from core.db import Database
 from core.errors import TopupError
 from core.lifecycle.accept import ACCEPT, Accepted
-from core.lifecycle.claim import CLAIM, Claim, Query, Send, Step, Unroutable, make_held_due
-from core.lifecycle.results import Applied, ApplyResult, Resend
-from core.lifecycle.review import Requery, Resolve
+from core.lifecycle.apply_result import Applied, ApplyResult
+from core.lifecycle.claim import CLAIM, Claim, Query, Step, make_held_due
+from core.lifecycle.operator_review import Requery, Resolve
+from core.lifecycle.resend import Resend
 from core.lifecycle.schedule import Reschedule, Wake
+from core.lifecycle.start_attempt import Send, Unroutable
 from core.lifecycle.work import ORDER_CHANGES
 from core.orders import TERMINAL, NewOrder
 from core.routing import RoutePlan

@@ -1,14 +1,13 @@
-"""submitting, or failed for want of a supplier: a worker claims due orders and, in the
-same transaction, records each next attempt before anything is sent.
+"""A worker claims due orders: it leases them and, in the same transaction, decides
+each one's next step.
 
-The claim leases due orders (core/leases.py) and, for each, decides its next step:
-
-- an order ready to submit (accepted, or retrying after a definitive failure that
-  delivered nothing) gets its next attempt, with a new reference, through the plugin
-  the route plan chooses among those it has not tried; first attempts and retries
-  start by this one path. If no plugin is left, the order fails and its hold is released;
+- an order ready to submit (accepted, or retrying) starts its next attempt
+  (core/lifecycle/start_attempt.py: submitting, or failed when no plugin is left), so
+  the attempt is on disk before anything is sent;
 - an order with an open attempt is queried about that attempt, read in this same
   transaction, so a callback that settles it meanwhile changes nothing but the answer.
+
+The claim changes no state of its own beyond the lease (core/leases.py).
 """
 
 from __future__ import annotations
@@ -21,12 +20,13 @@ from sqlalchemy import Connection
 
 from core.clock import now_ms
 from core.db import orders
-from core.ids import attempt_reference
 from core.leases import lease, lock_due, make_due
-from core.lifecycle.work import ORDER_ROW_COLUMNS, AttemptRow, Work, order_row
-from core.orders import READY_TO_SUBMIT, AttemptRecord, OrderRecord, State
+from core.lifecycle.rules import OrderRow
+from core.lifecycle.start_attempt import Send, Unroutable, start_attempt
+from core.lifecycle.work import ORDER_ROW_COLUMNS, Work, order_row
+from core.orders import READY_TO_SUBMIT, AttemptRecord
 from core.routing import RoutePlan
-from core.suppliers import FailReason, UpstreamOrder
+from core.suppliers import UpstreamOrder
 from core.writer import Batch, Phase, Tx
 
 log = logging.getLogger("topup.lifecycle")
@@ -41,25 +41,11 @@ class Claim(msgspec.Struct, frozen=True):
     takeover_ms: int | None = None
 
 
-class Send(msgspec.Struct, frozen=True):
-    """Submit this just-recorded attempt, once."""
-
-    upstream: UpstreamOrder
-    plugin: str
-
-
 class Query(msgspec.Struct, frozen=True):
     """Ask the supplier about this open attempt."""
 
     attempt: AttemptRecord
     upstream: UpstreamOrder
-
-
-class Unroutable(msgspec.Struct, frozen=True):
-    """Failed here: no plugin was left to try."""
-
-    order: OrderRecord
-    tried: list[str]
 
 
 Step = Send | Query | Unroutable
@@ -92,47 +78,12 @@ def make_held_due(conn: Connection, owners: Sequence[str], lease_ms: int) -> int
     return make_due(conn, orders, orders.c.next_run_at, owners, lease_ms)
 
 
-def _next_step(work: Work, order, plan: RoutePlan) -> Step | None:
+def _next_step(work: Work, order: OrderRow, plan: RoutePlan) -> Step | None:
     if order.state in READY_TO_SUBMIT:
-        return _start_attempt(work, order, plan)
+        return start_attempt(work, order, plan)
     attempt = work.open_attempt(order.order_no)
     if attempt is None:
         # Every state but these two has an open attempt, read in this transaction: a bug.
         log.error("order %s is %s with no open attempt", order.order_no, order.state)
         return None
     return Query(attempt.record(), work.upstream(attempt))
-
-
-def _start_attempt(work: Work, order, plan: RoutePlan) -> Step:
-    tried = [attempt.plugin for attempt in work.attempts_of(order.order_no)]
-    choice = plan.choose(order.carrier, order.order_no, order.product_id, tried)
-    if choice is None:
-        work.move(
-            order,
-            State.FAILED,
-            # A failover's own code and message say more than "no supplier" does.
-            fail_code=order.fail_code or "NO_SUPPLIER",
-            fail_reason=order.fail_reason or str(FailReason.NO_SUPPLIER),
-        )
-        return Unroutable(order.record(), tried)
-    seq = order.attempts + 1
-    attempt = AttemptRow(
-        reference=attempt_reference(order.order_no, seq),
-        order_no=order.order_no,
-        seq=seq,
-        plugin=choice.plugin,
-        state=State.SUBMITTING,
-        supplier_ref=None,
-        code=None,
-        message=None,
-        queries=0,
-        created_at=work.now,
-        updated_at=work.now,
-        cost=choice.cost,
-        refused=False,
-        resent=False,
-    )
-    work.add_attempt(attempt)
-    # The lease stays: this worker sends the attempt, and nobody else may meanwhile.
-    work.move(order, State.SUBMITTING, attempts=seq)
-    return Send(work.upstream(attempt), choice.plugin)

@@ -20,7 +20,7 @@ ALLOWED: dict[State, frozenset[State]] = {
     State.SUBMITTING: _OPEN | {State.RETRYING},
     State.PENDING: _OPEN,
     # SUBMITTING again: the same attempt re-sent, once, to a supplier that said it never
-    # received it and refuses a reused reference (core/lifecycle/results.py).
+    # received it and refuses a reused reference (core/lifecycle/resend.py).
     State.UNKNOWN: _OPEN | {State.SUBMITTING},
     State.REVIEW: _OPEN,
     State.SUCCEEDED: frozenset(),

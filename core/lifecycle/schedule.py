@@ -31,7 +31,7 @@ class Wake(OrderChange, frozen=True):
 
     An order a worker holds keeps its lease; its next run time, now earlier than the
     lease's end, tells that worker's result to bring the next query forward
-    (core/lifecycle/results.py). True if the order was not already due.
+    (core/lifecycle/apply_result.py). True if the order was not already due.
     """
 
     def apply(self, work: Work) -> bool:

@@ -6,7 +6,7 @@ makes the change.
 
 from __future__ import annotations
 
-from core.lifecycle.results import Applied, ApplyResult, apply_result
+from core.lifecycle.apply_result import Applied, ApplyResult, apply_result
 from core.lifecycle.work import OrderChange, Work
 from core.orders import State
 from core.suppliers import SupplierResult

@@ -1,5 +1,6 @@
-"""pending, unknown, succeeded, failed, retrying, review: what a supplier's answer
-(to a submit, a status query or a callback) does to an attempt and its order.
+"""pending, unknown, succeeded, failed, retrying (retry elsewhere), review (send to
+review): what a supplier's answer (to a submit, a status query or a callback) does to
+an attempt and its order.
 
 Applied idempotently and monotonically: a terminal attempt or order never changes, an
 acknowledged (pending) attempt never falls back to unknown, and a query or callback
@@ -7,10 +8,10 @@ never moves an order to another supplier, whatever the plugin reports (only ``su
 refusal that allows failover can, and such a refusal from anything else is read as
 unknown: core/lifecycle/rules.py).
 
-A resend (``Resend``) is the one exception to "never send an attempt again": a plugin
-whose supplier refuses a reused reference said, in a query made well after the
-attempt, that it never received it. The same attempt, with the same reference, goes
-out once more; the supplier itself guarantees it cannot be taken twice.
+``retrying`` is the retry elsewhere: the next claim starts the order's next attempt with
+another plugin (core/lifecycle/start_attempt.py). ``review`` is the send to review, when
+the caller gives up querying (``next_query_delay_ms`` None); an operator takes it from
+there (core/lifecycle/operator_review.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import msgspec
 from core.lifecycle.rules import as_applied, next_attempt_state, order_state_after
 from core.lifecycle.work import AttemptChange, AttemptRow, Work
 from core.orders import TERMINAL, State
-from core.suppliers import FailReason, SupplierResult, UpstreamOrder
+from core.suppliers import FailReason, SupplierResult
 
 
 class Applied(msgspec.Struct, frozen=True):
@@ -46,39 +47,6 @@ class ApplyResult(AttemptChange, frozen=True):
         if attempt is None:
             return None
         return apply_result(work, attempt, self)
-
-
-# An attempt the supplier never acknowledged: its submit went unanswered (unknown), or a
-# crash came between recording it and sending it (submitting).
-UNANSWERED = frozenset({State.SUBMITTING, State.UNKNOWN})
-
-
-class Resend(AttemptChange, frozen=True):
-    """Mark an unanswered attempt re-sent and hand it back to send, or None if it may not be."""
-
-    owner: str
-    # The attempt must be at least this old: a "no such order" sooner may only mean the
-    # first request is still on its way.
-    min_age_ms: int
-
-    def apply(self, work: Work) -> UpstreamOrder | None:
-        attempt = work.attempts.get(self.reference)
-        if attempt is None or attempt.resent or attempt.state not in UNANSWERED:
-            return None
-        order = work.orders[attempt.order_no]
-        if order.state not in UNANSWERED or order.lease_owner != self.owner:
-            return None
-        if work.now - attempt.created_at < self.min_age_ms:
-            return None
-        work.change_attempt(attempt, state=State.SUBMITTING, resent=True)
-        work.move(order, State.SUBMITTING)  # the lease stays: this worker sends it
-        work.event(
-            order.order_no,
-            "resent",
-            f"供应商 {attempt.plugin} 查无此单（参考号 {attempt.reference}），"
-            "以同一参考号重新提交一次",
-        )
-        return work.upstream(attempt)
 
 
 def apply_result(
