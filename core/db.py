@@ -345,11 +345,7 @@ class Database:
     @property
     def writer(self) -> GroupWriter:
         if self._writer is None:
-            # The ledger is built on this module, so it is imported only once both exist.
-            from core.ledger import accounts_pass
-
             self._writer = GroupWriter(self._transactions)
-            self._writer.accounts_pass = accounts_pass
         return self._writer
 
     async def read(self, job: Callable[[Connection], T]) -> T:

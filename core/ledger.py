@@ -111,6 +111,7 @@ def settle_many(tx: Tx, settlements: list[tuple[str, str, bool]]) -> None:
 
 def change_account(tx: Tx, app_id: str, *, held: int = 0, captured: int = 0) -> None:
     """Add to an account's held and captured sums in the transaction's accounts pass."""
+    tx.accounts_pass = accounts_pass
     change = tx.account_changes.setdefault(app_id, [0, 0])
     change[0] += held
     change[1] += captured

@@ -68,12 +68,16 @@ class Phase(IntEnum):
 class Tx:
     """One group transaction, as the batches in it see it."""
 
-    __slots__ = ("account_changes", "conn", "phase_accounts")
+    __slots__ = ("account_changes", "accounts_pass", "conn", "phase_accounts")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         # app_id -> (held, captured) to add, in the accounts pass (core/ledger.py).
         self.account_changes: dict[str, list[int]] = {}
+        # Applies the account changes no batch of the accounts phase took up, after every
+        # batch; set by core/ledger.py with the first change (the writer cannot import the
+        # ledger, which is built on the database).
+        self.accounts_pass: Callable[[Tx], None] | None = None
         # Every account the accounts phase's batches change: locked together, once.
         self.phase_accounts: set[str] = set()
 
@@ -105,11 +109,6 @@ class Batch(Generic[Item, Answer]):
 
     def __repr__(self) -> str:
         return f"Batch({self.name})"
-
-
-# Runs after every batch of a transaction that left account changes behind (set by
-# core/ledger.py, which the writer cannot import: the ledger is built on the database).
-AccountsPass = Callable[[Tx], None]
 
 
 class _Queued:
@@ -222,7 +221,6 @@ class GroupWriter:
         self._queue: list[_Queued] = []
         self._pending = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self.accounts_pass: AccountsPass | None = None
 
     async def run(self, job: Callable[[Connection], T]) -> T:
         """Run ``job`` in the next group transaction; returns once it is committed."""
@@ -321,8 +319,8 @@ class GroupWriter:
         for kind, indexes in later:
             self._run_batch(tx, kind, indexes, batch, outcomes)
         if tx.account_changes:
-            assert self.accounts_pass is not None, "account changes with no accounts pass"
-            self.accounts_pass(tx)
+            assert tx.accounts_pass is not None, "account changes with no accounts pass"
+            tx.accounts_pass(tx)
         return [outcomes[index] for index in range(len(batch))]
 
     def _run_batch(
