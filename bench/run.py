@@ -35,6 +35,7 @@ profile (BENCH_E2E_RATE=N skips phase 2 and offers N orders/s).
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import contextlib
 import functools
@@ -1100,10 +1101,28 @@ def report(results: Results) -> str:
 LOADGEN = ROOT / "bench" / ".build" / "loadgen"
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Only --profile is an option; the rest is the environment's (the docstring). A typo
+    or --help must not start a quarter-hour run."""
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description="make bench: topup against a bare Litestar handler, in one run; "
+        "writes BENCHMARKS.md.",
+        epilog="Phases and environment variables: see the docstring of bench/run.py.",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="phases 2 and 3 only, sampled by py-spy; writes bench/PROFILE.md",
+    )
+    return parser.parse_args(argv)
+
+
 def main() -> None:
+    args = parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: `make bench` installs it (apt-get install wrk)")
-    if "--profile" in sys.argv[1:]:
+    if args.profile:
         profile_only()
         return
     if PROFILE and not (BIN / "py-spy").exists():
