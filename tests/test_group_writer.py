@@ -95,8 +95,8 @@ async def test_a_write_waits_for_another_connections_write_lock_then_commits(
     db: Database,
 ) -> None:
     """SQLite: while another process holds the write lock (a `topup` command, a second
-    instance), the writer waits for it on its helper thread, and the event loop serves
-    on meanwhile."""
+    instance), the writer waits for it without blocking the event loop, which serves on
+    meanwhile."""
     if not db.is_sqlite:
         pytest.skip("PostgreSQL has no database-wide write lock")
     other = sqlite3.connect(db.url.database, isolation_level=None)
