@@ -48,7 +48,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import run as bench  # noqa: E402
+from bench import harness as bench  # noqa: E402
 from bench.metrics_cost import call, signed  # noqa: E402
 
 CONCURRENCY = 64

@@ -31,7 +31,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import run as bench  # noqa: E402
+from bench import harness as bench  # noqa: E402
 
 # A database of its own on the machine's PostgreSQL (make bench's is `test`).
 PG_DATABASE = "topup_metrics_ab"

@@ -28,7 +28,7 @@ from urllib.parse import urlencode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import run as bench  # noqa: E402
+from bench import harness as bench  # noqa: E402
 from core.signing import SignType, compute_sign  # noqa: E402
 
 WARM_UP = 2000

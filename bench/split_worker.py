@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import run as bench  # noqa: E402
+from bench import harness as bench  # noqa: E402
 
 MODES = ("inline", "split")
 
