@@ -48,7 +48,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import harness as bench  # noqa: E402
+from bench import harness  # noqa: E402
 from bench.metrics_cost import call, signed  # noqa: E402
 
 CONCURRENCY = 64
@@ -103,11 +103,11 @@ async def order_bodies(app, secret: str, count: int) -> list[bytes]:
         signed(
             {
                 "access_token": token,
-                "company": bench.COMPANY,
-                "Supplier": bench.CARRIER,
+                "company": harness.COMPANY,
+                "Supplier": harness.CARRIER,
                 # Never ending in 4 or 7: every order succeeds at its first attempt.
                 "phoneNo": f"1380{i:06d}0",
-                "productId": bench.PRODUCT,
+                "productId": harness.PRODUCT,
                 "cstmOrderName": "bench",
                 "cstmOrderNo": f"c{run}-{i}",
             },
@@ -141,7 +141,7 @@ class Run:
 def config(via_query: bool, directory: Path) -> Path:
     """The bench's plugins.toml; ``via_query``: the sandbox answers pending, then a query
     made 10 ms later tells the outcome."""
-    text = bench.bench_config().read_text(encoding="utf-8")
+    text = harness.bench_config().read_text(encoding="utf-8")
     if via_query:
         text, delays = re.subn(r"(?m)^query_delays = .*$", "query_delays = [0.01]", text)
         text, sandbox = re.subn(
@@ -157,15 +157,17 @@ def config(via_query: bool, directory: Path) -> Path:
 def one_run(count: int, measure: str, via_query: bool) -> Run:
     with tempfile.TemporaryDirectory(prefix="topup-lifecycle-") as tmp:
         database = Path(tmp) / "cost.db"
-        env = bench.topup_env(
+        env = harness.topup_env(
             f"sqlite+aiosqlite:///{database}",
             8000,  # not listened on: the run drives the app in-process
             TOPUP_CONFIG=str(config(via_query, Path(tmp))),
             PYTHONHASHSEED="0",
         )
-        secret = bench.topup("app", "add", bench.APP, "--company", bench.COMPANY, env=env)
-        bench.topup("app", "credit", bench.APP, "100000000", "--reason", "bench", env=env)
-        bench.topup("app", "set", bench.APP, "--notify-url", NOTIFY_URL, "--allow-private", env=env)
+        secret = harness.topup("app", "add", harness.APP, "--company", harness.COMPANY, env=env)
+        harness.topup("app", "credit", harness.APP, "100000000", "--reason", "bench", env=env)
+        harness.topup(
+            "app", "set", harness.APP, "--notify-url", NOTIFY_URL, "--allow-private", env=env
+        )
         command = [sys.executable, __file__, "--drive", str(count), secret]
         if measure == "instructions":
             command = [

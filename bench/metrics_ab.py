@@ -31,11 +31,11 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import harness as bench  # noqa: E402
+from bench import harness  # noqa: E402
 
 # A database of its own on the machine's PostgreSQL (make bench's is `test`).
 PG_DATABASE = "topup_metrics_ab"
-PG_URL = bench.PG_URL.rsplit("/", 1)[0] + "/" + PG_DATABASE
+PG_URL = harness.PG_URL.rsplit("/", 1)[0] + "/" + PG_DATABASE
 
 
 def psql(database: str, sql: str, check: bool = True) -> None:
@@ -58,13 +58,15 @@ def accept(
     os.environ["TOPUP_METRICS"] = "1" if metrics_on else "0"
     if postgres:
         reset_postgres()
-        bench.topup("db", "upgrade", env=bench.topup_env(database_url, 8000))
-    with bench.service(database_url) as (server, secret):
-        bodies = bench.order_bodies(server.url, secret, int(seconds * bench.DISTINCT_PER_SECOND))
+        harness.topup("db", "upgrade", env=harness.topup_env(database_url, 8000))
+    with harness.service(database_url) as (server, secret):
+        bodies = harness.order_bodies(
+            server.url, secret, int(seconds * harness.DISTINCT_PER_SECOND)
+        )
         pids = server.pids()
-        before = bench.cpu_seconds(pids)
-        ok = bench.closed_loop(server.url, seconds, bodies).ok
-        used = bench.cpu_seconds(pids) - before
+        before = harness.cpu_seconds(pids)
+        ok = harness.closed_loop(server.url, seconds, bodies).ok
+        used = harness.cpu_seconds(pids) - before
         if metrics_on:  # the metrics were really on, and counted every order
             scraped = httpx.get(f"{server.url}/metrics", timeout=10).text
             assert 'topup_orders_total{carrier="中国移动",plugin="sandbox",state="accepted"}' in (

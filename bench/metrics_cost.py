@@ -28,7 +28,7 @@ from urllib.parse import urlencode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import harness as bench  # noqa: E402
+from bench import harness  # noqa: E402
 from core.signing import SignType, compute_sign  # noqa: E402
 
 WARM_UP = 2000
@@ -69,7 +69,7 @@ async def call(app, path: str, body: bytes) -> bytes:
 
 
 def signed(params: dict[str, str], secret: str) -> bytes:
-    params = {"appID": bench.APP, "ts": str(int(time.time())), **params}
+    params = {"appID": harness.APP, "ts": str(int(time.time())), **params}
     params["sign"] = compute_sign(params, secret, SignType.HMAC_SHA256)
     return urlencode(params).encode()
 
@@ -87,10 +87,10 @@ async def drive(count: int, secret: str) -> None:
             signed(
                 {
                     "access_token": token,
-                    "company": bench.COMPANY,
-                    "Supplier": bench.CARRIER,
+                    "company": harness.COMPANY,
+                    "Supplier": harness.CARRIER,
                     "phoneNo": f"1380{i:06d}0",
-                    "productId": bench.PRODUCT,
+                    "productId": harness.PRODUCT,
                     "cstmOrderName": "bench",
                     "cstmOrderNo": f"b{run}-{i}",
                 },
@@ -110,14 +110,14 @@ async def drive(count: int, secret: str) -> None:
 def instructions(count: int, metrics_on: bool) -> int:
     """Instructions valgrind counted for one whole run (start-up included)."""
     with tempfile.TemporaryDirectory(prefix="topup-cost-") as tmp:
-        env = bench.topup_env(
+        env = harness.topup_env(
             f"sqlite+aiosqlite:///{tmp}/cost.db",
             8000,  # not listened on: the run drives the app in-process
             TOPUP_METRICS="1" if metrics_on else "0",
             PYTHONHASHSEED="0",
         )
-        secret = bench.topup("app", "add", bench.APP, "--company", bench.COMPANY, env=env)
-        bench.topup("app", "credit", bench.APP, "100000000", "--reason", "bench", env=env)
+        secret = harness.topup("app", "add", harness.APP, "--company", harness.COMPANY, env=env)
+        harness.topup("app", "credit", harness.APP, "100000000", "--reason", "bench", env=env)
         out = subprocess.run(
             [
                 "valgrind",

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import harness as bench  # noqa: E402
+from bench import harness  # noqa: E402
 
 MODES = ("inline", "split")
 
@@ -65,8 +65,8 @@ def worker_process(database_url: str, log: Path) -> Iterator[subprocess.Popen]:
     """``topup worker`` on the database, stopped (SIGTERM) on leaving."""
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [str(bench.BIN / "topup"), "worker"],
-            env=bench.topup_env(database_url, None),
+            [str(harness.BIN / "topup"), "worker"],
+            env=harness.topup_env(database_url, None),
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -84,19 +84,19 @@ def one_round(mode: str, rate: float, seconds: float) -> Round:
         url = f"sqlite+aiosqlite:///{path}"
         serve_args = ("--no-background",) if mode == "split" else ()
         with contextlib.ExitStack() as stack:
-            server, secret = stack.enter_context(bench.service(url, serve_args=serve_args))
+            server, secret = stack.enter_context(harness.service(url, serve_args=serve_args))
             pids = server.pids()
             if mode == "split":
                 pids.append(stack.enter_context(worker_process(url, Path(tmp) / "worker.log")).pid)
-            bodies = bench.order_bodies(server.url, secret, int(rate * seconds) + 100)
-            requests = bench.write_http_requests(f"127.0.0.1:{server.port}", bodies)
-            before = [bench.cpu_seconds([pid]) for pid in pids]
+            bodies = harness.order_bodies(server.url, secret, int(rate * seconds) + 100)
+            requests = harness.write_http_requests(f"127.0.0.1:{server.port}", bodies)
+            before = [harness.cpu_seconds([pid]) for pid in pids]
             started = time.time()
-            figures = bench.loadgen(server.port, rate, seconds, requests)
+            figures = harness.loadgen(server.port, rate, seconds, requests)
             ended = time.time()
-            after = [bench.cpu_seconds([pid]) for pid in pids]
-            accepted, completed = bench.window_counts(path, started, ended)
-            left = bench.orders_in(path, bench.OPEN_STATES)
+            after = [harness.cpu_seconds([pid]) for pid in pids]
+            accepted, completed = harness.window_counts(path, started, ended)
+            left = harness.orders_in(path, harness.OPEN_STATES)
     window = ended - started
     return Round(
         mode,
@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
-    if not bench.LOADGEN.exists():
+    if not harness.LOADGEN.exists():
         raise SystemExit("no load generator: run `make bench/.build/loadgen` first")
     print("| worker | offered/s | accepted/s | completed | left open | p50 ms | p99 ms | cores |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
