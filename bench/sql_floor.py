@@ -22,9 +22,10 @@ of a realistic depth.
 ``--write-set smallest`` runs, for the dispatcher, the smallest write set the money rules
 allow instead of today's: the attempt still committed before the send and the capture with
 the final state, but the notification due as a column of the order's final UPDATE (a
-partial index) instead of an outbox row, the lock read of only the columns a result checks,
-and the capture's amount taken from the order's price instead of a read of its hold. It
-prices a redesign before anyone builds it: what fewer rows per dispatched order would buy.
+partial index) instead of an outbox row, the lock read of only the columns a result checks
+(the rest never change after acceptance, and the claim read them), and the capture's amount
+taken from the order's price instead of a read of its hold. It prices a redesign before
+anyone builds it: what fewer rows per dispatched order would buy.
 
 CPU time moves with the machine's load (on one host, two runs minutes apart differed by
 a third); instructions do not, and compare with ``bench/lifecycle_cost.py --measure
