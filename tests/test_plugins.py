@@ -241,6 +241,22 @@ def test_public_api_exports_what_a_plugin_needs() -> None:
         assert name in topup.__all__ and hasattr(topup, name), name
 
 
+def test_the_old_name_of_the_carrier_still_reads_but_warns() -> None:
+    order = topup.UpstreamOrder(
+        reference="T1A1",
+        order_no="T1",
+        attempt=1,
+        phone_no="13800138000",
+        carrier="中国移动",
+        product_id="YD10",
+        face_value=1000,
+        created_at=0,
+    )
+    with pytest.warns(DeprecationWarning, match=r"UpstreamOrder\.carrier") as caught:
+        assert order.supplier == "中国移动"
+    assert caught[0].filename == __file__  # the plugin's own line, not ours
+
+
 @pytest.mark.parametrize(
     "call",
     [
