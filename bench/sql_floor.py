@@ -204,29 +204,16 @@ def apply_results(conn: sqlite3.Connection, numbers: list[str]) -> None:
         "lease_until = NULL, next_run_at = NULL WHERE order_no = ?",
         [("succeeded", 3, 3, no) for no in numbers],
     )
-    conn.executemany(
-        "UPDATE attempts SET state = ?, supplier_ref = ?, code = ?, message = ?, queries = 0, "
-        "refused = 0, resent = 0, updated_at = 3 WHERE reference = ?",
-        [("succeeded", f"SB{no}", "0", "ok", f"{no}A1") for no in numbers],
-    )
+    finish_attempts(conn, numbers)
     holds = [f"hold:{no}" for no in numbers]
     conn.execute(
         f"SELECT order_no, amount FROM ledger WHERE event_key IN ({listed})", holds
     ).fetchall()
-    conn.executemany(
-        "INSERT INTO ledger (app_id, kind, amount, order_no, event_key, reason, actor, "
-        "created_at) VALUES (?, 'capture', 990, ?, ?, '', 'system', 3)",
-        [(APP, no, f"settle:{no}") for no in numbers],
-    )
     conn.execute(
         "SELECT app_id, credited, captured, held, credit_limit FROM accounts WHERE app_id = ?",
         (APP,),
     ).fetchall()
-    conn.execute(
-        "UPDATE accounts SET held = held - ?, captured = captured + ?, updated_at = 3 "
-        "WHERE app_id = ?",
-        (990 * len(numbers), 990 * len(numbers), APP),
-    )
+    capture(conn, numbers)
     conn.execute("SELECT app_id, notify_url FROM apps WHERE app_id = ?", (APP,)).fetchall()
     conn.executemany(
         "INSERT INTO notifications (order_no, app_id, url, attempts, next_attempt_at, "
@@ -234,6 +221,28 @@ def apply_results(conn: sqlite3.Connection, numbers: list[str]) -> None:
         [(no, APP, NOTIFY_URL) for no in numbers],
     )
     conn.execute("COMMIT")
+
+
+def finish_attempts(conn: sqlite3.Connection, numbers: list[str]) -> None:
+    conn.executemany(
+        "UPDATE attempts SET state = ?, supplier_ref = ?, code = ?, message = ?, queries = 0, "
+        "refused = 0, resent = 0, updated_at = 3 WHERE reference = ?",
+        [("succeeded", f"SB{no}", "0", "ok", f"{no}A1") for no in numbers],
+    )
+
+
+def capture(conn: sqlite3.Connection, numbers: list[str]) -> None:
+    """The captures' ledger rows and the account's one update."""
+    conn.executemany(
+        "INSERT INTO ledger (app_id, kind, amount, order_no, event_key, reason, actor, "
+        "created_at) VALUES (?, 'capture', 990, ?, ?, '', 'system', 3)",
+        [(APP, no, f"settle:{no}") for no in numbers],
+    )
+    conn.execute(
+        "UPDATE accounts SET held = held - ?, captured = captured + ?, updated_at = 3 "
+        "WHERE app_id = ?",
+        (990 * len(numbers), 990 * len(numbers), APP),
+    )
 
 
 # -- the smallest write set (--write-set smallest) --------------------------------------------
@@ -250,10 +259,10 @@ def add_notify_column(conn: sqlite3.Connection) -> None:
 def dispatch_smallest(conn: sqlite3.Connection, count: int) -> None:
     for _ in range(0, count, BATCH):
         numbers = claim(conn)
-        listed = placeholders(len(numbers))
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(
-            f"SELECT order_no, state, lease_owner FROM orders WHERE order_no IN ({listed})",
+            "SELECT order_no, state, lease_owner FROM orders "
+            f"WHERE order_no IN ({placeholders(len(numbers))})",
             numbers,
         ).fetchall()
         conn.executemany(
@@ -261,21 +270,8 @@ def dispatch_smallest(conn: sqlite3.Connection, count: int) -> None:
             "lease_until = NULL, next_run_at = NULL, notify_due = ? WHERE order_no = ?",
             [("succeeded", 3, 3, 3, no) for no in numbers],
         )
-        conn.executemany(
-            "UPDATE attempts SET state = ?, supplier_ref = ?, code = ?, message = ?, "
-            "updated_at = 3 WHERE reference = ?",
-            [("succeeded", f"SB{no}", "0", "ok", f"{no}A1") for no in numbers],
-        )
-        conn.executemany(
-            "INSERT INTO ledger (app_id, kind, amount, order_no, event_key, reason, actor, "
-            "created_at) VALUES (?, 'capture', 990, ?, ?, '', 'system', 3)",
-            [(APP, no, f"settle:{no}") for no in numbers],
-        )
-        conn.execute(
-            "UPDATE accounts SET held = held - ?, captured = captured + ?, updated_at = 3 "
-            "WHERE app_id = ?",
-            (990 * len(numbers), 990 * len(numbers), APP),
-        )
+        finish_attempts(conn, numbers)
+        capture(conn, numbers)
         conn.execute("COMMIT")
 
 
