@@ -260,9 +260,8 @@ def sustainable_rate(results: Results, workdir: Path, maximum: float) -> None:
     for step in range(SEARCH_STEPS):
         rate = (low + high) / 2
         kept_up, rounds = False, []
-        # A step that falls behind is offered once more: one 20-s round on a shared host
-        # can miss by a fifth (2026-11-29 11:44: 80% at a rate kept up with three times
-        # after), and a step lost halves what the search can still find.
+        # One 20-s round on a shared host can miss by a fifth (2026-11-29 11:44: 80% at a
+        # rate kept up with three times after), and a step lost wrongly halves the range.
         for attempt in range(2):
             accepted, completed, left = offered_for_a_while(
                 workdir / f"search{step}-{attempt}.db", rate
