@@ -20,7 +20,7 @@ import logging
 import os
 import subprocess
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,12 @@ class InProcessService(Service):
         inside, as a bug would."""
         assert self._client is not None, "the service is not started"
         return self._client.app.state.services
+
+    def on_loop(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)`` on the app's event loop (awaited if it is a coroutine), for
+        what must run there: starting a worker, or reaching into its connection."""
+        assert self._client is not None, "the service is not started"
+        return self._client.blocking_portal.call(function, *args)
 
     def http_client(self, **options: Any) -> httpx.Client:
         """A client with cookies of its own, to the one running app."""
