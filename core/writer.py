@@ -270,6 +270,11 @@ class GroupWriter:
                     self._queue[self._max_batch :],
                 )
                 await self._commit(batch)
+                # Let the callers this commit answered run before the next batch is taken:
+                # a worker whose claim just committed queues its next claim at once, and
+                # it goes into the next transaction rather than the one after (without
+                # this, the dispatcher claimed in every other transaction: half its pace).
+                await asyncio.sleep(0)
 
     async def _commit(self, batch: list[_Queued]) -> None:
         started = time.perf_counter()

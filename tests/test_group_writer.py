@@ -5,6 +5,7 @@ the rest commit. Run on SQLite (savepoints straight through the driver) and Post
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 
 import pytest
@@ -118,3 +119,44 @@ async def test_a_write_waits_for_another_connections_write_lock_then_commits(
     # With the lock free again, writes go on as before.
     await db.write(lambda conn: _write(conn, "free"))
     assert await db.read(_written) == ["after the lock", "free"]
+
+
+def _mark(tx: Tx, items: list[str]) -> list[str]:
+    # One call per group transaction: what each transaction held, in order.
+    TRANSACTIONS.append(items)
+    return items
+
+
+TRANSACTIONS: list[list[str]] = []
+MARK = Batch("test marks", Phase.JOBS, _mark)
+
+
+async def test_a_caller_answered_by_a_commit_gets_into_the_next_transaction(
+    db: Database,
+) -> None:
+    """A caller that writes again as soon as its write committed (the dispatcher's claims)
+    has that write in the very next group transaction, even while others keep the writer
+    busy; taken straight after the commit, that transaction left it for the one after,
+    and the dispatcher claimed in every other transaction only."""
+    TRANSACTIONS.clear()
+    busy = True
+    others: list[asyncio.Future] = []
+
+    async def others_writing() -> None:
+        # Something new queued at every turn of the event loop, commits included.
+        while busy:
+            others.append(asyncio.ensure_future(db.batched(MARK, "other")))
+            await asyncio.sleep(0)
+
+    writing = asyncio.ensure_future(others_writing())
+    try:
+        for n in range(10):
+            await db.batched(MARK, f"again-{n}")
+    finally:
+        busy = False
+        await writing
+        await asyncio.gather(*others)
+
+    holding = [i for i, items in enumerate(TRANSACTIONS) for item in items if item != "other"]
+    assert len(holding) == 10
+    assert [later - earlier for earlier, later in itertools.pairwise(holding)] == [1] * 9
