@@ -430,6 +430,12 @@ _PRAGMAS = (
     # Read pages through a memory map rather than a read() call each.
     "mmap_size=1073741824",
 )
+# The writer's savepoints (one per batch, core/writer.py) keep the original of every page
+# they change in a sub-journal, which past 64 KiB SQLite spills to a temporary file:
+# under load one file created and unlinked per transaction and a write() per page, 40%
+# of the writer's writes (strace). In memory instead: the group transaction's changes
+# are bounded by its batch, and only the writer's statements (no large sorts) use it.
+_WRITER_PRAGMA = "temp_store=MEMORY"
 
 
 def _sqlite_sync_engine(url: URL, begin: str | None) -> Engine:
@@ -466,7 +472,8 @@ def _take_transaction_control(engine: Engine, begin: str | None, busy_ms: int = 
         # Take transaction control from the driver so that BEGIN is ours to choose.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        for pragma in (*_PRAGMAS, f"busy_timeout={busy_ms}"):
+        writer = (_WRITER_PRAGMA,) if begin is not None else ()
+        for pragma in (*_PRAGMAS, *writer, f"busy_timeout={busy_ms}"):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
