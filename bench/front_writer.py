@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import struct
@@ -171,7 +172,7 @@ class CommitTrace:
         self.commits = 0
         self.jobs: dict[str, int] = {}
         self.total = self.statements = self.waited = self.committing = 0.0
-        self.longest = 0.0
+        self.longest = self.longest_statements = self.gc_pause = 0.0
 
     def install(self) -> None:
         from core.writer import GroupWriter, LoopTransactions
@@ -190,7 +191,9 @@ class CommitTrace:
             try:
                 return execute(writer, conn, batch)
             finally:
-                trace.statements += time.perf_counter() - started
+                took = time.perf_counter() - started
+                trace.statements += took
+                trace.longest_statements = max(trace.longest_statements, took)
 
         async def traced_in_thread(transactions, fn, *args):
             def timed(*args):
@@ -208,6 +211,15 @@ class CommitTrace:
             finally:
                 trace.waited += time.perf_counter() - started
 
+        collecting = [0.0]
+
+        def collected(phase: str, info: dict) -> None:
+            if phase == "start":
+                collecting[0] = time.perf_counter()
+            elif info["generation"] == 2:
+                trace.gc_pause = max(trace.gc_pause, time.perf_counter() - collecting[0])
+
+        gc.callbacks.append(collected)
         GroupWriter._commit = traced_commit
         GroupWriter._execute = traced_execute
         LoopTransactions._in_thread = traced_in_thread
@@ -225,7 +237,8 @@ class CommitTrace:
                 f"{n} commits/s of {jobs}: {self.total / n * 1000:.1f} ms each, statements "
                 f"{self.statements / n * 1000:.1f}, COMMIT {self.waited / n * 1000:.1f} "
                 f"({self.committing / n * 1000:.1f} on its thread, longest "
-                f"{self.longest * 1000:.1f})",
+                f"{self.longest * 1000:.1f}); longest statements "
+                f"{self.longest_statements * 1000:.1f}, full collection {self.gc_pause * 1000:.1f}",
                 file=self._out,
             )
             self._reset()
