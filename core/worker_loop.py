@@ -140,24 +140,29 @@ class LeasedWorker(Generic[T]):
             if not self._fresh():
                 await self._wait_for_heartbeat(settings)
                 continue
-            claimed = await self._claim_round(settings)
+            again = await self._claim_round(settings)
             if self._after_claim is not None:
                 self._after_claim()
-            if claimed == 0:
+            if not again:
+                # Returns at once if woken meanwhile: nothing due is missed.
                 await self._sleep(settings.scan_interval)
 
-    async def _claim_round(self, settings: WorkerSettings) -> int:
-        """Claim and start what is free to take; how many were claimed (or finished, when
-        every slot was taken: either way, worth looking again at once)."""
+    async def _claim_round(self, settings: WorkerSettings) -> bool:
+        """Claim and start what is free to take. True when it is worth looking again at
+        once: the claim came back full (more may be due), or every slot was taken and one
+        has just come free. A claim that came back short took everything due: the next
+        one waits to be woken (an order accepted, a callback, a retry) or for the scan,
+        rather than cost a transaction that finds nothing."""
         free = settings.concurrency - len(self._in_flight)
         if free <= 0:
             await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
-            return len(self._in_flight)
+            return True
+        limit = min(free, settings.claim_batch)
         try:
-            claimed = await self._claim(self.owner, min(free, settings.claim_batch))
+            claimed = await self._claim(self.owner, limit)
         except Exception:
             self._log.exception("could not claim %s; retrying", self._claiming)
-            return 0
+            return False
         if claimed and not self._fresh():
             # The heartbeat went stale while the claim ran: another worker may take these
             # over any moment, so none is started here; their leases decide.
@@ -166,12 +171,12 @@ class LeasedWorker(Generic[T]):
                 self.owner,
                 len(claimed),
             )
-            return 0
+            return False
         for item in claimed:
             task = asyncio.create_task(self._handle_one(item))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
-        return len(claimed)
+        return len(claimed) >= limit
 
     async def _handle_one(self, item: T) -> None:
         try:
