@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import harness  # noqa: E402
-from bench.split_worker import Round  # noqa: E402
+from bench.split_worker import Round, offer_round  # noqa: E402
 from core.errors import ErrorCode, TopupError  # noqa: E402
 from core.orders import NewOrder, OrderRecord  # noqa: E402
 
@@ -391,27 +391,7 @@ def one_round(mode: str, rate: float, seconds: float) -> Round:
                 pids = server.pids()
             else:
                 server, secret, pids = stack.enter_context(front_and_writer(url, Path(tmp)))
-            bodies = harness.order_bodies(server.url, secret, int(rate * seconds) + 100)
-            requests = harness.write_http_requests(f"127.0.0.1:{server.port}", bodies)
-            before = [harness.cpu_seconds([pid]) for pid in pids]
-            started = time.time()
-            figures = harness.loadgen(server.port, rate, seconds, requests)
-            ended = time.time()
-            after = [harness.cpu_seconds([pid]) for pid in pids]
-            accepted, completed = harness.window_counts(path, started, ended)
-            left = harness.orders_in(path, harness.OPEN_STATES)
-    window = ended - started
-    return Round(
-        mode,
-        rate,
-        accepted,
-        completed,
-        left,
-        window,
-        figures.get("p50"),
-        figures.get("p99"),
-        [(b - a) / window for a, b in zip(before, after, strict=True)],
-    )
+            return offer_round(mode, rate, seconds, server, secret, pids, path)
 
 
 def main() -> None:

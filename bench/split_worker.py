@@ -88,15 +88,29 @@ def one_round(mode: str, rate: float, seconds: float) -> Round:
             pids = server.pids()
             if mode == "split":
                 pids.append(stack.enter_context(worker_process(url, Path(tmp) / "worker.log")).pid)
-            bodies = harness.order_bodies(server.url, secret, int(rate * seconds) + 100)
-            requests = harness.write_http_requests(f"127.0.0.1:{server.port}", bodies)
-            before = [harness.cpu_seconds([pid]) for pid in pids]
-            started = time.time()
-            figures = harness.loadgen(server.port, rate, seconds, requests)
-            ended = time.time()
-            after = [harness.cpu_seconds([pid]) for pid in pids]
-            accepted, completed = harness.window_counts(path, started, ended)
-            left = harness.orders_in(path, harness.OPEN_STATES)
+            return offer_round(mode, rate, seconds, server, secret, pids, path)
+
+
+def offer_round(
+    mode: str,
+    rate: float,
+    seconds: float,
+    server: harness.Server,
+    secret: str,
+    pids: list[int],
+    path: Path,
+) -> Round:
+    """Offer ``rate`` orders/s open loop for ``seconds`` to a running ``server`` (whose
+    processes are ``pids``, writing the SQLite file ``path``) and measure the round."""
+    bodies = harness.order_bodies(server.url, secret, int(rate * seconds) + 100)
+    requests = harness.write_http_requests(f"127.0.0.1:{server.port}", bodies)
+    before = [harness.cpu_seconds([pid]) for pid in pids]
+    started = time.time()
+    figures = harness.loadgen(server.port, rate, seconds, requests)
+    ended = time.time()
+    after = [harness.cpu_seconds([pid]) for pid in pids]
+    accepted, completed = harness.window_counts(path, started, ended)
+    left = harness.orders_in(path, harness.OPEN_STATES)
     window = ended - started
     return Round(
         mode,
