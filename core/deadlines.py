@@ -3,7 +3,7 @@
 Every call into a supplier plugin is bounded by ``dispatch.call_timeout``. With
 ``asyncio.timeout`` each call arms a timer and cancels it after: 3.9 µs a call under
 uvloop, the timer alone 2.6 µs of it, about a sixteenth of the dispatcher's whole cost
-per order (bench/ANALYSIS.md). The calls of one claim start in the same turn of the event
+per order (bench/LOG.md). The calls of one claim start in the same turn of the event
 loop with the same timeout, so here they share a timer: a call joins the group begun
 within the last ``JOIN_WINDOW`` seconds with the same timeout, the group's one timer
 fires at its end and cancels the calls still running, and each of those raises

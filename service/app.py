@@ -112,7 +112,7 @@ class TopupApp(Litestar):
     The partner calls are the hot path, and their handlers answer every way a call can
     end themselves (service/partner_api.py): Litestar's router and exception middleware
     would add nothing to them but their cost: 7% of the instructions of accepting an
-    order (bench/ANALYSIS.md). Everything else goes through Litestar as usual.
+    order (bench/LOG.md). Everything else goes through Litestar as usual.
     """
 
     partner_routes: dict[str, ASGIApp]

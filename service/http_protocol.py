@@ -171,7 +171,7 @@ class CoalescedWrites:
     costs the server 154 µs of CPU instead of 210, an order's acceptance 151 instead of
     171; sending head and body joined the moment the body is written saves little (204,
     157). The price is latency: a response waits for the rest of its turn's handlers,
-    which added about 9 ms to acceptance's p99 at 1,750 orders/s (bench/ANALYSIS.md).
+    which added about 9 ms to acceptance's p99 at 1,750 orders/s (bench/LOG.md).
     Everything but writing and closing is the wrapped transport's; closing sends what
     is held first.
     """
