@@ -95,6 +95,8 @@ class Server:
         return [int(pid) for pid in children] or [self.proc.pid]
 
     def stop(self) -> None:
+        """Stop the server and every process of its group (on PostgreSQL ``topup serve``
+        runs its worker as a child): what runs next may drop the tables they use."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGTERM)
         try:
@@ -102,6 +104,11 @@ class Server:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        deadline = time.monotonic() + 20
+        while self.pids() != [self.proc.pid] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 def bench_config() -> Path:
