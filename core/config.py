@@ -69,6 +69,11 @@ class DispatchConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Orders claimed per transaction: small claims keep the write lock short, which is
     # what other writers (order acceptance) wait on.
     claim_batch: int = 64
+    # While claims keep coming back full (a backlog), each claim takes twice as many as
+    # the one before, up to this many: the worker then keeps pace with what is accepted,
+    # and acceptance slows instead of the backlog growing. A claim that comes back short
+    # starts again from claim_batch.
+    max_claim_batch: int = 256
     # How often the dispatcher looks for due work when nothing woke it.
     scan_interval: float = 0.5
     # Unanswered status queries (pending or unknown) before an order goes to manual review.
@@ -199,6 +204,11 @@ def check_config(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: notify.schedule needs positive delays")
     if dispatch.max_queries < 1 or dispatch.breaker_threshold < 1:
         raise ConfigError(f"{source}: dispatch.max_queries and breaker_threshold must be >= 1")
+    if dispatch.claim_batch < 1 or dispatch.max_claim_batch < dispatch.claim_batch:
+        raise ConfigError(
+            f"{source}: dispatch.claim_batch ({dispatch.claim_batch}) must be >= 1 and "
+            f"dispatch.max_claim_batch ({dispatch.max_claim_batch}) at least as large"
+        )
     if dispatch.call_timeout >= dispatch.lease_seconds:
         raise ConfigError(
             f"{source}: dispatch.call_timeout ({dispatch.call_timeout}) must be shorter than "

@@ -58,6 +58,7 @@ class Notifier:
             concurrency=config.notify.concurrency,
             # A claim takes as many as there are free slots.
             claim_batch=config.notify.concurrency,
+            max_claim_batch=config.notify.concurrency,
             scan_interval=config.notify.scan_interval,
             heartbeat_seconds=config.dispatch.heartbeat_seconds,
             takeover_seconds=config.dispatch.takeover_seconds,

@@ -2,8 +2,12 @@
 
 A worker claims due items (with a lease on each, core/leases.py), handles each in a task
 of its own, up to a concurrency limit, and looks again at once when it was woken, when
-a claim came back full, or else every scan interval. What is claimed and how an item is
-handled is the caller's policy; a failed item is logged and left to its lease.
+a claim came back full, or else every scan interval. While claims come back full the
+next one takes twice as many, up to ``max_claim_batch``: under a backlog the worker keeps
+pace with what arrives, so that the process's one writer (and core) is shared between
+accepting orders and finishing them rather than the backlog growing without end. What is
+claimed and how an item is handled is the caller's policy; a failed item is logged and
+left to its lease.
 
 Beside that loop, in a task of its own so that a slow step never delays it, the worker
 beats its heartbeat in the ``workers`` table every ``heartbeat_seconds`` and reaps
@@ -43,6 +47,8 @@ class WorkerSettings(Protocol):
     @property
     def claim_batch(self) -> int: ...
     @property
+    def max_claim_batch(self) -> int: ...
+    @property
     def scan_interval(self) -> float: ...
     @property
     def heartbeat_seconds(self) -> float: ...
@@ -55,6 +61,7 @@ class LoopSettings(msgspec.Struct, frozen=True):
 
     concurrency: int
     claim_batch: int
+    max_claim_batch: int
     scan_interval: float
     heartbeat_seconds: float
     takeover_seconds: float
@@ -97,6 +104,8 @@ class LeasedWorker(Generic[T]):
         self._fresh_until = 0.0
         self._fenced = False
         self._in_flight: set[asyncio.Task] = set()
+        # The next claim's size: claim_batch, doubled after each full claim (_claim_round).
+        self._claim_size = 0
         self._tasks: list[asyncio.Task] = []
         self._reaping: asyncio.Task | None = None
         self._started = False
@@ -157,7 +166,8 @@ class LeasedWorker(Generic[T]):
         if free <= 0:
             await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
             return True
-        limit = min(free, settings.claim_batch)
+        size = min(max(self._claim_size, settings.claim_batch), settings.max_claim_batch)
+        limit = min(free, size)
         try:
             claimed = await self._claim(self.owner, limit)
         except Exception:
@@ -176,7 +186,9 @@ class LeasedWorker(Generic[T]):
             task = asyncio.create_task(self._handle_one(item))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
-        return len(claimed) >= limit
+        full = len(claimed) >= limit
+        self._claim_size = 2 * size if full else settings.claim_batch
+        return full
 
     async def _handle_one(self, item: T) -> None:
         try:

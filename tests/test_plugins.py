@@ -321,6 +321,7 @@ def test_an_unknown_or_unlisted_code_is_unknown(code: str) -> None:
         ("[dispatch]\ncall_timeout = 90\nlease_seconds = 60", "must be shorter"),
         ("[dispatch]\nheartbeat_seconds = 2\ntakeover_seconds = 3", "at least twice"),
         ("[dispatch]\nheartbeat_seconds = 0", "at least twice"),
+        ("[dispatch]\nclaim_batch = 64\nmax_claim_batch = 32", "at least as large"),
     ],
 )
 def test_invalid_config_is_refused_with_a_clear_message(toml: str, message: str) -> None:

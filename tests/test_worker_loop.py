@@ -1,7 +1,8 @@
 """When the leased-worker loop (core/worker_loop.py), which the dispatcher and the notifier
 share, looks for work again: at once after a full claim, and after a short one only when
 woken (or at the scan), so that a quiet service does not spend a transaction on a claim
-that finds nothing after every order."""
+that finds nothing after every order; and how much it claims: twice as much after each
+full claim, up to max_claim_batch, so that under a backlog it keeps pace."""
 
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ from topup.testing import eventually_async
 
 # A scan too far off to matter: every claim here is one the loop chose to make.
 SETTINGS = LoopSettings(
-    concurrency=10, claim_batch=4, scan_interval=60.0, heartbeat_seconds=1.0, takeover_seconds=5.0
+    concurrency=100,
+    claim_batch=4,
+    max_claim_batch=16,
+    scan_interval=60.0,
+    heartbeat_seconds=1.0,
+    takeover_seconds=5.0,
 )
 
 
@@ -23,11 +29,13 @@ class ScriptedWork:
     def __init__(self, *batches: list[int]) -> None:
         self._batches = list(batches)
         self.claims = 0
+        self.limits: list[int] = []
         self.handled: list[int] = []
 
-    async def claim(self, _owner: str, _limit: int) -> list[int]:
+    async def claim(self, _owner: str, limit: int) -> list[int]:
         self.claims += 1
-        return self._batches.pop(0) if self._batches else []
+        self.limits.append(limit)
+        return self._batches.pop(0)[:limit] if self._batches else []
 
     async def handle(self, item: int) -> None:
         self.handled.append(item)
@@ -62,5 +70,22 @@ async def test_a_short_claim_waits_to_be_woken_before_claiming_again(db: Databas
         worker.wake()
         await eventually_async(lambda: work.handled == [1, 2], what="the claim after the wake")
         assert work.claims == 2
+    finally:
+        await worker.stop()
+
+
+async def test_each_full_claim_doubles_the_next_up_to_the_most_and_a_short_one_starts_over(
+    db: Database,
+) -> None:
+    # A backlog: every claim comes back full until the fifth, which finds 3.
+    full = [list(range(n * 100, n * 100 + 16)) for n in range(4)]
+    work = ScriptedWork(*full, [500, 501, 502], [600])
+    worker = start_worker(db, work)
+    try:
+        await eventually_async(lambda: 502 in work.handled, what="the short claim handled")
+        assert work.limits == [4, 8, 16, 16, 16]
+        worker.wake()
+        await eventually_async(lambda: 600 in work.handled, what="the claim after the wake")
+        assert work.limits[-1] == 4
     finally:
         await worker.stop()
