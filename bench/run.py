@@ -755,8 +755,8 @@ def verdicts(figures: dict[str, float]) -> list[tuple[str, str, bool]]:
             if strict in figures:
                 strict_ratio = figures[value] / figures[strict]
                 measured += f" ({strict_ratio:.0%} of the bare handler on topup's protocol)"
-            joint = joint_cost(figures)
-            if value == "accepted orders/s" and joint is not None:
+            joint = joint_cost(figures) if value == "accepted orders/s" else None
+            if joint is not None:
                 measured += f"; accepting and finishing an order costs {joint:.2f} bare requests"
             offered = figures.get("end-to-end offered orders/s")
             if value == "end-to-end completed orders/s" and offered:
