@@ -14,10 +14,12 @@ cannot reproduce a fresh interpreter (``_forkable``), a real one is started inst
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -52,6 +54,9 @@ LATE_MODULES = ("prometheus_client",)
 # The warm interpreter's ends of its pipes to the test process: no forked process keeps
 # them (a service outliving the warm interpreter would hide its end from the tests).
 _PIPES: list[int] = []
+# The services forked and not yet reaped: stopped when the test process goes away
+# (its end of the pipe closes), so that a killed test run leaves no server behind.
+_SERVICES: set[int] = set()
 
 
 class ForkedTopup:
@@ -132,8 +137,19 @@ class ForkedTopup:
             atexit.register(self._stop)
         return self._server
 
+    def close_requests(self) -> None:
+        """What the warm interpreter sees when the test process dies: it stops every
+        service it started and ends."""
+        if self._server is not None and self._server.stdin is not None:
+            self._server.stdin.close()
+
     def _stop(self) -> None:
-        if self._server is not None and self._server.poll() is None:
+        if self._server is None or self._server.poll() is not None:
+            return
+        self.close_requests()
+        try:
+            self._server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
             self._server.kill()
             self._server.wait()
 
@@ -236,14 +252,29 @@ def warm_interpreter() -> None:
     for line in requests:
         replies.write(json.dumps(_answer(json.loads(line))).encode() + b"\n")
         replies.flush()
+    _stop_services()
+
+
+def _stop_services() -> None:
+    """Kill every service still running, each with its whole session (a service on
+    PostgreSQL has its background worker as a process of its own)."""
+    for pid in _SERVICES:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    for pid in _SERVICES:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
 
 
 def _answer(request: dict[str, Any]) -> dict[str, Any]:
     if "reap" in request:
+        _SERVICES.discard(request["reap"])
         _, status = os.waitpid(request["reap"], 0)
         return {"code": os.waitstatus_to_exitcode(status)}
     if "start" in request:
-        return {"pid": _start(request)}
+        pid = _start(request)
+        _SERVICES.add(pid)
+        return {"pid": pid}
     return _fork(request)
 
 

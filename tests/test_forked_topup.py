@@ -6,10 +6,13 @@ import os
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
+from tests.forked_topup import ForkedTopup
 from tests.support import REPO, TOPUP, ServiceProcess, sandbox_config, topup_cli
 from tests.test_plugins import INCOMPLETE_PLUGIN
+from topup.testing import eventually, wait_until_healthy
 
 
 def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -89,3 +92,29 @@ def test_a_forked_service_that_cannot_start_ends_as_its_console_script_would(
     assert service.proc.wait(timeout=10) == started.returncode == 1
     assert "invalid configuration" in started.stderr
     assert "invalid configuration" in service.log()
+
+
+def test_a_killed_test_process_leaves_no_forked_service_running(tmp_path: Path) -> None:
+    # The pipe to its own warm interpreter closing is what a test process's death looks
+    # like from there: a killed `make test` must leave no server holding a port.
+    service = ServiceProcess(tmp_path, sandbox_config())
+    service.backend.migrate(service.env)
+    warm = ForkedTopup()
+    proc = warm.start(["serve"], env=service.env, cwd=str(REPO), log=str(service.log_path))
+    assert proc is not None
+    wait_until_healthy(f"{service.url}/healthz", proc, service.log)
+    session = os.getsid(proc.pid)
+
+    warm.close_requests()
+
+    eventually(lambda: not _alive(session), what=f"the service's session {session} gone")
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{service.url}/healthz", timeout=1)
+
+
+def _alive(session: int) -> bool:
+    try:
+        os.killpg(session, 0)
+    except ProcessLookupError:
+        return False
+    return True
