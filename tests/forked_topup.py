@@ -28,6 +28,8 @@ import traceback
 from collections.abc import Mapping
 from typing import IO, Any
 
+from topup._lifeline import exit_with_parent
+
 # What commands and services import, so that no forked process imports it again. Not
 # prometheus_client: it chooses its storage when first imported, from an environment
 # variable that ``topup serve`` sets only after it starts (core/metrics.py).
@@ -143,6 +145,10 @@ class ForkedTopup:
         if self._server is not None and self._server.stdin is not None:
             self._server.stdin.close()
 
+    def signal(self, signum: int) -> None:
+        if self._server is not None:
+            self._server.send_signal(signum)
+
     def _stop(self) -> None:
         if self._server is None or self._server.poll() is not None:
             return
@@ -249,10 +255,20 @@ def warm_interpreter() -> None:
         importlib.import_module(module)
     early = [name for name in LATE_MODULES if name in sys.modules]
     assert not early, f"imported before the fork, so chosen for every process: {early}"
-    for line in requests:
-        replies.write(json.dumps(_answer(json.loads(line))).encode() + b"\n")
-        replies.flush()
-    _stop_services()
+    # Ctrl-C reaches the whole foreground group: the test process tears its services
+    # down and then closes the pipe, which is when this one stops what is left.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        for line in requests:
+            replies.write(json.dumps(_answer(json.loads(line))).encode() + b"\n")
+            replies.flush()
+    finally:
+        _stop_services()
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _stop_services() -> None:
@@ -283,12 +299,15 @@ def _start(request: dict[str, Any]) -> int:
     standard input, its output appended to its log. Reaped only when asked (``reap``)."""
     sys.stdout.flush()
     sys.stderr.flush()
+    warm = os.getpid()
     pid = os.fork()
     if pid:
         return pid
     code = 1
     try:
         os.setsid()
+        # Killed with this interpreter too (kill -9 of the test run's whole group).
+        exit_with_parent(warm)
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         for fd in (1, 2):
@@ -346,6 +365,8 @@ def _become(request: dict[str, Any]) -> None:
     standard streams already in place as file descriptors 0-2."""
     for fd in _PIPES:
         os.close(fd)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the process's own stdin
     sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -94,9 +95,11 @@ def test_a_forked_service_that_cannot_start_ends_as_its_console_script_would(
     assert "invalid configuration" in service.log()
 
 
-def test_a_killed_test_process_leaves_no_forked_service_running(tmp_path: Path) -> None:
-    # The pipe to its own warm interpreter closing is what a test process's death looks
-    # like from there: a killed `make test` must leave no server holding a port.
+@pytest.mark.parametrize("ending", ["test process gone", "SIGTERM", "SIGKILL"])
+def test_a_killed_test_run_leaves_no_forked_service_running(tmp_path: Path, ending: str) -> None:
+    # The pipe to its warm interpreter closing is what a test process's death looks like
+    # from there; a SIGTERM or a kill -9 of the run's process group reaches the warm
+    # interpreter itself. Either way a killed `make test` leaves no server holding a port.
     service = ServiceProcess(tmp_path, sandbox_config())
     service.backend.migrate(service.env)
     warm = ForkedTopup()
@@ -105,7 +108,10 @@ def test_a_killed_test_process_leaves_no_forked_service_running(tmp_path: Path) 
     wait_until_healthy(f"{service.url}/healthz", proc, service.log)
     session = os.getsid(proc.pid)
 
-    warm.close_requests()
+    if ending == "test process gone":
+        warm.close_requests()
+    else:
+        warm.signal(getattr(signal, ending))
 
     eventually(lambda: not _alive(session), what=f"the service's session {session} gone")
     with pytest.raises(httpx.TransportError):

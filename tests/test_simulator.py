@@ -33,6 +33,7 @@ import httpx
 import pytest
 
 from tests.support import eventually
+from topup import _lifeline as lifeline
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -92,7 +93,8 @@ class SimulatorProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> SimulatorProcess:
-        command = [sys.executable, "-m", "service.simulator.cli", *self.args]
+        code = lifeline.command("from service.simulator.cli import simulate; simulate()")
+        command = [sys.executable, "-c", code, str(os.getpid()), *self.args]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 command, env=self.env, cwd=REPO, stdout=log, stderr=log, start_new_session=True
@@ -994,3 +996,39 @@ def test_statement_refuses_unknown_protocol_and_bad_date(
     assert response.status_code == 400
     assert response.headers["content-type"].startswith("text/plain")
     assert response.text.strip()
+
+
+def test_a_simulator_ends_with_the_process_that_started_it(tmp_path: Path) -> None:
+    # topup.testing.running_simulator starts it in a session of its own (so that a kill
+    # -9 of a test's servers spares it); a test run killed outright must not leave it
+    # holding its port.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from topup.testing import running_simulator\n"
+            "with running_simulator() as url:\n"
+            "    print(url, flush=True)\n"
+            "    time.sleep(600)\n",
+        ],
+        cwd=REPO,
+        env={**os.environ, **CREDENTIALS, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    url = holder.stdout.readline().strip()
+    assert httpx.get(f"{url}/_sim/health", timeout=5).json() == {"status": "ok"}
+
+    holder.kill()
+    holder.wait(timeout=10)
+
+    def gone() -> bool:
+        try:
+            httpx.get(f"{url}/_sim/health", timeout=1)
+        except httpx.TransportError:
+            return True
+        return False
+
+    eventually(gone, 10, what=f"the simulator at {url} gone with its starter")

@@ -58,6 +58,7 @@ from core.suppliers import (
     SupplierResult,
     UpstreamOrder,
 )
+from topup import _lifeline as lifeline
 
 # How the tests ask for each outcome; an Upstream maps these to its own numbers.
 SUCCEED, FAIL, REJECT, NEVER_SETTLE = "succeed", "fail", "reject", "never_settle"
@@ -621,8 +622,9 @@ def running_simulator(
     # A file, not a pipe: nobody reads the log while the simulator runs, and a full pipe
     # would block it (each held answer cancelled at its stop logs a traceback).
     with tempfile.TemporaryFile() as log:
+        code = lifeline.command(_TOPUP_MAIN)
         process = subprocess.Popen(
-            [sys.executable, "-c", _TOPUP_MAIN, "simulate", "--port", str(port), *args],
+            [sys.executable, "-c", code, str(os.getpid()), "simulate", "--port", str(port), *args],
             env={**os.environ, **(env or {})},
             stdout=subprocess.DEVNULL,
             stderr=log,
