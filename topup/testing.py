@@ -617,7 +617,10 @@ _TOPUP_MAIN = "from service.cli import main; main()"  # the `topup` command, on 
 def running_simulator(
     *args: str, env: dict[str, str] | None = None, port: int | None = None
 ) -> Iterator[str]:
-    """``topup simulate`` in its own process for the duration of the block; yields its URL."""
+    """``topup simulate`` in its own process for the duration of the block; yields its URL.
+
+    On Linux the simulator also ends if this process is killed outright (a test run
+    killed by a timeout), so no simulator is left holding its port."""
     port = port or free_port()
     # A file, not a pipe: nobody reads the log while the simulator runs, and a full pipe
     # would block it (each held answer cancelled at its stop logs a traceback).
