@@ -145,7 +145,7 @@ class ForkedTopup:
         if self._server is not None and self._server.stdin is not None:
             self._server.stdin.close()
 
-    def signal(self, signum: int) -> None:
+    def send_signal(self, signum: int) -> None:
         if self._server is not None:
             self._server.send_signal(signum)
 

@@ -111,7 +111,7 @@ def test_a_killed_test_run_leaves_no_forked_service_running(tmp_path: Path, endi
     if ending == "test process gone":
         warm.close_requests()
     else:
-        warm.signal(getattr(signal, ending))
+        warm.send_signal(getattr(signal, ending))
 
     eventually(lambda: not _alive(session), what=f"the service's session {session} gone")
     with pytest.raises(httpx.TransportError):
