@@ -94,7 +94,8 @@ orders = Table(
     "orders",
     metadata,
     Column("order_no", String(32), primary_key=True),
-    Column("order_id", String(32), nullable=False, unique=True),
+    # Unique by construction (core/ids.py: new_order_id), so not indexed: migration 0010.
+    Column("order_id", String(32), nullable=False),
     Column("app_id", String(64), nullable=False),
     Column("cstm_order_no", String(64), nullable=False),
     Column("cstm_order_name", String(128), nullable=False),

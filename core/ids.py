@@ -78,13 +78,18 @@ def _unix_second(stamp: str) -> int:
 _ids = random.SystemRandom(), random.Random()
 
 
-def new_order_id() -> str:
-    """The seed's orderId shape: ``Y`` and 29 hex digits.
+def new_order_id(order_no: str) -> str:
+    """The seed's orderId shape, ``Y`` and 29 hex digits, unique because ``order_no`` is.
 
-    An identifier, not a secret (every call is signed), so a fast generator seeded from
-    the OS is enough; it is reseeded in each process.
+    The first 21 hex digits are the order number's 25 digits (below 16**21), so two
+    orders never share an orderId and no unique index has to prove it: such an index on
+    a random value puts every accepted order on its own page of the index, written to
+    the log at every commit (bench/LOG.md, 2026-11-29 "orderId"). The last 8 are random,
+    so that two installations' orders with the same number do not share one either. An
+    identifier, not a secret (every call is signed): a fast generator, seeded from the
+    OS and reseeded in each process, is enough.
     """
-    return f"Y{_ids[1].getrandbits(116):029x}"
+    return f"Y{int(order_no[2:]):021x}{_ids[1].getrandbits(32):08x}"
 
 
 def reseed_ids() -> None:

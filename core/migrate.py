@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest revision in migrations/versions; tests/test_migrations.py keeps it honest.
-HEAD_REVISION = "0009"
+HEAD_REVISION = "0010"
 
 
 def _alembic_config(connection: Connection | None = None) -> AlembicConfig:

@@ -107,9 +107,10 @@ class PartnerDesk:
         mismatch = segment if segment is not None and segment != product.carrier else None
         if mismatch and app.carrier_mismatch is CarrierMismatch.REFUSE:
             await self._refuse_mismatch(app, params, product, mismatch)
+        order_no = self._order_numbers.next()
         new = NewOrder(
-            order_no=self._order_numbers.next(),
-            order_id=new_order_id(),
+            order_no=order_no,
+            order_id=new_order_id(order_no),
             app_id=app.app_id,
             cstm_order_no=params["cstmOrderNo"],
             cstm_order_name=params["cstmOrderName"],

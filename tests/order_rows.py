@@ -53,9 +53,10 @@ class Shop:
         """Place an order; every plugin but the last refuses it (failover), the last
         answers ``outcome``: succeeded, failed, pending, or review (unknown, and no
         further query)."""
+        order_no = self.numbers.next()
         new = NewOrder(
-            order_no=self.numbers.next(),
-            order_id=new_order_id(),
+            order_no=order_no,
+            order_id=new_order_id(order_no),
             app_id=app_id,
             cstm_order_no=cstm_order_no,
             cstm_order_name="话费充值",
@@ -113,7 +114,7 @@ def number_at(ms: int, seq: int = 0) -> str:
 def order_row(order_no: str, at: int, **values: Any) -> dict[str, Any]:
     row = {
         "order_no": order_no,
-        "order_id": new_order_id(),
+        "order_id": new_order_id(order_no),
         "app_id": "app",
         "cstm_order_no": f"c-{order_no}",
         "cstm_order_name": "话费充值",

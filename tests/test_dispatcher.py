@@ -129,8 +129,9 @@ class Desk(msgspec.Struct):
 
     async def order(self, carrier: str = "中国移动") -> str:
         product = {"中国移动": "YD10", "中国联通": "LT10"}[carrier]
+        order_no = numbers.next()
         new = NewOrder(
-            numbers.next(), new_order_id(), "app", f"c-{new_order_id()}", "n", "co",
+            order_no, new_order_id(order_no), "app", f"c-{order_no}", "n", "co",
             carrier, "13800138000", product, 1000, 995,
         )  # fmt: skip
         _order, created = await self.lifecycle.accept(new)

@@ -48,9 +48,10 @@ numbers = OrderNumbers()
 
 
 def new_order(cstm: str) -> NewOrder:
+    order_no = numbers.next()
     return NewOrder(
-        order_no=numbers.next(),
-        order_id=new_order_id(),
+        order_no=order_no,
+        order_id=new_order_id(order_no),
         app_id="app",
         cstm_order_no=cstm,
         cstm_order_name="name",

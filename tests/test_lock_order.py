@@ -80,8 +80,9 @@ async def _instance(db: Database, seed: int) -> None:
 
 
 def _order(numbers: OrderNumbers, app: str, cstm: str) -> NewOrder:
+    order_no = numbers.next()
     return NewOrder(
-        numbers.next(), new_order_id(), app, cstm, "n", "co", "中国移动", "13800138000",
+        order_no, new_order_id(order_no), app, cstm, "n", "co", "中国移动", "13800138000",
         "YD10", 1000, 995,
     )  # fmt: skip
 

@@ -269,9 +269,10 @@ async def test_random_concurrent_histories_in_the_core(database_url: str, seed: 
     references: list[str] = []
 
     async def place(cstm: str) -> None:
+        order_no = numbers.next()
         new = NewOrder(
-            numbers.next(),
-            new_order_id(),
+            order_no,
+            new_order_id(order_no),
             "app",
             cstm,
             "n",

@@ -64,6 +64,15 @@ def test_order_is_acknowledged_in_the_seed_shape(partner: Partner) -> None:
     assert reply["data"]["status"] == "0"
 
 
+def test_each_order_has_its_own_order_id_carrying_its_order_no(partner: Partner) -> None:
+    """orderId is unique because orderNo is (no index checks it: migration 0010): its
+    first 21 hex digits are the order number's digits."""
+    replies = [partner.order(fresh_order_no())["data"] for _ in range(20)]
+    assert len({reply["orderId"] for reply in replies}) == 20
+    for reply in replies:
+        assert int(reply["orderId"][1:22], 16) == int(reply["orderNo"][2:])
+
+
 def test_order_at_the_seed_path_with_json_body(partner: Partner) -> None:
     cstm = fresh_order_no()
     params = partner.signed(partner.order_params(cstm))
