@@ -42,6 +42,11 @@ BACKGROUND_ENV = "TOPUP_BACKGROUND"
 CONSOLE_SESSION_HOURS = 12
 
 
+# Container allocations, net of frees, between two young-generation collections
+# (Python's default is 700).
+YOUNG_COLLECTION_THRESHOLD = 20_000
+
+
 def settle_heap() -> None:
     """Put what start-up built out of the cyclic garbage collector's way, once started.
 
@@ -50,9 +55,17 @@ def settle_heap() -> None:
     stopping the event loop for 100 to 200 ms on a 2-core machine: most of the acceptance
     p99. Frozen (``gc.freeze``), a full collection walks only what came after. Garbage
     is collected first, so that none of it is kept for good.
+
+    Under load the requests and orders in flight hold several thousand young objects at
+    any moment, so at Python's threshold of 700 the collector ran every few orders and
+    found next to nothing to free: 4 to 6 µs of the dispatcher's CPU per order
+    (bench/LOG.md, 2026-11-29 "collector"). Above what is in flight, a collection is
+    rare; each one walks at most this many objects (a few milliseconds).
     """
     gc.collect()
     gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, older, oldest)
 
 
 def build_registry(extra_plugins: Iterable[object] = ()) -> Registry:
