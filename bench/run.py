@@ -9,8 +9,8 @@ shipped plugins.toml with the abuse limits raised out of the way, see ``BENCH_LI
 2. order acceptance: distinct cstmOrderNo, signatures and tokens prepared ahead,
    closed loop (wrk); afterwards the database must hold exactly the acknowledged orders.
    Phases 1, 2 and 6 run again after phase 6, and each of their figures is the higher
-   of its two rounds: the host's speed drifts within a run (one round can
-   come out 20% below the other), and topup and its reference get the same two chances;
+   of its two rounds: the host's speed drifts within a run (one round can come out 20%
+   below the other), and topup and its reference get the same two chances;
 3. end to end, sustained: the acceptance rate of phase 2 offered open loop
    (bench/loadgen.c) for BENCH_E2E_SECONDS; orders accepted and orders finished within
    that window, and the backlog (orders not terminal) sampled every twelfth of it; then
