@@ -26,6 +26,7 @@ from topup.testing import eventually
 
 ORDERS = 64  # one of the script's batches
 WRITE = re.compile(r"\s*(INSERT INTO|UPDATE|DELETE FROM)\s+(\w+)")
+KEYS_IN = re.compile(r"WHERE [\w.]+ IN \(([^)]*)\)\s*$")
 READ = re.compile(r"\s*SELECT\b.*?\bFROM\s+(\w+)", re.S)
 # Written per transaction, not per order: the script groups 64 orders in one acceptance,
 # the partner API here sends them one by one.
@@ -37,7 +38,7 @@ def shape(statements: list[str]) -> dict[str, object]:
     writes, reads = Counter(), set()
     for sql in statements:
         if written := WRITE.match(sql):
-            writes[(written[1], written[2])] += 1
+            writes[(written[1], written[2])] += rows_named(sql)
         elif read := READ.match(sql):
             reads.add(read[1])
     # Rounding drops what is not per order: the worker's one heartbeat row, a wake-up.
@@ -46,6 +47,13 @@ def shape(statements: list[str]) -> dict[str, object]:
         for (verb, table), count in writes.items()
     }
     return {"writes per order": {k: v for k, v in per_order.items() if v}, "reads": reads}
+
+
+def rows_named(sql: str) -> int:
+    """How many rows a write names: the distinct keys of a ``WHERE key IN (...)`` (rows
+    that change alike go in one statement), else one."""
+    listed = KEYS_IN.search(sql)
+    return len(set(re.findall(r"'[^']*'|[^,\s]+", listed[1]))) if listed else 1
 
 
 def lifecycle_statements(workdir: Path, backend: Backend) -> list[str]:

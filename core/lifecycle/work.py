@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cache
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 
 import msgspec
 from sqlalchemy import Connection, select
@@ -20,7 +20,7 @@ from sqlalchemy import Connection, select
 from core.audit import record
 from core.clock import now_ms
 from core.db import attempts, order_events, orders
-from core.fastsql import fetch_in, insert_rows, update_rows
+from core.fastsql import fetch_in, insert_rows, update_alike, update_rows
 from core.ledger import settle_many
 from core.lifecycle.rules import MUTABLE_COLUMNS, OrderRow, move
 from core.notify import enqueue_many
@@ -200,13 +200,21 @@ class Work:
         enqueue_many(conn, [(o.app_id, o.order_no) for o in finished])
 
     def _write_orders(self) -> None:
-        """One UPDATE per set of changed columns (usually one per batch), in key order."""
-        by_columns: dict[tuple[str, ...], list[tuple]] = {}
-        for no in sorted(self._changed_orders):
+        """The changed orders, in key order: those that change alike (a claim's, a batch
+        of results') in one UPDATE each, the rest one UPDATE per set of changed columns."""
+        alike: dict[tuple[str, ...], dict[tuple, list[str]]] = {}
+        for no in self._changed_orders:
             names, values = _order_changes(frozenset(self._changed_orders[no]))
-            by_columns.setdefault(names, []).append((*values(self.orders[no]), no))
-        for names, rows in by_columns.items():
-            update_rows(self.conn, orders, "order_no", names, rows)
+            alike.setdefault(names, {}).setdefault(tuple(values(self.orders[no])), []).append(no)
+        for names, groups in alike.items():
+            single = []
+            for values, keys in groups.items():
+                if len(keys) > 1:
+                    update_alike(self.conn, orders, "order_no", names, values, keys)
+                else:
+                    single.append((*values, keys[0]))
+            single.sort(key=itemgetter(-1))
+            update_rows(self.conn, orders, "order_no", names, single)
 
 
 # Rows are bound as plain values: sqlite3 binds a str subclass (State) only after a
