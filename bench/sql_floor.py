@@ -269,10 +269,11 @@ def dispatch_smallest(conn: sqlite3.Connection, count: int) -> None:
             f"WHERE order_no IN ({placeholders(len(numbers))})",
             numbers,
         ).fetchall()
-        conn.executemany(
+        conn.execute(
             "UPDATE orders SET state = ?, updated_at = ?, finished_at = ?, lease_owner = NULL, "
-            "lease_until = NULL, next_run_at = NULL, notify_due = ? WHERE order_no = ?",
-            [("succeeded", 3, 3, 3, no) for no in numbers],
+            "lease_until = NULL, next_run_at = NULL, notify_due = ? "
+            f"WHERE order_no IN ({placeholders(len(numbers))})",
+            ("succeeded", 3, 3, 3, *numbers),
         )
         finish_attempts(conn, numbers)
         capture(conn, numbers)
