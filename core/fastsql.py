@@ -8,7 +8,7 @@ does not need (values are already plain ints and strings).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import cache
 from operator import itemgetter
 from typing import Any
@@ -64,13 +64,9 @@ def update_alike(
     """
     nulls = tuple(value is None for value in values)
     given = [value for value in values if value is not None]
-    ordered = sorted(keys)
-    for start in range(0, len(ordered), IN_CHUNK):
-        chunk = ordered[start : start + IN_CHUNK]
-        # Padded with its last key to a power of two, so that few statements occur.
-        size = 1 << (len(chunk) - 1).bit_length()
-        sql, order = _alike_sql(conn.dialect, table, key, tuple(columns), nulls, size)
-        params = [*(given[i] for i in order), *chunk, *[chunk[-1]] * (size - len(chunk))]
+    for padded in _padded_chunks(keys):
+        sql, order = _alike_sql(conn.dialect, table, key, tuple(columns), nulls, len(padded))
+        params = [*(given[i] for i in order), *padded]
         if conn.dialect.name == "sqlite" and conn.in_transaction():
             conn.connection.dbapi_connection.execute(sql, params)
         else:
@@ -106,18 +102,25 @@ def fetch_in(
     ``params``: the values of the query's own bound parameters, in the order they appear
     in its SQL (all before the IN list, which is added last).
     """
-    ordered = sorted(set(values))
     rows: list[tuple] = []
+    for padded in _padded_chunks(values):
+        sql = _in_sql(conn.dialect, query, column, len(padded), len(params))
+        bound = [*params, *padded]
+        if conn.dialect.name == "sqlite":
+            rows += conn.connection.dbapi_connection.execute(sql, bound).fetchall()
+        else:
+            rows += [tuple(row) for row in conn.exec_driver_sql(sql, tuple(bound))]
+    return rows
+
+
+def _padded_chunks(values: Sequence[Any]) -> Iterator[list[Any]]:
+    """``values`` once each, sorted, in IN lists of at most ``IN_CHUNK``, each padded with
+    its last value to a power of two so that few statement sizes occur."""
+    ordered = sorted(set(values))
     for start in range(0, len(ordered), IN_CHUNK):
         chunk = ordered[start : start + IN_CHUNK]
         size = 1 << (len(chunk) - 1).bit_length()
-        padded = [*params, *chunk, *[chunk[-1]] * (size - len(chunk))]
-        sql = _in_sql(conn.dialect, query, column, size, len(params))
-        if conn.dialect.name == "sqlite":
-            rows += conn.connection.dbapi_connection.execute(sql, padded).fetchall()
-        else:
-            rows += [tuple(row) for row in conn.exec_driver_sql(sql, tuple(padded))]
-    return rows
+        yield [*chunk, *[chunk[-1]] * (size - len(chunk))]
 
 
 # The IN list's parameter: compiled once per statement with SQLAlchemy's "expanding" form,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cache
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 
 import msgspec
 from sqlalchemy import Connection, select
@@ -200,10 +200,12 @@ class Work:
         enqueue_many(conn, [(o.app_id, o.order_no) for o in finished])
 
     def _write_orders(self) -> None:
-        """The changed orders, in key order: those that change alike (a claim's, a batch
-        of results') in one UPDATE each, the rest one UPDATE per set of changed columns."""
+        """The changed orders: those that change alike (a claim's, a batch of results') in
+        one UPDATE each, the rest one UPDATE per set of changed columns. Every row was
+        locked in key order when it was read (``locking``, the claim's ``lock_due``), so
+        the order of the statements cannot deadlock."""
         alike: dict[tuple[str, ...], dict[tuple, list[str]]] = {}
-        for no in self._changed_orders:
+        for no in sorted(self._changed_orders):
             names, values = _order_changes(frozenset(self._changed_orders[no]))
             alike.setdefault(names, {}).setdefault(tuple(values(self.orders[no])), []).append(no)
         for names, groups in alike.items():
@@ -213,7 +215,6 @@ class Work:
                     update_alike(self.conn, orders, "order_no", names, values, keys)
                 else:
                     single.append((*values, keys[0]))
-            single.sort(key=itemgetter(-1))
             update_rows(self.conn, orders, "order_no", names, single)
 
 
